@@ -1,0 +1,39 @@
+# Everything a fresh machine needs, in one place. `make demo` and `make test` set up the
+# virtual environment themselves; nothing else has to be installed by hand.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; a bare `torch` from PyPI is a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test setup proto lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -e '.[worker,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/mixprec demo
+
+test: setup
+	$(PY) -m pytest -q
+
+proto: setup
+	$(PY) scripts/gen_proto.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/toggle.py
+	$(PY) benchmarks/fp8_gemm.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

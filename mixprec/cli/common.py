@@ -1,0 +1,32 @@
+"""Options every command accepts, before or after the command name."""
+
+from __future__ import annotations
+
+import argparse
+
+import grpc
+
+# Defaults are SUPPRESSed here so that a value given after the command name overrides the one
+# given before it, and an absent one leaves the top-level default in place.
+COMMON = argparse.ArgumentParser(add_help=False)
+COMMON.add_argument("--server", default=argparse.SUPPRESS, help="control plane address HOST:PORT")
+COMMON.add_argument(
+    "--output", choices=("table", "json"), default=argparse.SUPPRESS, help="tables for people, JSON for scripts"
+)
+
+
+def command(sub, name: str, help: str, func=None, description: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=description or help, parents=[COMMON])
+    if func is not None:
+        parser.set_defaults(func=func)
+    return parser
+
+
+def group(sub, name: str, help: str):
+    """A command with subcommands of its own (e.g. `mixprec policy create`)."""
+    parser = sub.add_parser(name, help=help, description=help)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
+def channel(args) -> grpc.Channel:
+    return grpc.insecure_channel(args.server)

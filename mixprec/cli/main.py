@@ -1,0 +1,64 @@
+"""Entry point of the `mixprec` command: global options and subcommand dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+import grpc
+
+from mixprec import __version__
+from mixprec.cli import exits
+from mixprec.errors import MixprecError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+# Each module has register(subparsers) and sets `func` on its parsers. Modules whose commands
+# need torch import it inside their handlers, so `pip install mixprec` runs every other command.
+COMMAND_MODULES = (
+    "mixprec.cli.endpoint_cmds",
+    "mixprec.cli.policy_cmds",
+    "mixprec.cli.server_cmds",
+    "mixprec.cli.model_cmds",
+    "mixprec.cli.demo_cmds",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixprec",
+        description="Run served neural networks in mixed FP8/BF16 precision, one layer group at a time: "
+        "versioned per-endpoint precision policies, worker agents that apply them, quality checks.",
+    )
+    parser.add_argument("--version", action="version", version=f"mixprec {__version__}")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("MIXPREC_SERVER", DEFAULT_SERVER),
+        help=f"control plane address HOST:PORT (env MIXPREC_SERVER; default {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--output", choices=("table", "json"), default="table", help="tables for people, JSON for scripts"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MixprecError as err:
+        return exits.report_domain_error(err)
+    except grpc.RpcError as err:
+        return exits.report_rpc_error(err, args.server)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

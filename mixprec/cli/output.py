@@ -1,0 +1,49 @@
+"""Output for people (aligned tables) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Mapping, Sequence
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, file=None) -> None:
+    out = file or sys.stdout
+    if not rows:
+        print("(none)", file=out)
+        return
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip(), file=out)
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
+
+
+def as_json(obj: Any, file=None) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str), file=file or sys.stdout)
+
+
+def emit(args, obj: Any, rows: Sequence[Mapping[str, Any]] | None = None, columns: Sequence[str] | None = None) -> None:
+    """JSON of `obj` with --output json; otherwise a table of `rows` (defaults to obj)."""
+    if getattr(args, "output", "table") == "json":
+        as_json(obj)
+    else:
+        table(rows if rows is not None else obj, columns)
+
+
+def key_values(pairs: Sequence[tuple[str, Any]], file=None) -> None:
+    out = file or sys.stdout
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        print(f"{key + ':':<{width + 1}} {_cell(value)}", file=out)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,311 @@
+"""The policy language: canonical layer names, glob rules, precisions, resolution.
+
+A policy is an ordered list of rules ``match -> precision`` plus the endpoint's base precision.
+``match`` is an ``fnmatch`` glob over canonical layer names (case-sensitive, ``*`` crosses dots).
+The last matching rule wins; a layer no rule matches runs at the base precision. An optional
+``kv_cache`` precision applies to every ``*.kv_cache`` layer after the rules.
+
+Everything here is pure Python: the control plane and the worker both use it, and neither the
+server nor the CLI may import torch through it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import yaml
+
+from mixprec.errors import FieldError, InvalidArgument
+
+PRECISIONS: tuple[str, ...] = ("bf16", "fp8", "fp8-tensor", "fp8-weight-only")
+BASE_PRECISION = "bf16"
+KV_CACHE_PRECISIONS: tuple[str, ...] = ("bf16", "fp8")
+
+MAX_NAME_LENGTH = 63
+MAX_RULES = 1000
+MAX_CATALOG = 100_000
+
+# Rule index recorded for a layer decided by no rule / by the kv_cache setting.
+NO_RULE = 0
+KV_CACHE_RULE = -1
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_PATTERN_CHARS = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a user writes: the rules and the optional kv_cache precision."""
+
+    rules: tuple[Rule, ...] = ()
+    kv_cache: str = ""
+
+
+@dataclass(frozen=True)
+class ResolvedLayer:
+    layer: str
+    precision: str
+    rule: int  # 1-based rule index, NO_RULE or KV_CACHE_RULE
+
+
+@dataclass
+class Resolution:
+    layers: list[ResolvedLayer] = field(default_factory=list)
+    errors: list[FieldError] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def precision_map(self) -> dict[str, str]:
+        return {r.layer: r.precision for r in self.layers}
+
+
+def is_kv_cache(layer: str) -> bool:
+    return layer == "kv_cache" or layer.endswith(".kv_cache")
+
+
+# --- validation of single values -------------------------------------------------------------
+
+
+def endpoint_name_errors(name: str, field_name: str = "name") -> list[FieldError]:
+    if not name:
+        return [FieldError(field_name, "is required: a lowercase DNS label such as 'search-embedder'")]
+    if len(name) > MAX_NAME_LENGTH:
+        return [FieldError(field_name, f"{name!r} is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")]
+    if not _DNS_LABEL.match(name):
+        return [
+            FieldError(
+                field_name,
+                f"{name!r} is not a lowercase DNS label: use a-z, 0-9 and '-', "
+                "starting and ending with a letter or digit",
+            )
+        ]
+    return []
+
+
+def precision_errors(value: str, field_name: str, allowed: Sequence[str] = PRECISIONS) -> list[FieldError]:
+    if value not in allowed:
+        return [FieldError(field_name, f"unknown precision {value!r}; choose one of {', '.join(allowed)}")]
+    return []
+
+
+def pattern_errors(pattern: str, field_name: str) -> list[FieldError]:
+    if not pattern or not pattern.strip():
+        return [FieldError(field_name, "is empty: give a glob over canonical layer names, e.g. 'layers.*.mlp.*'")]
+    if not _PATTERN_CHARS.match(pattern):
+        return [
+            FieldError(
+                field_name,
+                f"{pattern!r} is malformed: a pattern may use letters, digits, '_', '.', '-' "
+                "and the glob characters * ? [ ] !",
+            )
+        ]
+    depth = 0
+    for ch in pattern:
+        if ch == "[":
+            if depth:
+                return [FieldError(field_name, f"{pattern!r} is malformed: '[' inside a [...] set")]
+            depth = 1
+        elif ch == "]":
+            if not depth:
+                return [FieldError(field_name, f"{pattern!r} is malformed: ']' without a matching '['")]
+            depth = 0
+    if depth:
+        return [FieldError(field_name, f"{pattern!r} is malformed: '[' is never closed")]
+    if "[]" in pattern or "[!]" in pattern:
+        return [FieldError(field_name, f"{pattern!r} is malformed: an empty [...] set")]
+    return []
+
+
+def catalog_errors(layers: Sequence[str], field_name: str = "layers") -> list[FieldError]:
+    errors: list[FieldError] = []
+    if len(layers) > MAX_CATALOG:
+        return [FieldError(field_name, f"has {len(layers)} layers; the limit is {MAX_CATALOG}")]
+    seen: set[str] = set()
+    for i, layer in enumerate(layers):
+        if not _LAYER_NAME.match(layer):
+            errors.append(
+                FieldError(
+                    f"{field_name}[{i}]",
+                    f"{layer!r} is not a canonical layer name (dot-separated parts of letters, digits and '_')",
+                )
+            )
+        elif layer in seen:
+            errors.append(FieldError(f"{field_name}[{i}]", f"duplicate layer name {layer!r}"))
+        seen.add(layer)
+    return errors
+
+
+def base_precision_errors(base: str, layers: Sequence[str], field_name: str = "base_precision") -> list[FieldError]:
+    errors = precision_errors(base, field_name)
+    if not errors and base not in KV_CACHE_PRECISIONS:
+        kv = next((layer for layer in layers if is_kv_cache(layer)), None)
+        if kv is not None:
+            errors.append(
+                FieldError(
+                    field_name,
+                    f"{base!r} cannot run kv_cache layers such as {kv!r}; use {' or '.join(KV_CACHE_PRECISIONS)}",
+                )
+            )
+    return errors
+
+
+def endpoint_errors(name: str, base: str, layers: Sequence[str]) -> list[FieldError]:
+    return endpoint_name_errors(name) + catalog_errors(layers) + base_precision_errors(base, layers)
+
+
+# --- resolution ---------------------------------------------------------------------------------
+
+
+def resolve(spec: PolicySpec, catalog: Sequence[str], base: str = BASE_PRECISION) -> Resolution:
+    """Resolve a policy against a layer catalog, collecting every validation error.
+
+    The precision map is only meaningful when ``Resolution.valid`` is true.
+    """
+    result = Resolution()
+    errors = result.errors
+    if not catalog:
+        errors.append(FieldError("layers", "the endpoint has no layer catalog yet; no rule can be checked"))
+        return result
+    if len(spec.rules) > MAX_RULES:
+        errors.append(FieldError("rules", f"has {len(spec.rules)} rules; the limit is {MAX_RULES}"))
+        return result
+
+    usable: list[tuple[int, Rule]] = []
+    for i, rule in enumerate(spec.rules, start=1):
+        where = f"rules[{i - 1}]"
+        rule_errors = pattern_errors(rule.match, f"{where}.match") + precision_errors(
+            rule.precision, f"{where}.precision"
+        )
+        errors.extend(rule_errors)
+        if not rule_errors:
+            usable.append((i, rule))
+    if spec.kv_cache:
+        errors.extend(precision_errors(spec.kv_cache, "kv_cache", KV_CACHE_PRECISIONS))
+
+    decided: dict[str, tuple[str, int]] = {layer: (base, NO_RULE) for layer in catalog}
+    for i, rule in usable:
+        matched = [layer for layer in catalog if fnmatch.fnmatchcase(layer, rule.match)]
+        if not matched:
+            errors.append(
+                FieldError(
+                    f"rules[{i - 1}].match",
+                    f"{rule.match!r} matches no layer of the catalog ({_catalog_hint(catalog)})",
+                )
+            )
+            continue
+        for layer in matched:
+            decided[layer] = (rule.precision, i)
+
+    kv_layers = [layer for layer in catalog if is_kv_cache(layer)]
+    if spec.kv_cache and spec.kv_cache in KV_CACHE_PRECISIONS:
+        if not kv_layers:
+            errors.append(FieldError("kv_cache", f"is {spec.kv_cache!r} but the catalog has no kv_cache layer"))
+        for layer in kv_layers:
+            decided[layer] = (spec.kv_cache, KV_CACHE_RULE)
+    for layer in kv_layers:
+        precision, rule_index = decided[layer]
+        if precision not in KV_CACHE_PRECISIONS and rule_index > 0:
+            errors.append(
+                FieldError(
+                    f"rules[{rule_index - 1}].precision",
+                    f"{precision!r} cannot run kv_cache layer {layer!r}; kv_cache layers take "
+                    f"{' or '.join(KV_CACHE_PRECISIONS)} (narrow the pattern or add a later rule)",
+                )
+            )
+
+    if not errors:
+        result.layers = [ResolvedLayer(layer, *decided[layer]) for layer in catalog]
+    return result
+
+
+def resolve_or_raise(spec: PolicySpec, catalog: Sequence[str], base: str = BASE_PRECISION) -> dict[str, str]:
+    resolution = resolve(spec, catalog, base)
+    if not resolution.valid:
+        raise InvalidArgument(resolution.errors)
+    return resolution.precision_map()
+
+
+def diff_maps(catalog: Iterable[str], old: Mapping[str, str], new: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(layer, old precision, new precision) for each layer whose precision differs, in catalog order."""
+    return [(layer, old[layer], new[layer]) for layer in catalog if old[layer] != new[layer]]
+
+
+def all_base(catalog: Iterable[str], base: str = BASE_PRECISION) -> dict[str, str]:
+    return {layer: base for layer in catalog}
+
+
+def _catalog_hint(catalog: Sequence[str]) -> str:
+    sample = ", ".join(catalog[:3])
+    more = f", ... {len(catalog)} layers in all" if len(catalog) > 3 else ""
+    return f"e.g. {sample}{more}"
+
+
+# --- the YAML policy file -----------------------------------------------------------------------
+
+
+def parse_policy_document(doc: object, source: str = "policy") -> PolicySpec:
+    """Turn a parsed YAML/JSON document into a PolicySpec; shape errors name the field."""
+    if not isinstance(doc, dict):
+        raise InvalidArgument([FieldError(source, "must be a mapping with a 'rules:' list")])
+    unknown = sorted(set(doc) - {"rules", "kv_cache"})
+    if unknown:
+        raise InvalidArgument(
+            [FieldError(f"{source}.{key}", "is not a policy field; the fields are 'rules' and 'kv_cache'") for key in unknown]
+        )
+    rules_doc = doc.get("rules")
+    if rules_doc is None:
+        rules_doc = []
+    if not isinstance(rules_doc, list):
+        raise InvalidArgument([FieldError("rules", f"must be a list of {{match, precision}}, got {type(rules_doc).__name__}")])
+    rules: list[Rule] = []
+    errors: list[FieldError] = []
+    for i, item in enumerate(rules_doc):
+        if not isinstance(item, dict) or set(item) != {"match", "precision"}:
+            errors.append(FieldError(f"rules[{i}]", f"must be {{match: GLOB, precision: NAME}}, got {item!r}"))
+            continue
+        if not isinstance(item["match"], str) or not isinstance(item["precision"], str):
+            errors.append(FieldError(f"rules[{i}]", f"match and precision must be strings, got {item!r}"))
+            continue
+        rules.append(Rule(item["match"], item["precision"]))
+    kv_cache = doc.get("kv_cache") or ""
+    if not isinstance(kv_cache, str):
+        errors.append(FieldError("kv_cache", f"must be a precision name, got {kv_cache!r}"))
+    if errors:
+        raise InvalidArgument(errors)
+    return PolicySpec(tuple(rules), kv_cache)
+
+
+def load_policy_text(text: str, source: str = "policy") -> PolicySpec:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgument([FieldError(source, f"is not valid YAML: {exc}")]) from None
+    return parse_policy_document(doc if doc is not None else {}, source)
+
+
+def load_policy_file(path: str) -> PolicySpec:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise InvalidArgument([FieldError("file", f"cannot read {path!r}: {exc.strerror}")]) from None
+    return load_policy_text(text, source=path)
+
+
+def dump_policy(spec: PolicySpec) -> str:
+    doc: dict[str, object] = {"rules": [{"match": r.match, "precision": r.precision} for r in spec.rules]}
+    if spec.kv_cache:
+        doc["kv_cache"] = spec.kv_cache
+    return yaml.safe_dump(doc, sort_keys=False)
