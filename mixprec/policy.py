@@ -182,14 +182,13 @@ def resolve(spec: PolicySpec, catalog: Sequence[str], base: str = BASE_PRECISION
         errors.append(FieldError("rules", f"has {len(spec.rules)} rules; the limit is {MAX_RULES}"))
         return result
 
+    # A rule with a bad precision is still checked for matching, so one pass reports both.
     usable: list[tuple[int, Rule]] = []
     for i, rule in enumerate(spec.rules, start=1):
         where = f"rules[{i - 1}]"
-        rule_errors = pattern_errors(rule.match, f"{where}.match") + precision_errors(
-            rule.precision, f"{where}.precision"
-        )
-        errors.extend(rule_errors)
-        if not rule_errors:
+        match_errors = pattern_errors(rule.match, f"{where}.match")
+        errors.extend(match_errors + precision_errors(rule.precision, f"{where}.precision"))
+        if not match_errors:
             usable.append((i, rule))
     if spec.kv_cache:
         errors.extend(precision_errors(spec.kv_cache, "kv_cache", KV_CACHE_PRECISIONS))
@@ -214,16 +213,19 @@ def resolve(spec: PolicySpec, catalog: Sequence[str], base: str = BASE_PRECISION
             errors.append(FieldError("kv_cache", f"is {spec.kv_cache!r} but the catalog has no kv_cache layer"))
         for layer in kv_layers:
             decided[layer] = (spec.kv_cache, KV_CACHE_RULE)
+    reported: set[int] = set()
     for layer in kv_layers:
         precision, rule_index = decided[layer]
-        if precision not in KV_CACHE_PRECISIONS and rule_index > 0:
-            errors.append(
-                FieldError(
-                    f"rules[{rule_index - 1}].precision",
-                    f"{precision!r} cannot run kv_cache layer {layer!r}; kv_cache layers take "
-                    f"{' or '.join(KV_CACHE_PRECISIONS)} (narrow the pattern or add a later rule)",
-                )
+        if precision in KV_CACHE_PRECISIONS or precision not in PRECISIONS or rule_index in reported:
+            continue
+        reported.add(rule_index)
+        errors.append(
+            FieldError(
+                f"rules[{rule_index - 1}].precision",
+                f"{precision!r} cannot run kv_cache layer {layer!r}; kv_cache layers take "
+                f"{' or '.join(KV_CACHE_PRECISIONS)} (narrow the pattern or add a later rule)",
             )
+        )
 
     if not errors:
         result.layers = [ResolvedLayer(layer, *decided[layer]) for layer in catalog]

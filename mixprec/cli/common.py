@@ -30,3 +30,23 @@ def group(sub, name: str, help: str):
 
 def channel(args) -> grpc.Channel:
     return grpc.insecure_channel(args.server)
+
+
+RPC_TIMEOUT_S = 30.0
+
+
+def to_dict(message) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def actor(args) -> str:
+    import getpass
+    import os
+
+    return getattr(args, "author", None) or os.environ.get("MIXPREC_ACTOR") or getpass.getuser()
+
+
+def timestamp_text(ts) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") + "Z"

@@ -1,5 +1,57 @@
-"""Placeholder."""
+"""`mixprec server` and `mixprec migrate`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from mixprec.cli.common import command
+
+DEFAULT_DB = "sqlite:///mixprec.db"
+DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
-def register(sub):
-    pass
+def register(sub) -> None:
+    p = command(
+        sub,
+        "server",
+        "run the control plane (gRPC) until SIGTERM",
+        _server,
+        description="Run the control plane: endpoints, policy versions and (later) agent streams over gRPC. "
+        "An empty SQLite file is migrated on start; Postgres must be migrated first with `mixprec migrate`.",
+    )
+    p.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB}); "
+                   "Postgres: postgresql+psycopg://USER@HOST:5432/DB")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    m = command(sub, "migrate", "upgrade a database to the newest schema", _migrate,
+                description="Apply every pending Alembic migration to the database (idempotent).")
+    m.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB})")
+
+
+def _server(args) -> int:
+    from controlplane.app import serve
+
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    asyncio.run(serve(args.db, args.listen, args.metrics_port))
+    return 0
+
+
+def _migrate(args) -> int:
+    from controlplane.storage.database import open_engine, upgrade
+
+    engine = open_engine(args.db)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"database already at revision {after}")
+    else:
+        print(f"migrated database from {before or 'empty'} to revision {after}")
+    return 0

@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers that convert proto to service calls and back."""

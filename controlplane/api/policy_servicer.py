@@ -1,0 +1,80 @@
+"""mixprec.v1.PolicyService: proto in, service call in a worker thread, proto out."""
+
+from __future__ import annotations
+
+from controlplane.api import convert
+from controlplane.api.errors import maps_domain_errors
+from controlplane.blocking import run_blocking
+from controlplane.services.policies import PolicyService, resolved_layers
+from mixprec.v1 import policy_pb2 as pb
+from mixprec.v1 import policy_pb2_grpc
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, service: PolicyService):
+        self._service = service
+
+    @maps_domain_errors
+    async def CreateEndpoint(self, request: pb.CreateEndpointRequest, context) -> pb.Endpoint:
+        endpoint = await run_blocking(
+            self._service.create_endpoint,
+            request.name,
+            list(request.layers),
+            request.base_precision,
+            request.model,
+            request.actor,
+        )
+        return convert.endpoint_to_proto(endpoint)
+
+    @maps_domain_errors
+    async def GetEndpoint(self, request: pb.GetEndpointRequest, context) -> pb.Endpoint:
+        return convert.endpoint_to_proto(await run_blocking(self._service.get_endpoint, request.name))
+
+    @maps_domain_errors
+    async def ListEndpoints(self, request: pb.ListEndpointsRequest, context) -> pb.ListEndpointsResponse:
+        endpoints = await run_blocking(self._service.list_endpoints)
+        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e) for e in endpoints])
+
+    @maps_domain_errors
+    async def CreatePolicy(self, request: pb.CreatePolicyRequest, context) -> pb.PolicyVersion:
+        created = await run_blocking(
+            self._service.create_policy,
+            request.endpoint,
+            request.parent_version,
+            convert.spec_from_proto(request.rules, request.kv_cache),
+            request.author,
+            request.message,
+        )
+        return convert.policy_to_proto(created)
+
+    @maps_domain_errors
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context) -> pb.PolicyVersion:
+        policy, endpoint = await run_blocking(self._service.get_policy, request.endpoint, request.version)
+        resolved = resolved_layers(endpoint, policy.spec) if request.resolved else None
+        return convert.policy_to_proto(policy, resolved)
+
+    @maps_domain_errors
+    async def ListPolicies(self, request: pb.ListPoliciesRequest, context) -> pb.ListPoliciesResponse:
+        versions = await run_blocking(self._service.list_policies, request.endpoint)
+        return pb.ListPoliciesResponse(versions=[convert.policy_to_proto(v) for v in versions])
+
+    @maps_domain_errors
+    async def DiffPolicies(self, request: pb.DiffPoliciesRequest, context) -> pb.DiffPoliciesResponse:
+        diff = await run_blocking(
+            self._service.diff_policies, request.endpoint, request.from_version, request.to_version
+        )
+        return pb.DiffPoliciesResponse(
+            changes=[pb.LayerChange(layer=layer, from_precision=a, to_precision=b) for layer, a, b in diff.changes],
+            unchanged=diff.unchanged,
+        )
+
+    @maps_domain_errors
+    async def ResolvePolicy(self, request: pb.ResolvePolicyRequest, context) -> pb.ResolvePolicyResponse:
+        resolution = await run_blocking(
+            self._service.resolve_policy, request.endpoint, convert.spec_from_proto(request.rules, request.kv_cache)
+        )
+        return pb.ResolvePolicyResponse(
+            valid=resolution.valid,
+            errors=[pb.FieldError(field=e.field, message=e.message) for e in resolution.errors],
+            resolved=convert.resolved_to_proto(resolution.layers),
+        )

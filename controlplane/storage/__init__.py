@@ -1,0 +1,1 @@
+"""SQL storage: ORM tables, repositories and the unit of work. Alembic owns the schema."""

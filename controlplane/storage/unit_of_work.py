@@ -1,0 +1,54 @@
+"""Unit of work: one transaction, committed explicitly, rolled back otherwise (Cosmic Python)."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
+from mixprec.errors import Unavailable
+
+
+class UnitOfWork:
+    endpoints: EndpointRepository
+    policies: PolicyRepository
+    audit: AuditRepository
+
+    def __init__(self, sessions: sessionmaker):
+        self._sessions = sessions
+
+    def __enter__(self) -> "UnitOfWork":
+        self.session: Session = self._sessions()
+        self.endpoints = EndpointRepository(self.session)
+        self.policies = PolicyRepository(self.session)
+        self.audit = AuditRepository(self.session)
+        return self
+
+    def commit(self) -> None:
+        try:
+            self.session.commit()
+        except (OperationalError, InterfaceError) as exc:
+            raise Unavailable(_unavailable_message(exc)) from None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.session.rollback()
+        except (OperationalError, InterfaceError):
+            pass  # the connection is gone; nothing was committed
+        finally:
+            self.session.close()
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            raise Unavailable(_unavailable_message(exc)) from None
+        return False
+
+
+def unit_of_work_factory(engine: Engine):
+    """A callable that opens a fresh UnitOfWork over `engine` (one per request)."""
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    return lambda: UnitOfWork(sessions)
+
+
+def _unavailable_message(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return f"database unavailable: {text.splitlines()[0] if text else type(exc).__name__}"
