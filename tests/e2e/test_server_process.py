@@ -1,0 +1,90 @@
+"""`mixprec server` and `mixprec migrate` as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mixprec.v1 import policy_pb2 as pb
+from mixprec.v1 import policy_pb2_grpc
+
+MIXPREC = [sys.executable, "-m", "mixprec.cli.main"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited early: {process.stderr.read()}")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise AssertionError("server never became healthy")
+
+
+def start_server(db: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    address = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [*MIXPREC, "server", "--db", db, "--listen", address, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    return process, address
+
+
+def test_server_logs_each_request_exports_metrics_and_stops_on_sigterm(tmp_path):
+    metrics_port = free_port()
+    process, address = start_server(f"sqlite:///{tmp_path / 'cp.db'}", "--metrics-port", str(metrics_port))
+    try:
+        wait_serving(address, process)
+        with grpc.insecure_channel(address) as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            stub.CreateEndpoint(pb.CreateEndpointRequest(name="e", layers=["a.b"]))
+            with pytest.raises(grpc.RpcError):
+                stub.GetEndpoint(pb.GetEndpointRequest(name="missing"))
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'mixprec_rpc_requests_total{code="NOT_FOUND",method="/mixprec.v1.PolicyService/GetEndpoint"} 1.0' in metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+    log = process.stderr.read()
+    assert "/mixprec.v1.PolicyService/CreateEndpoint OK" in log
+    assert "/mixprec.v1.PolicyService/GetEndpoint NOT_FOUND" in log
+    assert "stopped" in log
+    assert (tmp_path / "cp.db").exists()
+
+
+def test_postgres_behind_refuses_to_start_until_migrated(empty_pg_url):
+    process, _ = start_server(empty_pg_url)
+    assert process.wait(timeout=30) != 0
+    assert f"mixprec migrate --db" in process.stderr.read()
+
+    migrated = subprocess.run([*MIXPREC, "migrate", "--db", empty_pg_url], capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0 and "migrated database from empty" in migrated.stdout
+
+    process, address = start_server(empty_pg_url)
+    try:
+        wait_serving(address, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
