@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,40 +14,82 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from controlplane import blocking
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
+from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.policy_servicer import PolicyServicer
+from controlplane.push.agent_servicer import AgentServicer
+from controlplane.push.feeds import LocalFeed, RedisFeed
+from controlplane.push.hub import TargetHub
+from controlplane.push.recorder import FleetRecorder
+from controlplane.services.fleet import FleetService
 from controlplane.services.policies import PolicyService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
-from mixprec.v1 import policy_pb2, policy_pb2_grpc
+from mixprec.errors import MixprecError
+from mixprec.v1 import agent_pb2, agent_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,)
+SERVICE_NAMES = (
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+)
+
+# Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
+# recycle connections daily so that load spreads again over replicas added since.
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_connection_age_ms", 24 * 3600 * 1000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+]
 
 
 class ControlPlane:
     """One control plane replica: database, services and the gRPC server on `listen`."""
 
-    def __init__(self, db_url: str, listen: str = "127.0.0.1:0", metrics_port: int | None = None):
+    def __init__(
+        self,
+        db_url: str,
+        listen: str = "127.0.0.1:0",
+        metrics_port: int | None = None,
+        redis_url: str | None = None,
+        poll_interval: float = 5.0,
+    ):
         self.db_url = db_url
         self.listen = listen
         self.metrics_port = metrics_port
+        self.redis_url = redis_url
+        self.poll_interval = poll_interval
+        self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
-        self.policies = PolicyService(unit_of_work_factory(self.engine))
+        uow = unit_of_work_factory(self.engine)
+        self.policies = PolicyService(uow)
+        self.fleet = FleetService(uow)
+        self.hub = TargetHub()
+        self.recorder = FleetRecorder(self.fleet)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._feed = None
+        self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
 
     async def start(self) -> int:
         blocking.configure()
         await blocking.run_blocking(ensure_schema, self.engine)
-        server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(RpcMetrics(self.registry))],
-            options=[("grpc.so_reuseport", 0)],
-        )
+        metrics = RpcMetrics(self.registry)
+        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics)], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies), server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
+        )
+        agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -57,6 +100,12 @@ class ControlPlane:
             raise OSError(f"cannot listen on {self.listen}")
         await server.start()
         self._server = server
+        self._feed = RedisFeed(self.redis_url, self.replica) if self.redis_url else LocalFeed()
+        self._tasks = [
+            asyncio.ensure_future(self.recorder.run()),
+            asyncio.ensure_future(self._feed.run(self.refresh)),
+            asyncio.ensure_future(self._poll()),
+        ]
         for name in ("", *SERVICE_NAMES):
             await _maybe_await(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
         if self.metrics_port is not None:
@@ -70,23 +119,45 @@ class ControlPlane:
             await _maybe_await(self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
         await self._server.stop(grace)
         self._server = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.recorder.flush()
+        await self._feed.close()
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
         self.engine.dispose()
+
+    async def refresh(self, endpoint: str) -> None:
+        """Re-read an endpoint's target and push it to the streams of this replica."""
+        try:
+            target = await blocking.run_blocking(self.fleet.target, endpoint)
+        except MixprecError as err:
+            log.warning("cannot refresh %s: %s", endpoint, err)
+            return
+        self.hub.publish(target)
+
+    async def endpoint_changed(self, endpoint: str) -> None:
+        await self.refresh(endpoint)
+        await self._feed.publish(endpoint)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            for endpoint in self.hub.watched():
+                await self.refresh(endpoint)
 
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
 
 
-async def serve(db_url: str, listen: str, metrics_port: int | None = None, ready=None) -> None:
+async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop."""
-    plane = ControlPlane(db_url, listen, metrics_port)
+    plane = ControlPlane(db_url, listen, metrics_port, redis_url)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
     log.info("mixprec control plane serving on %s:%d (db %s)", host, port, plane.engine.url.render_as_string())
-    if ready is not None:
-        ready(port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -38,3 +38,62 @@ class AuditEntry:
     reason: str
     detail: dict
     at: datetime
+
+
+@dataclass(frozen=True)
+class Activation:
+    endpoint: str
+    version: int
+    previous_version: int
+    kind: str
+    actor: str
+    reason: str
+    rolled_back: bool
+    at: datetime
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    endpoint: str
+    worker_id: str
+    connected: bool
+    applied_version: int
+    last_ack_version: int
+    last_nack_version: int
+    last_nack_error: str
+    hardware: dict
+    inference_address: str
+    last_quality: dict
+    last_serving: dict
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class WorkerUpdate:
+    """What one stream learnt about its worker since the last flush (None: unchanged)."""
+
+    endpoint: str
+    worker_id: str
+    connected: bool | None = None
+    applied_version: int | None = None
+    last_ack_version: int | None = None
+    last_nack_version: int | None = None
+    last_nack_error: str | None = None
+    last_quality: dict | None = None
+    last_serving: dict | None = None
+    seen_at: datetime | None = None
+
+    def merged(self, newer: WorkerUpdate) -> WorkerUpdate:
+        fields = {k: v for k, v in vars(newer).items() if v is not None}
+        return WorkerUpdate(**{**vars(self), **fields})
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    endpoint: str
+    worker_id: str
+    version: int
+    kind: str
+    body: dict
+    at: datetime

@@ -89,10 +89,10 @@ def snapshot(url: str) -> dict[str, list[tuple]]:
 class RunningControlPlane:
     """A real control plane (grpc.aio) on port 0, running its event loop in a background thread."""
 
-    def __init__(self, db_url: str):
+    def __init__(self, db_url: str, **options):
         from controlplane.app import ControlPlane
 
-        self.plane = ControlPlane(db_url, "127.0.0.1:0")
+        self.plane = ControlPlane(db_url, "127.0.0.1:0", **options)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -122,3 +122,17 @@ def unused_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as err:  # noqa: BLE001 - any failure means the service is not usable
+        service_missing("Redis", err)
+    finally:
+        client.close()
+    return REDIS_URL

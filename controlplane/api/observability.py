@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -19,6 +20,10 @@ class RpcMetrics:
         self.duration = Histogram(
             "mixprec_rpc_duration_seconds", "RPC handling time", ["method"], registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.ack_latency = Histogram(
+            "mixprec_assignment_ack_seconds", "Time from sending an assignment to its ACK", registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
 
@@ -61,16 +66,30 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
             )
 
-            async def stream(request_or_iterator, context):
-                started, error = time.perf_counter(), None
-                try:
-                    async for response in streaming(request_or_iterator, context):
-                        yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    self._done(method, context, started, error)
+            if inspect.isasyncgenfunction(streaming):
+
+                async def stream(request_or_iterator, context):
+                    started, error = time.perf_counter(), None
+                    try:
+                        async for response in streaming(request_or_iterator, context):
+                            yield response
+                    except BaseException as exc:
+                        error = exc
+                        raise
+                    finally:
+                        self._done(method, context, started, error)
+
+            else:  # a handler that writes with context.write() and returns nothing
+
+                async def stream(request_or_iterator, context):
+                    started, error = time.perf_counter(), None
+                    try:
+                        return await streaming(request_or_iterator, context)
+                    except BaseException as exc:
+                        error = exc
+                        raise
+                    finally:
+                        self._done(method, context, started, error)
 
             return make(stream, handler.request_deserializer, handler.response_serializer)
         return handler

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from controlplane import domain
+from controlplane.services.checks import check_name, check_text, check_version, text_errors
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
 from mixprec.errors import Conflict, FailedPrecondition, FieldError, InvalidArgument, NotFound
-
-MAX_TEXT = 10_000
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class PolicyService:
         self, name: str, layers: list[str], base_precision: str = "", model: str = "", actor: str = ""
     ) -> domain.Endpoint:
         base = base_precision or lang.BASE_PRECISION
-        errors = lang.endpoint_errors(name, base, layers) + _text_errors(model=model, actor=actor)
+        errors = lang.endpoint_errors(name, base, layers) + text_errors(model=model, actor=actor)
         if errors:
             raise InvalidArgument(errors)
         with self._uow() as uow:
@@ -42,7 +41,7 @@ class PolicyService:
         return endpoint
 
     def get_endpoint(self, name: str) -> domain.Endpoint:
-        _check_name(name, "name")
+        check_name(name, "name")
         with self._uow() as uow:
             return uow.endpoints.get(name)
 
@@ -60,12 +59,10 @@ class PolicyService:
         author: str = "",
         message: str = "",
     ) -> domain.PolicyVersion:
-        _check_name(endpoint, "endpoint")
+        check_name(endpoint, "endpoint")
         if parent_version < 0:
             raise InvalidArgument(FieldError("parent_version", f"must be 0 or a version number, got {parent_version}"))
-        text_errors = _text_errors(author=author, message=message)
-        if text_errors:
-            raise InvalidArgument(text_errors)
+        check_text(author=author, message=message)
         with self._uow() as uow:
             # The row lock queues concurrent writers of one endpoint (Postgres); the conditional
             # update below is the compare-and-swap that decides on every database.
@@ -95,8 +92,8 @@ class PolicyService:
 
     def get_policy(self, endpoint: str, version: int = 0) -> tuple[domain.PolicyVersion, domain.Endpoint]:
         """A version (0 = the latest) and the endpoint it belongs to."""
-        _check_name(endpoint, "endpoint")
-        _check_version(version, "version", allow_latest=True)
+        check_name(endpoint, "endpoint")
+        check_version(version, "version", allow_latest=True)
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint)
             if version == 0:
@@ -106,14 +103,14 @@ class PolicyService:
             return uow.policies.get(endpoint, version), current
 
     def list_policies(self, endpoint: str) -> list[domain.PolicyVersion]:
-        _check_name(endpoint, "endpoint")
+        check_name(endpoint, "endpoint")
         with self._uow() as uow:
             return uow.policies.list(endpoint)
 
     def diff_policies(self, endpoint: str, from_version: int, to_version: int) -> PolicyDiff:
-        _check_name(endpoint, "endpoint")
-        _check_version(from_version, "from_version")
-        _check_version(to_version, "to_version")
+        check_name(endpoint, "endpoint")
+        check_version(from_version, "from_version")
+        check_version(to_version, "to_version")
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint)
             old = uow.policies.get(endpoint, from_version)
@@ -125,7 +122,7 @@ class PolicyService:
 
     def resolve_policy(self, endpoint: str, spec: lang.PolicySpec) -> lang.Resolution:
         """Dry run: the resolution with every validation error; nothing is written."""
-        _check_name(endpoint, "endpoint")
+        check_name(endpoint, "endpoint")
         current = self.get_endpoint(endpoint)
         return lang.resolve(spec, current.layers, current.base_precision)
 
@@ -145,23 +142,3 @@ def _resolve_or_raise(endpoint: domain.Endpoint, spec: lang.PolicySpec) -> None:
             "or start a worker so that it reports the catalog"
         )
     lang.resolve_or_raise(spec, endpoint.layers, endpoint.base_precision)
-
-
-def _check_name(name: str, field_name: str) -> None:
-    errors = lang.endpoint_name_errors(name, field_name)
-    if errors:
-        raise InvalidArgument(errors)
-
-
-def _check_version(version: int, field_name: str, allow_latest: bool = False) -> None:
-    if version < (0 if allow_latest else 1):
-        hint = "0 for the latest or " if allow_latest else ""
-        raise InvalidArgument(FieldError(field_name, f"must be {hint}a version number >= 1, got {version}"))
-
-
-def _text_errors(**fields: str) -> list[FieldError]:
-    return [
-        FieldError(name, f"is {len(value)} characters long; the limit is {MAX_TEXT}")
-        for name, value in fields.items()
-        if len(value) > MAX_TEXT
-    ]

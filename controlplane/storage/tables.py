@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -50,4 +50,57 @@ class AuditRow(Base):
     actor: Mapped[str] = mapped_column(String(200), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ActivationRow(Base):
+    """Each time an endpoint's active version changed, and whether that step was later rolled back."""
+
+    __tablename__ = "activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="RESTRICT"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    previous_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))  # activate | rollback | rollout
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerRow(Base):
+    """The last known state of one worker agent of an endpoint (soft state, rewritten often)."""
+
+    __tablename__ = "workers"
+    __table_args__ = (UniqueConstraint("endpoint_id", "worker_id", name="uq_workers_endpoint_worker"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="RESTRICT"), index=True)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    replica: Mapped[str] = mapped_column(String(64), default="")
+    applied_version: Mapped[int] = mapped_column(Integer, default=0)
+    last_ack_version: Mapped[int] = mapped_column(Integer, default=0)
+    last_nack_version: Mapped[int] = mapped_column(Integer, default=0)
+    last_nack_error: Mapped[str] = mapped_column(Text, default="")
+    hardware: Mapped[dict] = mapped_column(JSON, default=dict)
+    inference_address: Mapped[str] = mapped_column(String(200), default="")
+    last_quality: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_serving: Mapped[dict] = mapped_column(JSON, default=dict)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReportRow(Base):
+    """Every quality and serving report, kept for rollout analysis and history."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="RESTRICT"))
+    worker_id: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # quality | serving
+    body: Mapped[dict] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

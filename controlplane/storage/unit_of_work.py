@@ -6,6 +6,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from controlplane.storage.fleet_repositories import ActivationRepository, ReportRepository, WorkerRepository
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from mixprec.errors import Unavailable
 
@@ -14,15 +15,21 @@ class UnitOfWork:
     endpoints: EndpointRepository
     policies: PolicyRepository
     audit: AuditRepository
+    activations: ActivationRepository
+    workers: WorkerRepository
+    reports: ReportRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
 
-    def __enter__(self) -> "UnitOfWork":
+    def __enter__(self) -> UnitOfWork:
         self.session: Session = self._sessions()
         self.endpoints = EndpointRepository(self.session)
         self.policies = PolicyRepository(self.session)
         self.audit = AuditRepository(self.session)
+        self.activations = ActivationRepository(self.session)
+        self.workers = WorkerRepository(self.session)
+        self.reports = ReportRepository(self.session)
         return self
 
     def commit(self) -> None:

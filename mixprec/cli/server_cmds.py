@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB}); "
                    "Postgres: postgresql+psycopg://USER@HOST:5432/DB")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="redis://HOST:6379/0 to tell other replicas about changes at once (optional)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -38,7 +40,7 @@ def _server(args) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(serve(args.db, args.listen, args.metrics_port))
+    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis))
     return 0
 
 

@@ -77,7 +77,7 @@ def test_server_logs_each_request_exports_metrics_and_stops_on_sigterm(tmp_path)
 def test_postgres_behind_refuses_to_start_until_migrated(empty_pg_url):
     process, _ = start_server(empty_pg_url)
     assert process.wait(timeout=30) != 0
-    assert f"mixprec migrate --db" in process.stderr.read()
+    assert "mixprec migrate --db" in process.stderr.read()
 
     migrated = subprocess.run([*MIXPREC, "migrate", "--db", empty_pg_url], capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0 and "migrated database from empty" in migrated.stdout

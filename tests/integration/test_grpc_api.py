@@ -104,7 +104,7 @@ def test_bad_requests_get_their_code_a_clear_message_and_write_nothing(seeded, d
     seeded.CreateEndpoint(pb.CreateEndpointRequest(name="no-catalog"))
     before = snapshot(db_url)
     for method, request, code, words in BAD_REQUESTS:
-        err = code_of(lambda: getattr(seeded, method)(request))
+        err = code_of(lambda m=method, r=request: getattr(seeded, m)(r))
         assert err.code().name == code, (method, request, err.details())
         assert words in err.details(), (method, err.details())
         if code == "INVALID_ARGUMENT":

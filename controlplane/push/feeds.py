@@ -1,0 +1,63 @@
+"""Telling every control plane replica that an endpoint's target changed.
+
+A replica that changes an endpoint refreshes its own streams at once and publishes the endpoint's
+name; the other replicas learn it from Redis pub/sub. Without Redis (one replica, the embedded
+default) nothing needs telling. Every replica also re-reads the endpoints its streams watch every
+few seconds, so a lost message delays a change but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mixprec:endpoint-changed"
+OnChange = Callable[[str], Awaitable[None]]
+
+
+class LocalFeed:
+    """One replica: nobody else to tell."""
+
+    async def publish(self, endpoint: str) -> None:
+        return None
+
+    async def run(self, on_change: OnChange) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisFeed:
+    def __init__(self, url: str, replica: str):
+        import redis.asyncio as redis
+
+        self._redis = redis.from_url(url, socket_connect_timeout=3, health_check_interval=15)
+        self._replica = replica
+
+    async def publish(self, endpoint: str) -> None:
+        try:
+            await self._redis.publish(CHANNEL, f"{self._replica} {endpoint}")
+        except Exception as err:  # noqa: BLE001 - Redis is an accelerator; the poll still delivers
+            log.warning("could not publish change of %s to Redis (%s); other replicas will poll", endpoint, err)
+
+    async def run(self, on_change: OnChange) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    async for message in pubsub.listen():
+                        sender, _, endpoint = message["data"].decode().partition(" ")
+                        if sender != self._replica and endpoint:
+                            await on_change(endpoint)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reconnect after any Redis failure
+                log.warning("Redis change feed interrupted (%s); resubscribing in 1s", err)
+                await asyncio.sleep(1)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,139 @@
+"""Repositories of the fleet: activation history, worker state, reports."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from controlplane import domain
+from controlplane.storage.repositories import _aware, utcnow
+from controlplane.storage.tables import ActivationRow, EndpointRow, ReportRow, WorkerRow
+from mixprec.errors import NotFound
+
+
+class _ByEndpoint:
+    def __init__(self, session: Session):
+        self._session = session
+        self._ids: dict[str, int] = {}
+
+    def _endpoint_id(self, endpoint: str) -> int:
+        if endpoint not in self._ids:
+            endpoint_id = self._session.scalar(select(EndpointRow.id).where(EndpointRow.name == endpoint))
+            if endpoint_id is None:
+                raise NotFound(f"endpoint {endpoint!r} does not exist (see `mixprec endpoint list`)")
+            self._ids[endpoint] = endpoint_id
+        return self._ids[endpoint]
+
+
+class ActivationRepository(_ByEndpoint):
+    def add(self, endpoint: str, version: int, previous: int, kind: str, actor: str, reason: str) -> None:
+        self._session.add(
+            ActivationRow(
+                endpoint_id=self._endpoint_id(endpoint), version=version, previous_version=previous, kind=kind,
+                actor=actor, reason=reason, rolled_back=False, at=utcnow(),
+            )
+        )
+
+    def history(self, endpoint: str) -> list[domain.Activation]:
+        """Newest first."""
+        rows = self._session.scalars(
+            select(ActivationRow)
+            .where(ActivationRow.endpoint_id == self._endpoint_id(endpoint))
+            .order_by(ActivationRow.id.desc())
+        )
+        return [
+            domain.Activation(endpoint, r.version, r.previous_version, r.kind, r.actor, r.reason, r.rolled_back,
+                              _aware(r.at))
+            for r in rows
+        ]
+
+    def mark_rolled_back(self, endpoint: str, version: int) -> None:
+        self._session.execute(
+            update(ActivationRow)
+            .where(ActivationRow.endpoint_id == self._endpoint_id(endpoint), ActivationRow.version == version)
+            .values(rolled_back=True)
+        )
+
+
+def _worker(row: WorkerRow, endpoint: str) -> domain.WorkerState:
+    return domain.WorkerState(
+        endpoint=endpoint, worker_id=row.worker_id, connected=row.connected, applied_version=row.applied_version,
+        last_ack_version=row.last_ack_version, last_nack_version=row.last_nack_version,
+        last_nack_error=row.last_nack_error, hardware=dict(row.hardware), inference_address=row.inference_address,
+        last_quality=dict(row.last_quality), last_serving=dict(row.last_serving), first_seen=_aware(row.first_seen),
+        last_seen=_aware(row.last_seen),
+    )
+
+
+class WorkerRepository(_ByEndpoint):
+    def _row(self, endpoint: str, worker_id: str) -> WorkerRow | None:
+        return self._session.scalars(
+            select(WorkerRow).where(
+                WorkerRow.endpoint_id == self._endpoint_id(endpoint), WorkerRow.worker_id == worker_id
+            )
+        ).one_or_none()
+
+    def get(self, endpoint: str, worker_id: str) -> domain.WorkerState | None:
+        row = self._row(endpoint, worker_id)
+        return _worker(row, endpoint) if row else None
+
+    def connect(self, endpoint: str, worker_id: str, replica: str, running_version: int, hardware: dict,
+                inference_address: str) -> domain.WorkerState:
+        now = utcnow()
+        row = self._row(endpoint, worker_id)
+        if row is None:
+            row = WorkerRow(
+                endpoint_id=self._endpoint_id(endpoint), worker_id=worker_id, last_ack_version=0,
+                last_nack_version=0, last_nack_error="", last_quality={}, last_serving={}, first_seen=now,
+            )
+            self._session.add(row)
+        row.connected, row.replica, row.applied_version = True, replica, running_version
+        row.hardware, row.inference_address, row.last_seen = hardware, inference_address, now
+        self._session.flush()
+        return _worker(row, endpoint)
+
+    def apply(self, change: domain.WorkerUpdate) -> None:
+        values = {
+            k: v
+            for k, v in vars(change).items()
+            if v is not None and k not in ("endpoint", "worker_id", "seen_at")
+        }
+        values["last_seen"] = change.seen_at or utcnow()
+        self._session.execute(
+            update(WorkerRow)
+            .where(WorkerRow.endpoint_id == self._endpoint_id(change.endpoint), WorkerRow.worker_id == change.worker_id)
+            .values(**values)
+        )
+
+    def disconnect_replica(self, replica: str) -> None:
+        """A replica that stops cleanly lets go of its streams' workers."""
+        self._session.execute(update(WorkerRow).where(WorkerRow.replica == replica).values(connected=False))
+
+    def list(self, endpoint: str) -> list[domain.WorkerState]:
+        rows = self._session.scalars(
+            select(WorkerRow).where(WorkerRow.endpoint_id == self._endpoint_id(endpoint)).order_by(WorkerRow.worker_id)
+        )
+        return [_worker(r, endpoint) for r in rows]
+
+
+class ReportRepository(_ByEndpoint):
+    def add(self, report: domain.ReportRecord) -> None:
+        self._session.add(
+            ReportRow(
+                endpoint_id=self._endpoint_id(report.endpoint), worker_id=report.worker_id, version=report.version,
+                kind=report.kind, body=report.body, at=report.at,
+            )
+        )
+
+    def for_version(self, endpoint: str, version: int, kind: str | None = None, since=None) -> list[domain.ReportRecord]:
+        query = select(ReportRow).where(
+            ReportRow.endpoint_id == self._endpoint_id(endpoint), ReportRow.version == version
+        )
+        if kind:
+            query = query.where(ReportRow.kind == kind)
+        if since is not None:
+            query = query.where(ReportRow.at >= since)
+        return [
+            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), _aware(r.at))
+            for r in self._session.scalars(query.order_by(ReportRow.id))
+        ]

@@ -1,0 +1,172 @@
+"""The agent's side of AgentService.Connect: hello, apply assignments, ACK/NACK, reports, reconnect.
+
+Pure asyncio and gRPC, no torch: the real worker plugs its engine in as the `apply` callable and
+the benchmark's simulated agents plug in a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import grpc
+
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import agent_pb2_grpc
+from worker.state import AppliedAssignment, StateStore
+
+log = logging.getLogger(__name__)
+
+# (version, precision map) -> None; raise to refuse (NACK) the assignment.
+ApplyFn = Callable[[int, dict[str, str]], Awaitable[None]]
+AppliedFn = Callable[[int, dict[str, str]], Awaitable[None]]
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+ACCEPTED_KEY = "mixprec-accepted"
+
+# Codes after which retrying the same hello cannot succeed until someone acts.
+FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff ("full jitter"): a fleet reconnecting at once spreads out."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * self.multiplier**self.attempt)
+        self.attempt += 1
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class AgentIdentity:
+    endpoint: str
+    worker_id: str
+    layers: list[str]
+    model: str = ""
+    hardware: apb.Hardware = field(default_factory=apb.Hardware)
+    inference_address: str = ""
+
+
+class SyncLoop:
+    def __init__(
+        self,
+        server: str,
+        identity: AgentIdentity,
+        apply: ApplyFn,
+        state: StateStore | None = None,
+        on_applied: AppliedFn | None = None,
+        backoff: Backoff | None = None,
+    ):
+        self.server = server
+        self.identity = identity
+        self._apply = apply
+        self._state = state
+        self._on_applied = on_applied
+        self._backoff = backoff or Backoff()
+        self._outbox: asyncio.Queue[apb.AgentMessage] | None = None
+        self.version = 0
+        self.precision_map: dict[str, str] | None = None
+        self.connected = asyncio.Event()
+        self.applied_count = 0
+        self.last_error = ""
+        self.fatal_error: grpc.RpcError | None = None
+
+    async def restore(self) -> AppliedAssignment | None:
+        """Apply the assignment saved by a previous run, before any control plane answers."""
+        saved = self._state.load() if self._state else None
+        if saved is not None and saved.endpoint == self.identity.endpoint:
+            await self._apply(saved.version, saved.precision_map)
+            self.version, self.precision_map = saved.version, saved.precision_map
+            log.info("restored v%d from %s", saved.version, self._state.path)
+        return saved
+
+    def report(self, report: apb.Report) -> None:
+        """Queue a report; dropped when no stream is up (the next one carries fresher numbers)."""
+        if self._outbox is not None and self.connected.is_set():
+            self._outbox.put_nowait(apb.AgentMessage(report=report))
+
+    async def run(self) -> None:
+        """Keep a stream up until cancelled; reconnect after errors and after a clean end of stream."""
+        while True:
+            try:
+                await self._session()
+                log.info("control plane ended the stream; reconnecting")
+            except grpc.aio.AioRpcError as err:
+                self.last_error = f"{err.code().name}: {err.details()}"
+                if err.code() in FATAL:
+                    log.error("control plane refused this worker: %s", self.last_error)
+                    self.fatal_error = err
+                log.warning("stream to %s failed (%s)", self.server, self.last_error)
+            finally:
+                self.connected.clear()
+                self._outbox = None
+            delay = self._backoff.next_delay()
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
+        ident = self.identity
+        outbox.put_nowait(
+            apb.AgentMessage(
+                hello=apb.Hello(
+                    endpoint=ident.endpoint, worker_id=ident.worker_id, layers=ident.layers, model=ident.model,
+                    hardware=ident.hardware, running_version=self.version,
+                    inference_address=ident.inference_address,
+                )
+            )
+        )
+
+        async def outgoing():
+            while True:
+                yield await outbox.get()
+
+        async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(outgoing())
+            self._outbox = outbox
+            # The control plane sends its initial metadata once it has accepted the hello; a refused
+            # hello ends the call with an error status, raised by the iteration below.
+            metadata = await call.initial_metadata()
+            if metadata is not None and ACCEPTED_KEY in dict(metadata):
+                self.connected.set()
+                self._backoff.reset()
+            async for message in call:
+                if message.WhichOneof("message") == "assignment":
+                    await self._handle(message.assignment, outbox)
+
+    async def _handle(self, assignment: apb.Assignment, outbox: asyncio.Queue) -> None:
+        precision_map = {lp.layer: lp.precision for lp in assignment.precision_map}
+        try:
+            await self._apply(assignment.version, precision_map)
+        except Exception as err:  # noqa: BLE001 - any failure to apply is this assignment's NACK
+            log.warning("refusing v%d: %s", assignment.version, err)
+            outbox.put_nowait(apb.AgentMessage(nack=apb.Nack(version=assignment.version, nonce=assignment.nonce,
+                                                             error=str(err) or type(err).__name__)))
+            return
+        self.version, self.precision_map = assignment.version, precision_map
+        self.applied_count += 1
+        if self._state is not None:
+            self._state.save(AppliedAssignment(self.identity.endpoint, assignment.version, precision_map,
+                                               assignment.nonce))
+        outbox.put_nowait(apb.AgentMessage(ack=apb.Ack(version=assignment.version, nonce=assignment.nonce)))
+        log.info("applied v%d (%s)", assignment.version, assignment.reason)
+        if self._on_applied is not None:
+            await self._on_applied(assignment.version, precision_map)
