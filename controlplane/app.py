@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controlplane import blocking
-from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.fleet_servicer import FleetServicer
+from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.push.agent_servicer import AgentServicer
 from controlplane.push.feeds import LocalFeed, RedisFeed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -103,6 +104,6 @@ def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
         return code
     if error is None:
         return grpc.StatusCode.OK
-    if isinstance(error, Exception) and error.__class__.__name__ == "CancelledError":
-        return grpc.StatusCode.CANCELLED
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED  # the peer went away (an agent restarting, a client timing out)
     return grpc.StatusCode.UNKNOWN

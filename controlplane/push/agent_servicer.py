@@ -41,19 +41,18 @@ class WorkerSession:
     pending_nonce: str = ""
     sent_at: float = 0.0
 
-    def next_assignment(self, target: Target, reason: str) -> apb.Assignment | None:
+    def next_version(self, target: Target) -> int | None:
+        """The version to send this worker now, or None when it has it, refused it, or it is unknown."""
         want = target.version_for(self.worker_id)
         if want == self.current or want in self.nacked or want not in target.maps:
             return None
-        self.current = want
+        return want
+
+    def sent(self, version: int) -> str:
+        self.current = version
         self.pending_nonce = uuid.uuid4().hex[:12]
         self.sent_at = time.perf_counter()
-        return apb.Assignment(
-            version=want,
-            nonce=self.pending_nonce,
-            precision_map=[pb.LayerPrecision(layer=layer, precision=p) for layer, p in target.maps[want]],
-            reason=reason,
-        )
+        return self.pending_nonce
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -63,6 +62,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._recorder = recorder
         self._replica = replica
         self._ack_latency = ack_latency
+        self._prototypes: dict[tuple[str, int], tuple[Target, apb.Assignment]] = {}
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
         first = await context.read()
@@ -87,28 +87,46 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         session.nacked.discard(hello.running_version)
         log.info("worker %s of %s connected (running v%d)", hello.worker_id, hello.endpoint, hello.running_version)
         self._recorder.live(hello.endpoint, hello.worker_id, True)
-        reader = asyncio.ensure_future(self._read(context, session))
+        reader: asyncio.Future | None = None
         try:
             with self._hub.watch(hello.endpoint) as changed:
+                # The reader sets `changed` too when the stream ends, so one wait covers both.
+                reader = asyncio.ensure_future(self._read(context, session))
+                reader.add_done_callback(lambda _: changed.set())
                 reason = "connect"
-                while True:
+                while not reader.done():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
-                    assignment = session.next_assignment(latest, reason) if latest else None
+                    assignment = self._assignment(session, latest, reason) if latest else None
                     if assignment is not None:
                         await context.write(apb.ControlMessage(assignment=assignment))
                     reason = "change"
-                    waiter = asyncio.ensure_future(changed.wait())
-                    done, _ = await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    if reader in done:
-                        waiter.cancel()
-                        reader.result()
-                        break
+                    await changed.wait()
+                reader.result()
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._recorder.live(hello.endpoint, hello.worker_id, False)
             self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
             log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
+
+    def _assignment(self, session: WorkerSession, target: Target, reason: str) -> apb.Assignment | None:
+        version = session.next_version(target)
+        if version is None:
+            return None
+        # Every worker of an endpoint gets the same map: build its message once per target.
+        key = (target.endpoint, version)
+        cached = self._prototypes.get(key)
+        if cached is None or cached[0] is not target:
+            prototype = apb.Assignment(
+                version=version,
+                precision_map=[pb.LayerPrecision(layer=layer, precision=p) for layer, p in target.maps[version]],
+            )
+            self._prototypes[key] = cached = (target, prototype)
+        assignment = apb.Assignment()
+        assignment.CopyFrom(cached[1])
+        assignment.nonce, assignment.reason = session.sent(version), reason
+        return assignment
 
     async def _read(self, context: grpc.aio.ServicerContext, session: WorkerSession) -> None:
         while True:

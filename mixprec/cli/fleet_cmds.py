@@ -1,0 +1,130 @@
+"""`mixprec activate`, `mixprec rollback`, `mixprec fleet`, `mixprec audit`."""
+
+from __future__ import annotations
+
+import json
+
+from mixprec.cli import output
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, timestamp_text, to_dict
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import agent_pb2_grpc
+
+
+def register(sub) -> None:
+    a = command(sub, "activate", "make a policy version active on every worker of an endpoint now", _activate)
+    a.add_argument("endpoint")
+    a.add_argument("version", type=int)
+    a.add_argument("--reason", default="", help="why, for the audit log")
+
+    r = command(sub, "rollback", "return an endpoint to its last known-good version everywhere, in one call",
+                _rollback,
+                description="Return an endpoint to its last known-good version (the latest earlier active version "
+                "that was not rolled back), to a named version with --to, or to all-base precision with --to-base.")
+    r.add_argument("endpoint")
+    r.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    target = r.add_mutually_exclusive_group()
+    target.add_argument("--to", type=int, default=0, metavar="VERSION", help="roll back to this version")
+    target.add_argument("--to-base", action="store_true", help="every layer at the endpoint's base precision")
+
+    f = command(sub, "fleet", "show every worker of an endpoint: connected, applied version, last ACK/NACK, reports",
+                _fleet)
+    f.add_argument("endpoint")
+
+    u = command(sub, "audit", "show who changed what on an endpoint, newest first", _audit)
+    u.add_argument("endpoint")
+    u.add_argument("--limit", type=int, default=100)
+
+
+def fleet_stub(args) -> agent_pb2_grpc.FleetServiceStub:
+    return agent_pb2_grpc.FleetServiceStub(channel(args))
+
+
+def _print_activation(args, response: apb.ActivationResponse, verb: str) -> None:
+    if args.output == "json":
+        output.as_json(to_dict(response))
+        return
+    print(f"{response.endpoint}: {verb} v{response.previous_version} -> v{response.active_version}; "
+          f"pushing to {response.connected_workers} connected worker(s)")
+
+
+def _activate(args) -> int:
+    response = fleet_stub(args).Activate(
+        apb.ActivateRequest(endpoint=args.endpoint, version=args.version, actor=actor(args), reason=args.reason),
+        timeout=RPC_TIMEOUT_S,
+    )
+    _print_activation(args, response, "activated")
+    return 0
+
+
+def _rollback(args) -> int:
+    response = fleet_stub(args).Rollback(
+        apb.RollbackRequest(endpoint=args.endpoint, reason=args.reason, to_version=args.to, to_base=args.to_base,
+                            actor=actor(args)),
+        timeout=RPC_TIMEOUT_S,
+    )
+    _print_activation(args, response, "rolled back")
+    return 0
+
+
+def _quality_text(report: apb.Report) -> str:
+    if not report.deltas:
+        return "-"
+    return " ".join(f"{k}={v:+.4f}" for k, v in sorted(report.deltas.items()))
+
+
+def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
+    return [
+        {
+            "worker": w.worker_id,
+            "connected": "yes" if w.connected else "no",
+            "applied": f"v{w.applied_version}",
+            "want": f"v{w.desired_version}",
+            "last nack": f"v{w.last_nack_version}: {w.last_nack[:60]}" if w.last_nack else "-",
+            "quality (delta vs base)": _quality_text(w.last_quality),
+            "req/s": f"{w.last_serving.throughput:.1f}" if w.HasField("last_serving") else "-",
+            "p50/p99 ms": (f"{w.last_serving.latency_p50_ms:.1f}/{w.last_serving.latency_p99_ms:.1f}"
+                           if w.HasField("last_serving") else "-"),
+            "kernel": w.hardware.kernel or "-",
+            "last seen": timestamp_text(w.last_seen),
+        }
+        for w in response.workers
+    ]
+
+
+def _fleet(args) -> int:
+    response = fleet_stub(args).GetFleet(apb.GetFleetRequest(endpoint=args.endpoint), timeout=RPC_TIMEOUT_S)
+    if args.output == "json":
+        output.as_json([
+            {
+                "worker_id": w.worker_id,
+                "connected": w.connected,
+                "applied_version": w.applied_version,
+                "desired_version": w.desired_version,
+                "last_ack_version": w.last_ack_version,
+                "last_nack": ({"version": w.last_nack_version, "error": w.last_nack} if w.last_nack else None),
+                "last_quality": to_dict(w.last_quality) if w.HasField("last_quality") else None,
+                "last_serving": to_dict(w.last_serving) if w.HasField("last_serving") else None,
+                "hardware": to_dict(w.hardware),
+                "inference_address": w.inference_address,
+                "last_seen": timestamp_text(w.last_seen),
+            }
+            for w in response.workers
+        ])
+        return 0
+    print(f"endpoint {response.endpoint}: active v{response.active_version}, {len(response.workers)} worker(s)")
+    output.table(worker_rows(response))
+    return 0
+
+
+def _audit(args) -> int:
+    response = fleet_stub(args).ListAudit(apb.ListAuditRequest(endpoint=args.endpoint, limit=args.limit),
+                                          timeout=RPC_TIMEOUT_S)
+    rows = [
+        {"time": timestamp_text(e.time), "action": e.action, "actor": e.actor, "reason": e.reason,
+         "detail": e.detail_json}
+        for e in response.entries
+    ]
+    output.emit(args, [dict(r, detail=json.loads(r["detail"])) for r in rows], rows=rows)
+    return 0
+
+
