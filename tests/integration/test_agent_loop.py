@@ -216,3 +216,51 @@ def test_a_change_on_one_replica_reaches_agents_of_another_through_redis(empty_p
     finally:
         one.stop()
         two.stop()
+
+
+def test_fleet_cli_activate_rollback_fleet_audit(control_plane, capsys):
+    from mixprec.cli.main import main
+
+    policies, _ = stubs(control_plane.address)
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+    policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=0, rules=rules(("*", "fp8"))))
+    policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=1, rules=rules(("layers.0.*", "fp8"))))
+
+    def cli(*argv):
+        code = main(["--server", control_plane.address, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    async def scenario():
+        agent = LightAgent(control_plane.address, "emb", "w1", refuse={2}).start()
+        await asyncio.wait_for(agent.loop.connected.wait(), 10)
+        code, out, _ = await asyncio.to_thread(cli, "activate", "emb", "1", "--reason", "try fp8")
+        assert code == 0 and "activated v0 -> v1" in out
+        await eventually(lambda: agent.applied == [1])
+        await asyncio.to_thread(cli, "activate", "emb", "2")
+        await eventually(lambda: json.loads(cli("fleet", "emb", "--output", "json")[1])[0]["last_nack"] is not None)
+        code, out, _ = await asyncio.to_thread(cli, "fleet", "emb", "--output", "json")
+        (worker,) = json.loads(out)
+        assert worker["worker_id"] == "w1" and worker["connected"] is True
+        assert worker["applied_version"] == 1 and worker["last_nack"]["version"] == 2
+        assert "cannot run fp8" in worker["last_nack"]["error"]
+        code, out, _ = await asyncio.to_thread(cli, "fleet", "emb")
+        assert code == 0 and "w1" in out and "v2: layer layers.0.mlp.up_proj" in out
+        code, out, _ = await asyncio.to_thread(cli, "rollback", "emb", "--reason", "incident 42", "--to-base")
+        assert code == 0 and "rolled back v2 -> v3" in out
+        await eventually(lambda: agent.applied == [1, 3])
+        await agent.stop()
+
+    asyncio.run(scenario())
+    code, out, _ = cli("audit", "emb", "--output", "json")
+    entries = json.loads(out)
+    assert [e["action"] for e in entries][:3] == ["rollback", "policy.create", "activate"]
+    assert entries[0]["reason"] == "incident 42" and entries[0]["detail"]["version"] == 3
+    # Bad input through the fleet commands: codes and messages.
+    assert cli("activate", "emb", "9")[0] == 3
+    code, _, err = cli("rollback", "emb", "--reason", " ")
+    assert code == 2 and "reason" in err
+    code, _, err = cli("rollback", "nope", "--reason", "x")
+    assert code == 3 and "'nope' does not exist" in err
+    code, _, err = cli("activate", "emb", "0")
+    assert code == 2 and "version" in err
