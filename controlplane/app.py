@@ -16,16 +16,18 @@ from controlplane import blocking
 from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
+from controlplane.api.rollout_servicer import RolloutServicer
 from controlplane.push.agent_servicer import AgentServicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
 from controlplane.services.policies import PolicyService
+from controlplane.services.rollouts import RolloutService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from mixprec.errors import MixprecError
-from mixprec.v1 import agent_pb2, agent_pb2_grpc, policy_pb2, policy_pb2_grpc
+from mixprec.v1 import agent_pb2, agent_pb2_grpc, policy_pb2, policy_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ SERVICE_NAMES = (
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+    rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
 )
 
 # Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
@@ -59,18 +62,21 @@ class ControlPlane:
         metrics_port: int | None = None,
         redis_url: str | None = None,
         poll_interval: float = 5.0,
+        rollout_interval: float = 1.0,
     ):
         self.db_url = db_url
         self.listen = listen
         self.metrics_port = metrics_port
         self.redis_url = redis_url
         self.poll_interval = poll_interval
+        self.rollout_interval = rollout_interval
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
         uow = unit_of_work_factory(self.engine)
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
+        self.rollouts = RolloutService(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
         self.port: int | None = None
@@ -90,6 +96,9 @@ class ControlPlane:
             AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
+            RolloutServicer(self.rollouts, self.endpoint_changed), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -105,6 +114,7 @@ class ControlPlane:
             asyncio.ensure_future(self.recorder.run()),
             asyncio.ensure_future(self._feed.run(self.refresh)),
             asyncio.ensure_future(self._poll()),
+            asyncio.ensure_future(self._drive_rollouts()),
         ]
         for name in ("", *SERVICE_NAMES):
             await _maybe_await(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
@@ -146,6 +156,19 @@ class ControlPlane:
             await asyncio.sleep(self.poll_interval)
             for endpoint in self.hub.watched():
                 await self.refresh(endpoint)
+
+    async def _drive_rollouts(self) -> None:
+        """Advance running rollouts; any replica may, the rollout's revision makes sure only one does."""
+        while True:
+            await asyncio.sleep(self.rollout_interval)
+            try:
+                await self.recorder.flush()  # judge the reports that have arrived, not the ones in flight
+                for endpoint in await blocking.run_blocking(self.rollouts.advance_all):
+                    await self.endpoint_changed(endpoint)
+            except MixprecError as err:
+                log.warning("rollout controller: %s", err)
+            except Exception:  # noqa: BLE001 - the controller must survive one bad pass
+                log.exception("rollout controller pass failed")
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -97,3 +97,58 @@ class ReportRecord:
     kind: str
     body: dict
     at: datetime
+    id: int = 0
+
+
+OPEN_ROLLOUT_STATES = ("RUNNING", "PAUSED")
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    workers: int = 0       # an absolute count ...
+    percent: float = 0.0   # ... or a share of the endpoint's workers
+
+    def size(self, fleet: int) -> int:
+        import math
+
+        wanted = self.workers if self.workers else math.ceil(self.percent / 100 * fleet)
+        return max(1, min(fleet, wanted))
+
+    def label(self) -> str:
+        return str(self.workers) if self.workers else f"{self.percent:g}%"
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    max_drop: dict[str, float]
+    min_throughput_ratio: float = 0.0
+    reports_per_step: int = 1
+    bake_seconds: float = 0.0
+    max_failed_checks: int = 0
+    step_timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    endpoint: str
+    from_version: int
+    to_version: int
+    steps: tuple[RolloutStep, ...]
+    guardrails: Guardrails
+    state: str
+    current_step: int
+    failed_checks: int
+    last_report_id: int
+    message: str
+    new_workers: tuple[str, ...]
+    last_checks: tuple[dict, ...]
+    actor: str
+    revision: int
+    created_at: datetime
+    step_started_at: datetime
+    updated_at: datetime
+
+    @property
+    def open(self) -> bool:
+        return self.state in OPEN_ROLLOUT_STATES

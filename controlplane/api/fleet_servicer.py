@@ -48,10 +48,11 @@ class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
     @maps_domain_errors
     async def GetFleet(self, request: apb.GetFleetRequest, context) -> apb.GetFleetResponse:
         endpoint, workers = await run_blocking(self._fleet.get_fleet, request.endpoint)
+        target = await run_blocking(self._fleet.target, request.endpoint)
         return apb.GetFleetResponse(
             endpoint=endpoint.name,
             active_version=endpoint.active_version,
-            workers=[_worker_status(w, endpoint.active_version) for w in workers],
+            workers=[_worker_status(w, target.version_for(w.worker_id)) for w in workers],
         )
 
     @maps_domain_errors

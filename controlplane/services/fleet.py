@@ -11,7 +11,7 @@ from controlplane.services.checks import check_name, check_text, check_version
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
-from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument
+from mixprec.errors import Conflict, FailedPrecondition, FieldError, InvalidArgument
 
 # A worker whose replica has not vouched for it for this long counts as disconnected
 # (its replica may have died without saying goodbye).
@@ -53,6 +53,12 @@ class FleetService:
             current = uow.endpoints.get(endpoint, for_update=True)
             policy = uow.policies.get(endpoint, version)
             lang.resolve_or_raise(policy.spec, current.layers, current.base_precision)
+            rollout = uow.rollouts.open_for(endpoint)
+            if rollout is not None:
+                raise FailedPrecondition(
+                    f"rollout {rollout.id} of {endpoint!r} is {rollout.state}; abort it (mixprec rollout abort) or "
+                    "roll back before activating another version"
+                )
             if current.active_version == version:
                 return ActivationResult(endpoint, version, version)
             self._switch(uow, current, version, "activate", actor, reason)
@@ -78,6 +84,7 @@ class FleetService:
                 target = to_version
             else:
                 target = self._last_known_good(uow, current)
+            self._end_rollout(uow, endpoint, actor, reason)
             if current.active_version:
                 uow.activations.mark_rolled_back(endpoint, current.active_version)
             self._switch(uow, current, target, "rollback", actor, reason)
@@ -89,6 +96,16 @@ class FleetService:
         uow.endpoints.set_active(current.name, version)
         uow.activations.add(current.name, version, current.active_version, kind, actor, reason)
         uow.audit.record(current.name, kind, actor, reason, version=version, previous_version=current.active_version)
+
+    def _end_rollout(self, uow: UnitOfWork, endpoint: str, actor: str, reason: str) -> None:
+        """A rollback during a rollout ends it: its new version must not come back by itself."""
+        rollout = uow.rollouts.open_for(endpoint)
+        if rollout is None:
+            return
+        message = f"ended by a rollback ({reason}); every worker leaves v{rollout.to_version}"
+        if not uow.rollouts.save(replace(rollout, state="ROLLED_BACK", message=message, updated_at=utcnow())):
+            raise Conflict(f"rollout {rollout.id} of {endpoint!r} changed meanwhile; retry the rollback")
+        uow.audit.record(endpoint, "rollout.rolled_back", actor, message, rollout=rollout.id)
 
     def _last_known_good(self, uow: UnitOfWork, current: domain.Endpoint) -> int:
         if not current.active_version:
@@ -141,9 +158,13 @@ class FleetService:
             return self._target(uow, current)
 
     def _target(self, uow: UnitOfWork, current: domain.Endpoint) -> Target:
-        versions = {current.active_version}
+        overrides: dict[str, int] = {}
+        rollout = uow.rollouts.open_for(current.name)
+        if rollout is not None:
+            overrides = {worker: rollout.to_version for worker in rollout.new_workers}
+        versions = {current.active_version, *overrides.values()}
         maps = {v: _ordered_map(uow, current, v) for v in versions}
-        return Target(current.name, current.active_version, maps)
+        return Target(current.name, current.active_version, maps, overrides)
 
     def worker_connected(
         self, endpoint: str, worker_id: str, layers: list[str], replica: str, running_version: int,

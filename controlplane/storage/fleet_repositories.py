@@ -125,15 +125,17 @@ class ReportRepository(_ByEndpoint):
             )
         )
 
-    def for_version(self, endpoint: str, version: int, kind: str | None = None, since=None) -> list[domain.ReportRecord]:
-        query = select(ReportRow).where(
-            ReportRow.endpoint_id == self._endpoint_id(endpoint), ReportRow.version == version
-        )
+    def since(self, endpoint: str, after_id: int = 0, kind: str | None = None, at_or_after=None,
+              versions: tuple[int, ...] | None = None) -> list[domain.ReportRecord]:
+        """Reports of an endpoint in arrival order, filtered by id, kind, time and version."""
+        query = select(ReportRow).where(ReportRow.endpoint_id == self._endpoint_id(endpoint), ReportRow.id > after_id)
         if kind:
             query = query.where(ReportRow.kind == kind)
-        if since is not None:
-            query = query.where(ReportRow.at >= since)
+        if at_or_after is not None:
+            query = query.where(ReportRow.at >= at_or_after)
+        if versions is not None:
+            query = query.where(ReportRow.version.in_(versions))
         return [
-            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), _aware(r.at))
+            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), _aware(r.at), r.id)
             for r in self._session.scalars(query.order_by(ReportRow.id))
         ]

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.storage.fleet_repositories import ActivationRepository, ReportRepository, WorkerRepository
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
+from controlplane.storage.rollout_repository import RolloutRepository
 from mixprec.errors import Unavailable
 
 
@@ -18,6 +19,7 @@ class UnitOfWork:
     activations: ActivationRepository
     workers: WorkerRepository
     reports: ReportRepository
+    rollouts: RolloutRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
@@ -30,6 +32,7 @@ class UnitOfWork:
         self.activations = ActivationRepository(self.session)
         self.workers = WorkerRepository(self.session)
         self.reports = ReportRepository(self.session)
+        self.rollouts = RolloutRepository(self.session)
         return self
 
     def commit(self) -> None:

@@ -11,9 +11,8 @@ import pytest
 
 from conftest import RunningControlPlane
 from mixprec.v1 import agent_pb2 as apb
-from mixprec.v1 import agent_pb2_grpc
+from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
-from mixprec.v1 import policy_pb2_grpc
 from worker.state import StateStore
 from worker.sync import AgentIdentity, Backoff, SyncLoop
 

@@ -1,0 +1,168 @@
+"""Progressive rollouts against light agents: pass, breach and automatic rollback, inconclusive, abort."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from test_agent_loop import LAYERS, LightAgent, eventually, rules, stubs
+
+from conftest import RunningControlPlane
+from controlplane.services.rollout_analysis import worker_rank
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import policy_pb2 as pb
+from mixprec.v1 import rollout_pb2 as rpb
+from mixprec.v1 import rollout_pb2_grpc
+
+WORKERS = ["w-a", "w-b", "w-c", "w-d"]
+
+
+@pytest.fixture
+def plane(db_url):
+    running = RunningControlPlane(db_url, rollout_interval=0.05)
+    policies, fleet = stubs(running.address)
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+    policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=0,
+                                                 rules=rules(("layers.0.mlp.*", "fp8"))))  # 2 fp8 layers
+    policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=1, rules=rules(("*", "fp8"))))
+    fleet.Activate(apb.ActivateRequest(endpoint="emb", version=1))
+    running.rollouts = rollout_pb2_grpc.RolloutServiceStub(grpc.insecure_channel(running.address))
+    running.fleet = fleet
+    yield running
+    running.stop()
+
+
+def start(plane, version=2, steps=(1, 50.0, 100.0), **guardrails):
+    guardrails.setdefault("max_drop", {"cosine_to_base": 0.01})
+    return plane.rollouts.StartRollout(rpb.StartRolloutRequest(
+        endpoint="emb", version=version, actor="test",
+        steps=[rpb.RolloutStep(workers=s) if isinstance(s, int) else rpb.RolloutStep(percent=s) for s in steps],
+        guardrails=rpb.Guardrails(**guardrails)))
+
+
+def state_of(plane) -> rpb.Rollout:
+    return plane.rollouts.GetRollout(rpb.GetRolloutRequest(endpoint="emb"))
+
+
+async def fleet_up(plane, quiet=()):
+    agents = []
+    for worker in WORKERS:
+        agent = LightAgent(plane.address, "emb", worker).start()
+        if worker in quiet:
+            agent.loop._on_applied = None  # applies, ACKs, but never reports quality
+        agents.append(agent)
+    for agent in agents:
+        await asyncio.wait_for(agent.loop.connected.wait(), 10)
+    await eventually(lambda: all(a.applied == [1] for a in agents), what="fleet on v1")
+    return agents
+
+
+def test_a_rollout_that_passes_every_step(plane):
+    async def scenario():
+        agents = await fleet_up(plane)
+        seen_sizes = set()
+        start(plane, reports_per_step=1, bake_seconds=0.2)
+
+        def done():
+            r = state_of(plane)
+            seen_sizes.add(len(r.new_version_workers))
+            return r.state == rpb.SUCCEEDED
+
+        await eventually(done, timeout=20, what="rollout success")
+        rollout = state_of(plane)
+        assert seen_sizes >= {1, 2, 4} and rollout.current_step == 2
+        # Stable choice: the first step's worker is the one with the lowest rank.
+        assert rollout.new_version_workers[0] == min(WORKERS, key=worker_rank)
+        await eventually(lambda: all(a.loop.version == 2 for a in agents), what="everyone on v2")
+        assert plane.fleet.GetFleet(apb.GetFleetRequest(endpoint="emb")).active_version == 2
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_breached_guardrail_rolls_every_worker_back(plane):
+    async def scenario():
+        agents = await fleet_up(plane)
+        # v2 runs 6 layers in FP8: the agents report a cosine drop of 0.006, over the 0.001 allowed.
+        start(plane, steps=(50.0, 100.0), max_drop={"cosine_to_base": 0.001}, max_failed_checks=1,
+              reports_per_step=2)
+        await eventually(lambda: state_of(plane).state == rpb.ROLLED_BACK, timeout=20, what="automatic rollback")
+        rollout = state_of(plane)
+        assert "max_drop[cosine_to_base] measured 0.006" in rollout.message and "limit <= 0.001" in rollout.message
+        assert rollout.failed_checks == 2
+        assert any(not c.passed and c.measured == pytest.approx(0.006) for c in rollout.last_checks)
+        await eventually(lambda: all(a.loop.version == 1 for a in agents), what="everyone back on v1")
+        assert max(len(a.applied) for a in agents) == 3  # v1, v2, v1 on the chosen workers
+        assert plane.fleet.GetFleet(apb.GetFleetRequest(endpoint="emb")).active_version == 1
+        audit = plane.fleet.ListAudit(apb.ListAuditRequest(endpoint="emb")).entries
+        assert audit[0].action == "rollout.rolled_back" and "0.006" in audit[0].reason
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_inconclusive_step_pauses_and_resumes(plane):
+    async def scenario():
+        agents = await fleet_up(plane, quiet=WORKERS)
+        start(plane, steps=(1, 100.0), step_timeout_seconds=0.5)
+        await eventually(lambda: state_of(plane).state == rpb.PAUSED, timeout=20, what="inconclusive pause")
+        assert "inconclusive at step 1" in state_of(plane).message
+        for agent in agents:
+            agent.loop._on_applied = agent._report
+        # The chosen worker reports once it is (re)assigned; resuming restarts the step's clock.
+        chosen = state_of(plane).new_version_workers[0]
+        await next(a for a in agents if a.loop.identity.worker_id == chosen)._report(2, {k: "fp8" for k in LAYERS})
+        plane.rollouts.ResumeRollout(rpb.RolloutActionRequest(endpoint="emb", actor="test", reason="reports are back"))
+        await eventually(lambda: state_of(plane).state == rpb.SUCCEEDED, timeout=20, what="success after resume")
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
+def test_abort_second_rollout_and_rollback_during_a_rollout(plane):
+    async def scenario():
+        agents = await fleet_up(plane, quiet=WORKERS)
+        start(plane, steps=(2, 100.0))
+        await eventually(lambda: sum(a.loop.version == 2 for a in agents) == 2, what="two workers on v2")
+        with pytest.raises(grpc.RpcError) as second:
+            start(plane)
+        assert second.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "abort it first" in second.value.details()
+        with pytest.raises(grpc.RpcError) as activate:
+            plane.fleet.Activate(apb.ActivateRequest(endpoint="emb", version=2))
+        assert activate.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        aborted = plane.rollouts.AbortRollout(rpb.RolloutActionRequest(endpoint="emb", actor="t", reason="stop"))
+        assert aborted.state == rpb.ABORTED
+        await eventually(lambda: all(a.loop.version == 1 for a in agents), what="abort restores v1")
+
+        start(plane, steps=(2, 100.0))
+        await eventually(lambda: sum(a.loop.version == 2 for a in agents) == 2, what="two workers on v2 again")
+        plane.fleet.Rollback(apb.RollbackRequest(endpoint="emb", reason="pager", to_base=True))
+        assert state_of(plane).state == rpb.ROLLED_BACK and "pager" in state_of(plane).message
+        await eventually(lambda: all(set(a.loop.precision_map.values()) == {"bf16"} for a in agents),
+                         what="everyone at base")
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "steps, guardrails, field",
+    [
+        ((1, 50.0), {}, "steps[1]"),
+        ((150.0, 100.0), {}, "steps[0].percent"),
+        ((1, 100.0), {"max_drop": {"mrr": -1.0}}, "guardrails.max_drop[mrr]"),
+        ((1, 100.0), {"bake_seconds": -5}, "guardrails.bake_seconds"),
+    ],
+)
+def test_bad_plans_are_invalid_arguments(plane, steps, guardrails, field):
+    with pytest.raises(grpc.RpcError) as caught:
+        start(plane, steps=steps, **guardrails)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in caught.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        start(plane, version=9)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
