@@ -311,3 +311,65 @@ def dump_policy(spec: PolicySpec) -> str:
     if spec.kv_cache:
         doc["kv_cache"] = spec.kv_cache
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+# --- writing policies from precision maps ---------------------------------------------------------
+
+_BLOCK = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+def candidate_patterns(catalog: Sequence[str]) -> list[str]:
+    """Globs from the coarsest to the finest: all blocks, a kind across blocks, a leaf across blocks, a block."""
+    kinds: dict[str, None] = {}
+    leaves: dict[str, None] = {}
+    blocks: dict[str, None] = {}
+    for layer in catalog:
+        m = _BLOCK.match(layer)
+        if m:
+            blocks[m.group(1)] = None
+            leaves[m.group(2)] = None
+            kinds[m.group(2).split(".")[0]] = None
+    patterns = ["layers.*"] if blocks else []
+    patterns += [f"layers.*.{kind}.*" for kind in kinds]
+    patterns += [f"layers.*.{leaf}" for leaf in leaves]
+    patterns += [f"layers.{block}.*" for block in blocks]
+    return patterns
+
+
+def compact_rules(precision_map: Mapping[str, str], base: str = BASE_PRECISION) -> PolicySpec:
+    """The fewest-ish rules that resolve to `precision_map`: group patterns where a whole group agrees,
+    single layers otherwise. Layers at base need no rule."""
+    catalog = list(precision_map)
+    covered: set[str] = set()
+    rules: list[Rule] = []
+    for pattern in candidate_patterns(catalog):
+        matched = [layer for layer in catalog if fnmatch.fnmatchcase(layer, pattern)]
+        precisions = {precision_map[layer] for layer in matched}
+        if len(precisions) == 1 and base not in precisions and not set(matched) <= covered:
+            rules.append(Rule(pattern, precisions.pop()))
+            covered.update(matched)
+    for layer in catalog:
+        if precision_map[layer] != base and layer not in covered:
+            rules.append(Rule(layer, precision_map[layer]))
+    spec = PolicySpec(tuple(rules))
+    assert resolve(spec, catalog, base).precision_map() == dict(precision_map), "compact_rules is inconsistent"
+    return spec
+
+
+def stage_maps(precision_map: Mapping[str, str], stages: Sequence[str], base: str = BASE_PRECISION
+               ) -> list[dict[str, str]]:
+    """Cumulative maps that move `stages` (a kind such as 'mlp', or any glob) to their target one at a time."""
+    maps = []
+    moved: set[str] = set()
+    for i, stage in enumerate(stages):
+        # A bare word names a kind of block layer ('mlp', 'attention'); anything else is a glob.
+        pattern = stage if any(ch in stage for ch in "*?[.") else f"layers.*.{stage}.*"
+        errors = pattern_errors(pattern, f"stages[{i}]")
+        if errors:
+            raise InvalidArgument(errors)
+        matched = {layer for layer in precision_map if fnmatch.fnmatchcase(layer, pattern)}
+        if not matched:
+            raise InvalidArgument(FieldError(f"stages[{i}]", f"{stage!r} matches no layer of the catalog"))
+        moved |= matched
+        maps.append({layer: (p if layer in moved else base) for layer, p in precision_map.items()})
+    return maps

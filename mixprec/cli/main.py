@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mixprec.cli.policy_cmds",
     "mixprec.cli.server_cmds",
     "mixprec.cli.fleet_cmds",
+    "mixprec.cli.rollout_cmds",
     "mixprec.cli.model_cmds",
     "mixprec.cli.demo_cmds",
 )

@@ -166,3 +166,46 @@ def test_bad_plans_are_invalid_arguments(plane, steps, guardrails, field):
     with pytest.raises(grpc.RpcError) as missing:
         start(plane, version=9)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_rollout_cli_plan_start_status_abort(plane, tmp_path, capsys):
+    import json
+
+    from mixprec.cli.main import main
+
+    def cli(*argv):
+        code = main(["--server", plane.address, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    target = tmp_path / "map.yaml"
+    target.write_text("rules:\n  - {match: 'layers.*', precision: fp8}\n")
+    code, out, _ = cli("--output", "json", "rollout", "plan", "emb", "-f", str(target), "--stages", "mlp,attention")
+    assert code == 0
+    stages = json.loads(out)
+    assert [(s["stage"], s["version"], s["layers off base"]) for s in stages] == [("mlp", 3, 4), ("attention", 4, 6)]
+    code, out, _ = cli("policy", "show", "emb", "3")
+    assert "layers.*.mlp.*" in out and "stage 1/2: mlp" in out
+
+    async def scenario():
+        agents = await fleet_up(plane, quiet=WORKERS)
+        code, out, err = await asyncio.to_thread(cli, "rollout", "start", "emb", "3", "--steps", "1,100%",
+                                                 "--max-drop", "cosine_to_base=0.01", "--bake", "0")
+        assert code == 0 and "v1 -> v3" in out, err
+        await eventually(lambda: sum(a.loop.version == 3 for a in agents) == 1, what="one worker on v3")
+        code, out, _ = await asyncio.to_thread(cli, "rollout", "status", "emb")
+        assert code == 0 and "[RUNNING] step 1/2" in out and "new" in out
+        code, out, _ = await asyncio.to_thread(cli, "rollout", "start", "emb", "4")
+        assert code == 4
+        code, out, _ = await asyncio.to_thread(cli, "rollout", "abort", "emb", "--reason", "enough")
+        assert code == 0 and "[ABORTED]" in out
+        await eventually(lambda: all(a.loop.version == 1 for a in agents), what="abort restores v1")
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+    assert cli("rollout", "start", "emb", "3", "--steps", "1,abc")[0] == 2
+    code, _, err = cli("rollout", "start", "emb", "3", "--max-drop", "cosine")
+    assert code == 2 and "METRIC=NUMBER" in err
+    code, out, _ = cli("rollout", "list", "emb")
+    assert code == 0 and "ABORTED" in out

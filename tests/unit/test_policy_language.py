@@ -193,3 +193,38 @@ def test_any_pattern_is_either_rejected_with_a_field_or_matches_something(catalo
         assert any(fnmatch.fnmatchcase(layer, pattern) for layer in catalog)
     else:
         assert all(e.field.startswith("rules[0]") for e in result.errors)
+
+
+# --- writing policies back from maps ----------------------------------------------------------------
+
+
+def test_compact_rules_use_group_patterns_where_a_group_agrees():
+    target = {layer: "fp8" if ".mlp." in layer or layer == "layers.2.attention.q_proj" else "bf16"
+              for layer in CATALOG}
+    spec = lang.compact_rules(target)
+    assert spec.rules == (lang.Rule("layers.*.mlp.*", "fp8"), lang.Rule("layers.2.attention.q_proj", "fp8"))
+    assert lang.resolve(spec, CATALOG).precision_map() == target
+
+
+def test_compact_rules_of_all_base_is_empty_and_of_all_fp8_is_two_rules():
+    assert lang.compact_rules(lang.all_base(CATALOG)).rules == ()
+    spec = lang.compact_rules({layer: "fp8" for layer in CATALOG})
+    assert [r.match for r in spec.rules] == ["layers.*", "pooler.dense"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(lang.PRECISIONS), min_size=len(CATALOG), max_size=len(CATALOG)))
+def test_compact_rules_always_resolve_back_to_the_map(precisions):
+    target = dict(zip(CATALOG, precisions, strict=True))
+    spec = lang.compact_rules(target)
+    assert lang.resolve(spec, CATALOG).precision_map() == target
+    assert len(spec.rules) <= sum(p != "bf16" for p in precisions)
+
+
+def test_stage_maps_move_groups_one_stage_at_a_time():
+    target = {layer: "fp8" for layer in CATALOG}
+    mlp, both = lang.stage_maps(target, ["mlp", "attention"])
+    assert {layer for layer, p in mlp.items() if p == "fp8"} == {layer for layer in CATALOG if ".mlp." in layer}
+    assert both["layers.0.attention.k_proj"] == "fp8" and both["pooler.dense"] == "bf16"
+    with pytest.raises(InvalidArgument, match=r"stages\[1\]"):
+        lang.stage_maps(target, ["mlp", "conv"])
