@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "mixprec.cli.fleet_cmds",
     "mixprec.cli.rollout_cmds",
     "mixprec.cli.model_cmds",
+    "mixprec.cli.worker_cmds",
     "mixprec.cli.demo_cmds",
 )
 

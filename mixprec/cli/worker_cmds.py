@@ -1,0 +1,54 @@
+"""`mixprec worker`: the agent process (needs the worker extra: torch and the models)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from mixprec.cli.common import command
+from mixprec.errors import FieldError, InvalidArgument
+from mixprec.policy import PRECISIONS
+
+
+def register(sub) -> None:
+    p = command(sub, "worker", "run a worker agent: load the model once, serve inference, apply pushed policies",
+                _worker, description="Load the model once with BF16 and FP8 weights resident, serve "
+                "InferenceService (Embed) on --inference-listen, keep a stream to the control plane, apply each "
+                "assigned precision map between batches, report shadow-eval quality and serving throughput, and "
+                "serve the last applied policy (kept in --state-dir) while the control plane is away.")
+    p.add_argument("--endpoint", required=True, help="the endpoint this worker serves")
+    p.add_argument("--model", required=True, help="minilm, or package.module:factory")
+    p.add_argument("--worker-id", default="", help="stable id of this worker (default: HOSTNAME-PID)")
+    p.add_argument("--state-dir", default=".mixprec-state", help="where the last applied assignment is kept")
+    p.add_argument("--inference-listen", default="127.0.0.1:0", help="HOST:PORT for InferenceService")
+    p.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
+    p.add_argument("--residency", default="both", choices=("both", "fp8-only"),
+                   help="keep BF16 on the device too (instant switches) or only FP8 (less memory)")
+    p.add_argument("--eval-samples", type=int, default=64, help="calibration pairs for shadow evaluation (0: off)")
+    p.add_argument("--report-interval", type=float, default=5.0, help="seconds between serving reports")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help="precisions this worker accepts; assignments using others are refused (NACK)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _worker(args) -> int:
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise InvalidArgument(FieldError("--precisions", f"{args.precisions!r}: choose from {', '.join(PRECISIONS)}"))
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from worker.agent import AgentConfig, serve
+    from worker.runtime import build_runtime
+
+    logging.getLogger(__name__).info("loading %s", args.model)
+    runtime = build_runtime(args.model, kernel=args.kernel, residency=args.residency,
+                            eval_samples=args.eval_samples, precisions=precisions)
+    config = AgentConfig(
+        endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
+        state_dir=args.state_dir, inference_listen=args.inference_listen, eval_samples=args.eval_samples,
+        report_interval=args.report_interval, kernel=args.kernel,
+    )
+    asyncio.run(serve(config, runtime))
+    return 0

@@ -1,0 +1,1 @@
+"""Quality of a precision map, measured against the base precision on the same resident model."""
