@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return exits.report_rpc_error(err, args.server)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `mixprec catalog ... | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +49,16 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
     layer_map = canonical_layer_map(model.config.num_hidden_layers)
 
     @torch.inference_mode()
-    def embed(texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    def embed(texts: list[str], batch_size: int = 32, progress: str | None = None) -> torch.Tensor:
         # Batches of similar length pad little; the output keeps the order of `texts`.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), model.config.hidden_size)
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, leave=False)
+        for start in starts:
             index = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=MAX_TOKENS,
                               return_tensors="pt").to(device)

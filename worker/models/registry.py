@@ -17,7 +17,8 @@ class LoadedModel:
     name: str
     module: nn.Module
     layer_map: dict[str, str]  # canonical layer name -> module path, in model order
-    embed: Callable[[list[str]], torch.Tensor] | None = None  # for embedders: texts -> (n, d), L2-normalised
+    # For embedders: texts -> (n, d) L2-normalised; progress=DESCRIPTION shows a bar on stderr.
+    embed: Callable[..., torch.Tensor] | None = None
     blocks: list[nn.Module] = field(default_factory=list)  # the repeated blocks, in order
 
     @property

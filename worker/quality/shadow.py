@@ -28,28 +28,28 @@ class EvalResult:
 
 
 class ShadowEvaluator:
-    def __init__(self, engine: HybridEngine, model: LoadedModel, pairs: tuple[Pair, ...]):
+    def __init__(self, engine: HybridEngine, model: LoadedModel, pairs: tuple[Pair, ...], progress: bool = False):
         if model.embed is None:
             raise ValueError(f"model {model.name!r} is not an embedder; its quality cannot be measured here")
         if len(pairs) < 2:
             raise ValueError("the evaluation set needs at least 2 pairs")
-        self.engine, self.model, self.pairs = engine, model, pairs
+        self.engine, self.model, self.pairs, self.progress = engine, model, pairs, progress
         self._reference: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _embed(self, precision_map: Mapping[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed(self, precision_map: Mapping[str, str], label: str) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [p.query for p in self.pairs] + [p.document for p in self.pairs]
         with self.engine.using(precision_map):
-            vectors = self.model.embed(texts)
+            vectors = self.model.embed(texts, progress=label if self.progress else None)
         return vectors[: len(self.pairs)], vectors[len(self.pairs):]
 
     def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._reference is None:
-            self._reference = self._embed({})
+            self._reference = self._embed({}, "base reference")
         return self._reference
 
     def evaluate(self, precision_map: Mapping[str, str]) -> EvalResult:
         ref_q, ref_d = self.reference()
-        q, d = self._embed(precision_map)
+        q, d = self._embed(precision_map, "candidate")
         reference = {**retrieval_metrics(ref_q, ref_d), **agreement_metrics(ref_q, ref_d, ref_q, ref_d)}
         metrics = {**retrieval_metrics(q, d), **agreement_metrics(q, d, ref_q, ref_d)}
         deltas = {name: metrics[name] - reference[name] for name in METRICS}
