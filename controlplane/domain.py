@@ -28,6 +28,7 @@ class PolicyVersion:
     author: str
     message: str
     created_at: datetime
+    artifact: str = ""  # JSON stored with the version (e.g. sweep measurements)
 
 
 @dataclass(frozen=True)

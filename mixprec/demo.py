@@ -163,7 +163,7 @@ def run(keep: bool = False, samples: int = 48) -> int:
         started = time.monotonic()
         rolled = fleet.Rollback(apb.RollbackRequest(endpoint=ENDPOINT, reason="demo: quality alert", actor="oncall"))
         print(f"    rolled back v{rolled.previous_version} -> v{rolled.active_version}")
-        wait_until(all_on(fleet, rolled.active_version, with_quality=False), 120, "every worker back")
+        wait_until(all_on(fleet, rolled.active_version), 120, "every worker back, with its quality report")
         time.sleep(2.5)  # one more serving report window on the restored version
         response = fleet_view(fleet, "after the rollback")
         summary.append(_summary_row(f"rollback to v{rolled.active_version}", response, time.monotonic() - started))

@@ -18,6 +18,8 @@ class EmbedderRuntime:
         self.engine = engine
         self.evaluator = evaluator
         self.precisions = tuple(precisions)
+        # A version's map never changes, so neither does its quality: a rollback reports at once.
+        self._evaluations: dict[frozenset, tuple[dict[str, float], dict[str, float], int]] = {}
 
     @property
     def catalog(self) -> tuple[str, ...]:
@@ -45,8 +47,11 @@ class EmbedderRuntime:
     def evaluate(self, precision_map: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float], int]:
         if self.evaluator is None:
             return {}, {}, 0
-        result = self.evaluator.evaluate(precision_map)
-        return result.metrics, result.deltas, result.samples
+        key = frozenset(precision_map.items())
+        if key not in self._evaluations:
+            result = self.evaluator.evaluate(precision_map)
+            self._evaluations[key] = (result.metrics, result.deltas, result.samples)
+        return self._evaluations[key]
 
     def layer_states(self) -> list[tuple[str, str, str]]:
         return [(s.layer, s.precision, s.kernel) for s in self.engine.status()]

@@ -37,7 +37,8 @@ def resolved_to_proto(layers: list[lang.ResolvedLayer]) -> list[pb.LayerPrecisio
     return [pb.LayerPrecision(layer=r.layer, precision=r.precision, rule=r.rule) for r in layers]
 
 
-def policy_to_proto(policy: domain.PolicyVersion, resolved: list[lang.ResolvedLayer] | None = None) -> pb.PolicyVersion:
+def policy_to_proto(policy: domain.PolicyVersion, resolved: list[lang.ResolvedLayer] | None = None,
+                    with_artifact: bool = False) -> pb.PolicyVersion:
     return pb.PolicyVersion(
         endpoint=policy.endpoint,
         version=policy.version,
@@ -48,4 +49,6 @@ def policy_to_proto(policy: domain.PolicyVersion, resolved: list[lang.ResolvedLa
         message=policy.message,
         create_time=timestamp(policy.created_at),
         resolved=resolved_to_proto(resolved or []),
+        has_artifact=bool(policy.artifact),
+        artifact_json=policy.artifact if with_artifact else "",
     )

@@ -44,6 +44,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             convert.spec_from_proto(request.rules, request.kv_cache),
             request.author,
             request.message,
+            request.artifact_json,
         )
         return convert.policy_to_proto(created)
 
@@ -51,7 +52,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def GetPolicy(self, request: pb.GetPolicyRequest, context) -> pb.PolicyVersion:
         policy, endpoint = await run_blocking(self._service.get_policy, request.endpoint, request.version)
         resolved = resolved_layers(endpoint, policy.spec) if request.resolved else None
-        return convert.policy_to_proto(policy, resolved)
+        return convert.policy_to_proto(policy, resolved, with_artifact=request.artifact)
 
     @maps_domain_errors
     async def ListPolicies(self, request: pb.ListPoliciesRequest, context) -> pb.ListPoliciesResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from mixprec import policy as lang
 from mixprec.errors import FieldError, InvalidArgument
 
@@ -26,6 +28,20 @@ def text_errors(**fields: str) -> list[FieldError]:
         for name, value in fields.items()
         if len(value) > MAX_TEXT
     ]
+
+
+MAX_ARTIFACT = 1_000_000
+
+
+def check_artifact(artifact: str) -> None:
+    if not artifact:
+        return
+    if len(artifact) > MAX_ARTIFACT:
+        raise InvalidArgument(FieldError("artifact_json", f"is {len(artifact)} bytes; the limit is {MAX_ARTIFACT}"))
+    try:
+        json.loads(artifact)
+    except ValueError as err:
+        raise InvalidArgument(FieldError("artifact_json", f"is not valid JSON ({err})")) from None
 
 
 def check_text(**fields: str) -> None:

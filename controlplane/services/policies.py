@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controlplane import domain
-from controlplane.services.checks import check_name, check_text, check_version, text_errors
+from controlplane.services.checks import check_artifact, check_name, check_text, check_version, text_errors
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
@@ -58,11 +58,13 @@ class PolicyService:
         spec: lang.PolicySpec,
         author: str = "",
         message: str = "",
+        artifact: str = "",
     ) -> domain.PolicyVersion:
         check_name(endpoint, "endpoint")
         if parent_version < 0:
             raise InvalidArgument(FieldError("parent_version", f"must be 0 or a version number, got {parent_version}"))
         check_text(author=author, message=message)
+        check_artifact(artifact)
         with self._uow() as uow:
             # The row lock queues concurrent writers of one endpoint (Postgres); the conditional
             # update below is the compare-and-swap that decides on every database.
@@ -84,6 +86,7 @@ class PolicyService:
                     author=author,
                     message=message,
                     created_at=utcnow(),
+                    artifact=artifact,
                 )
             )
             uow.audit.record(endpoint, "policy.create", author, message, version=version, parent_version=parent_version)

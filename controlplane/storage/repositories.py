@@ -44,6 +44,7 @@ def _policy(row: PolicyVersionRow, endpoint: str) -> domain.PolicyVersion:
         author=row.author,
         message=row.message,
         created_at=_aware(row.created_at),
+        artifact=row.artifact or "",
     )
 
 
@@ -120,6 +121,7 @@ class PolicyRepository:
             author=policy.author,
             message=policy.message,
             created_at=policy.created_at,
+            artifact=policy.artifact or None,
         )
         self._session.add(row)
         try:

@@ -39,6 +39,7 @@ class PolicyVersionRow(Base):
     author: Mapped[str] = mapped_column(String(200), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    artifact: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
 
 class AuditRow(Base):

@@ -35,6 +35,10 @@ def register(sub) -> None:
     u.add_argument("--limit", type=int, default=100)
 
 
+# The sharpest signals on a robust model; `--output json` has every metric.
+QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement")
+
+
 def fleet_stub(args) -> agent_pb2_grpc.FleetServiceStub:
     return agent_pb2_grpc.FleetServiceStub(channel(args))
 
@@ -69,7 +73,8 @@ def _rollback(args) -> int:
 def _quality_text(report: apb.Report) -> str:
     if not report.deltas:
         return "-"
-    return " ".join(f"{k}={v:+.4f}" for k, v in sorted(report.deltas.items()))
+    shown = " ".join(f"{k}={v:+.4f}" for k, v in sorted(report.deltas.items()) if k in QUALITY_COLUMNS)
+    return f"v{report.version}: {shown}"
 
 
 def worker_rows(response: apb.GetFleetResponse) -> list[dict]:

@@ -46,7 +46,7 @@ class Endpoint(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ..., active_version: _Optional[int] = ...) -> None: ...
 
 class PolicyVersion(_message.Message):
-    __slots__ = ("endpoint", "version", "parent_version", "rules", "kv_cache", "author", "message", "create_time", "resolved")
+    __slots__ = ("endpoint", "version", "parent_version", "rules", "kv_cache", "author", "message", "create_time", "resolved", "artifact_json", "has_artifact")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class PolicyVersion(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_JSON_FIELD_NUMBER: _ClassVar[int]
+    HAS_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     version: int
     parent_version: int
@@ -65,7 +67,9 @@ class PolicyVersion(_message.Message):
     message: str
     create_time: _timestamp_pb2.Timestamp
     resolved: _containers.RepeatedCompositeFieldContainer[LayerPrecision]
-    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved: _Optional[_Iterable[_Union[LayerPrecision, _Mapping]]] = ...) -> None: ...
+    artifact_json: str
+    has_artifact: bool
+    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved: _Optional[_Iterable[_Union[LayerPrecision, _Mapping]]] = ..., artifact_json: _Optional[str] = ..., has_artifact: _Optional[bool] = ...) -> None: ...
 
 class CreateEndpointRequest(_message.Message):
     __slots__ = ("name", "base_precision", "model", "layers", "actor")
@@ -98,30 +102,34 @@ class ListEndpointsResponse(_message.Message):
     def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
-    __slots__ = ("endpoint", "parent_version", "rules", "kv_cache", "author", "message")
+    __slots__ = ("endpoint", "parent_version", "rules", "kv_cache", "author", "message", "artifact_json")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_JSON_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     parent_version: int
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     kv_cache: str
     author: str
     message: str
-    def __init__(self, endpoint: _Optional[str] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    artifact_json: str
+    def __init__(self, endpoint: _Optional[str] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., artifact_json: _Optional[str] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
-    __slots__ = ("endpoint", "version", "resolved")
+    __slots__ = ("endpoint", "version", "resolved", "artifact")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     version: int
     resolved: bool
-    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., resolved: _Optional[bool] = ...) -> None: ...
+    artifact: bool
+    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., resolved: _Optional[bool] = ..., artifact: _Optional[bool] = ...) -> None: ...
 
 class ListPoliciesRequest(_message.Message):
     __slots__ = ("endpoint",)

@@ -1,0 +1,144 @@
+"""`mixprec sweep`: which layers tolerate FP8, as a policy; `mixprec sweep show` prints a stored sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+from mixprec.cli import output
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, command
+from mixprec.cli.endpoint_cmds import stub as policy_stub
+from mixprec.cli.policy_cmds import rules_proto
+from mixprec.errors import FieldError, InvalidArgument
+from mixprec.policy import PRECISIONS, compact_rules
+from mixprec.v1 import policy_pb2 as pb
+
+METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1")
+
+
+def register(sub) -> None:
+    p = command(sub, "sweep", "measure each layer alone in FP8 and propose which layers can run it", _sweep,
+                description="Sensitivity sweep: each layer (or layer group) alone at --precision, everything else "
+                "at base, measured against base on the calibration set; layers whose drop fits --max-drop are "
+                "chosen, then checked together (the most sensitive returns to base while the combined drop is over "
+                "budget). Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
+                "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
+    p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
+    p.add_argument("--model", help="minilm")
+    p.add_argument("--precision", default="fp8", choices=[x for x in PRECISIONS if x != "bf16"])
+    p.add_argument("--granularity", default="layer", choices=("layer", "group"),
+                   help="one layer at a time, or one layer kind across every block")
+    p.add_argument("--metric", default="cosine_to_base", choices=METRICS,
+                   help="cosine_to_base and top10_agreement (agreement with BF16) separate layers far better than "
+                   "the label metrics on a robust model (default cosine_to_base)")
+    p.add_argument("--max-drop", type=float, default=0.001, help="quality budget: largest drop of the metric "
+                   "(0 keeps everything at base, inf allows everything)")
+    p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each); more is slower")
+    p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write")
+    p.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
+    p.add_argument("--propose", metavar="ENDPOINT", help="store the policy as the endpoint's next version")
+    p.add_argument("--parent", type=int, default=None,
+                   help="version the proposal builds on (default: the latest when the sweep starts)")
+
+
+def _sweep(args) -> int:
+    if args.show:
+        return _show(args)
+    if not args.model:
+        raise InvalidArgument(FieldError("--model", "is required (e.g. --model minilm)"))
+    if args.samples < 2:
+        raise InvalidArgument(FieldError("--samples", f"must be >= 2, got {args.samples}"))
+    if math.isnan(args.max_drop) or args.max_drop < 0:
+        raise InvalidArgument(FieldError("--max-drop", f"must be >= 0 (or inf), got {args.max_drop}"))
+    out = pathlib.Path(args.out)
+    if out.suffix not in (".yaml", ".yml") or not out.parent.is_dir():
+        raise InvalidArgument(FieldError("-o", f"{args.out!r} must be a .yaml file in an existing directory"))
+
+    from tqdm import tqdm
+
+    from worker.engine import HybridEngine
+    from worker.models import load_model
+    from worker.quality.docstrings import load_pairs
+    from worker.sweep import run_sweep, units_for
+    from worker.sweep_report import table_rows, write_artifacts
+
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model = load_model(args.model)
+    parent = _check_endpoint(args, model.catalog) if args.propose else None
+    engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
+    pairs = load_pairs(args.samples)
+    total = len(units_for(model.catalog, args.granularity))
+    with tqdm(total=total, desc=f"sweeping {args.granularity}s", unit=args.granularity, file=sys.stderr) as bar:
+        def step(unit):
+            bar.set_postfix_str(f"{unit.name} {args.metric} {unit.delta:+.2e}", refresh=False)
+            bar.update()
+
+        result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
+                           granularity=args.granularity, max_drop=args.max_drop, progress=step)
+    json_path, png_path = write_artifacts(result, out)
+    chosen = sum(p != "bf16" for p in result.precision_map.values())
+    last = result.combined[-1] if result.combined else {"predicted_drop": 0.0, "measured_drop": 0.0}
+    if args.output == "json":
+        output.as_json({**result.to_json(), "files": [str(out), str(json_path), str(png_path)]})
+    else:
+        output.table(table_rows(result))
+        print(f"\n{chosen} of {len(result.precision_map)} layers at {args.precision}; combined {args.metric} drop: "
+              f"predicted {last['predicted_drop']:.6f} (sum of single-layer drops), measured "
+              f"{last['measured_drop']:.6f}, budget {args.max_drop:g}; {len(result.combined)} combined check(s); "
+              f"{result.seconds:.0f}s on {result.samples} pairs")
+        print(f"wrote {out} (policy), {json_path} (measurements), {png_path} (chart)")
+    if args.propose:
+        return _propose(args, result, parent)
+    return 0
+
+
+def _check_endpoint(args, catalog: list[str]) -> int:
+    """Fail before the long measurement if the endpoint cannot take this model's policy."""
+    endpoint = policy_stub(args).GetEndpoint(pb.GetEndpointRequest(name=args.propose), timeout=RPC_TIMEOUT_S)
+    if list(endpoint.layers) != list(catalog):
+        raise InvalidArgument(FieldError("--propose", f"endpoint {args.propose!r} has a different layer catalog "
+                                         f"({len(endpoint.layers)} layers) than {args.model} ({len(catalog)})"))
+    return endpoint.latest_version if args.parent is None else args.parent
+
+
+def _propose(args, result, parent: int) -> int:
+    spec = compact_rules(result.precision_map)
+    created = policy_stub(args).CreatePolicy(
+        pb.CreatePolicyRequest(
+            endpoint=args.propose, parent_version=parent, rules=rules_proto(spec), author=actor(args),
+            message=f"sensitivity sweep: {result.metric} drop <= {result.max_drop:g}, "
+                    f"{sum(p != 'bf16' for p in result.precision_map.values())}/{len(result.precision_map)} "
+                    f"layers {result.precision}",
+            artifact_json=json.dumps(result.to_json(), default=str),
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+    print(f"proposed {created.endpoint} policy version {created.version} (parent {created.parent_version}); "
+          f"see it with `mixprec sweep show {created.endpoint} {created.version}`")
+    return 0
+
+
+def _show(args) -> int:
+    if len(args.show) != 3 or args.show[0] != "show" or not args.show[2].isdigit():
+        raise InvalidArgument(FieldError("sweep", f"expected `sweep show ENDPOINT VERSION`, got {' '.join(args.show)!r}"))
+    _, endpoint, version = args.show
+    policy = policy_stub(args).GetPolicy(pb.GetPolicyRequest(endpoint=endpoint, version=int(version), artifact=True),
+                                         timeout=RPC_TIMEOUT_S)
+    if not policy.has_artifact:
+        from mixprec.errors import NotFound
+
+        raise NotFound(f"version {version} of {endpoint!r} was not proposed by a sweep (it has no stored sweep)")
+    data = json.loads(policy.artifact_json)
+    if args.output == "json":
+        output.as_json(data)
+        return 0
+    print(f"{endpoint} v{policy.version}: {policy.message}")
+    rows = [{"unit": u["name"], f"delta {data['metric']}": f"{u['delta']:+.6f}",
+             "chosen": data["precision"] if u["chosen"] else "bf16"} for u in sorted(data["units"], key=lambda u: u["drop"])]
+    output.table(rows)
+    for check in data["combined"]:
+        print(f"combined check of {len(check['units'])} unit(s): predicted drop {check['predicted_drop']:.6f}, "
+              f"measured {check['measured_drop']:.6f}")
+    return 0

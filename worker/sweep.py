@@ -1,0 +1,146 @@
+"""Sensitivity sweep: one layer (or layer group) at a time in FP8, the rest at base; measure, choose.
+
+Per-layer deltas do not add up, so the chosen layers are then evaluated together and, while the
+combined drop exceeds the budget, the most sensitive chosen layer goes back to base (the fallback of
+accuracy-aware tuning).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+from mixprec import policy as lang
+from worker.engine import HybridEngine
+from worker.models import LoadedModel
+from worker.models.minilm import STAGES
+from worker.quality.docstrings import Pair
+from worker.quality.metrics import agreement_metrics, retrieval_metrics
+from worker.quality.shadow import METRICS
+
+# Agreement with the base reference separates layers far better than label metrics on a robust model.
+DEFAULT_METRIC = "cosine_to_base"
+
+
+@dataclass
+class Unit:
+    """What is switched at once: one layer, or one layer kind across every block."""
+
+    name: str
+    layers: list[str]
+    delta: float = 0.0          # metric at FP8 minus metric at base
+    drop: float = 0.0           # -delta: how much the metric got worse
+    chosen: bool = False
+    reverted: bool = False      # chosen alone, returned to base by the combined check
+
+
+@dataclass
+class SweepResult:
+    model: str
+    metric: str
+    precision: str
+    granularity: str
+    max_drop: float
+    samples: int
+    units: list[Unit]
+    combined: list[dict] = field(default_factory=list)  # each combined evaluation: layers, predicted, measured
+    precision_map: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    strategy: str = "staged"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def units_for(catalog: list[str], granularity: str) -> list[Unit]:
+    if granularity == "layer":
+        return [Unit(layer, [layer]) for layer in catalog]
+    if granularity != "group":
+        raise ValueError(f"granularity {granularity!r} is neither 'layer' nor 'group'")
+    groups: dict[str, list[str]] = {}
+    for layer in catalog:
+        m = re.match(r"^layers\.\d+\.(.+)$", layer)
+        groups.setdefault(f"layers.*.{m.group(1)}" if m else layer, []).append(layer)
+    return [Unit(name, layers) for name, layers in groups.items()]
+
+
+class Sweep:
+    def __init__(self, model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
+                 metric: str = DEFAULT_METRIC, precision: str = "fp8", strategy: str = "staged"):
+        if metric not in METRICS:
+            raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+        if precision not in lang.PRECISIONS or precision == lang.BASE_PRECISION:
+            raise ValueError(f"precision {precision!r}: sweep toward one of fp8, fp8-tensor, fp8-weight-only")
+        if strategy == "staged" and model.staged is None:
+            strategy = "naive"  # the model has no way to start mid-network
+        self.model, self.engine, self.pairs = model, engine, pairs
+        self.metric, self.precision, self.strategy = metric, precision, strategy
+        self.texts = [p.query for p in pairs] + [p.document for p in pairs]
+        self._reference = self._embed_full({})
+        self._captured = model.staged.capture(self.texts) if strategy == "staged" else None
+
+    def _embed_full(self, precision_map: Mapping[str, str]) -> torch.Tensor:
+        with self.engine.using(precision_map):
+            return self.model.embed(self.texts)
+
+    def _embed_unit(self, unit: Unit) -> torch.Tensor:
+        precision_map = {layer: self.precision for layer in unit.layers}
+        stages = [self.model.staged.stage_of(layer) for layer in unit.layers] if self._captured else [None]
+        if None in stages:
+            return self._embed_full(precision_map)
+        # Start where the earliest switched layer sits; everything before it is the cached base.
+        block, stage = min(stages)
+        with self.engine.using(precision_map):
+            return self.model.staged.embed_from(self._captured, block, STAGES[stage])
+
+    def score(self, vectors: torch.Tensor) -> dict[str, float]:
+        n = len(self.pairs)
+        ref_q, ref_d = self._reference[:n], self._reference[n:]
+        q, d = vectors[:n], vectors[n:]
+        return {**retrieval_metrics(q, d), **agreement_metrics(q, d, ref_q, ref_d)}
+
+    def delta(self, vectors: torch.Tensor) -> float:
+        return self.score(vectors)[self.metric] - self.score(self._reference)[self.metric]
+
+    def measure(self, units: list[Unit], progress: Callable[[Unit], None] | None = None) -> list[Unit]:
+        for unit in units:
+            unit.delta = self.delta(self._embed_unit(unit))
+            unit.drop = -unit.delta
+            if progress:
+                progress(unit)
+        return units
+
+    def choose(self, units: list[Unit], max_drop: float) -> tuple[dict[str, str], list[dict]]:
+        """Layers under the budget alone, then the combined check with fallback."""
+        for unit in units:
+            unit.chosen = unit.reverted = False
+        chosen = sorted((u for u in units if u.drop <= max_drop), key=lambda u: u.drop)
+        history = []
+        while chosen:
+            precision_map = {layer: self.precision for u in chosen for layer in u.layers}
+            measured = -self.delta(self._embed_full(precision_map))
+            predicted = sum(u.drop for u in chosen)
+            history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured})
+            if measured <= max_drop:
+                break
+            worst = chosen.pop()  # the most sensitive chosen unit goes back to base
+            worst.reverted = True
+        for unit in chosen:
+            unit.chosen = True
+        return {layer: self.precision for u in chosen for layer in u.layers}, history
+
+
+def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str = DEFAULT_METRIC,
+              precision: str = "fp8", granularity: str = "layer", max_drop: float = 0.001, strategy: str = "staged",
+              progress: Callable[[Unit], None] | None = None) -> SweepResult:
+    started = time.perf_counter()
+    sweep = Sweep(model, engine, pairs, metric=metric, precision=precision, strategy=strategy)
+    units = sweep.measure(units_for(list(engine.catalog), granularity), progress)
+    fp8_map, history = sweep.choose(units, max_drop)
+    precision_map = {layer: fp8_map.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}
+    return SweepResult(model.name, metric, precision, granularity, max_drop, len(pairs), units, history,
+                       precision_map, time.perf_counter() - started, sweep.strategy)
