@@ -209,3 +209,47 @@ def test_rollout_cli_plan_start_status_abort(plane, tmp_path, capsys):
     assert code == 2 and "METRIC=NUMBER" in err
     code, out, _ = cli("rollout", "list", "emb")
     assert code == 0 and "ABORTED" in out
+
+
+def test_two_replicas_never_advance_the_same_rollout_twice(empty_pg_url):
+    from controlplane.storage.database import open_engine, upgrade
+
+    engine = open_engine(empty_pg_url)
+    upgrade(engine)
+    engine.dispose()
+    one = RunningControlPlane(empty_pg_url, rollout_interval=0.01)
+    two = RunningControlPlane(empty_pg_url, rollout_interval=0.01)
+    try:
+        policies, fleet = stubs(one.address)
+        policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+        policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=0, rules=rules(("*", "fp8"))))
+        rollouts = rollout_pb2_grpc.RolloutServiceStub(grpc.insecure_channel(two.address))
+
+        async def scenario():
+            agents = [LightAgent(a, "emb", w).start() for a, w in zip([one.address, two.address] * 2, WORKERS,
+                                                                         strict=True)]
+            for agent in agents:
+                await asyncio.wait_for(agent.loop.connected.wait(), 10)
+            rollouts.StartRollout(rpb.StartRolloutRequest(
+                endpoint="emb", version=1, steps=[rpb.RolloutStep(workers=1), rpb.RolloutStep(percent=50),
+                                                  rpb.RolloutStep(percent=100)],
+                guardrails=rpb.Guardrails(max_drop={"cosine_to_base": 0.01})))
+            await eventually(lambda: rollouts.GetRollout(rpb.GetRolloutRequest(endpoint="emb")).state == rpb.SUCCEEDED,
+                             timeout=30, what="success")
+            await eventually(lambda: all(a.loop.version == 1 for a in agents), what="all on v1")
+            for agent in agents:
+                await agent.stop()
+
+        asyncio.run(scenario())
+        audit = [e.action for e in fleet.ListAudit(apb.ListAuditRequest(endpoint="emb")).entries]
+        assert audit.count("rollout.succeeded") == 1 and audit.count("rollout.start") == 1
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(empty_pg_url)
+        with engine.connect() as conn:
+            kinds = [k for (k,) in conn.execute(sa.text("SELECT kind FROM activations ORDER BY id"))]
+        engine.dispose()
+        assert kinds == ["rollout"]  # both controllers ran; the endpoint was switched once
+    finally:
+        one.stop()
+        two.stop()
