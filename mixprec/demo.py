@@ -1,9 +1,12 @@
-"""The end-to-end story on the embedded default: a control plane on SQLite, real MiniLM workers,
-a policy activated while traffic flows, quality and throughput reports, and a one-call rollback."""
+"""The whole mixprec story in one terminal, on the embedded default (SQLite) with real MiniLM workers:
+sweep the model, propose the policy, roll it out step by step under guardrails while traffic flows,
+watch an over-aggressive policy get rolled back automatically, then roll back in one call."""
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -13,19 +16,23 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import grpc
 
 from mixprec.cli import output
 from mixprec.cli.fleet_cmds import worker_rows
+from mixprec.cli.policy_cmds import rules_proto
+from mixprec.policy import compact_rules
 from mixprec.v1 import agent_pb2 as apb
-from mixprec.v1 import agent_pb2_grpc, inference_pb2_grpc, policy_pb2_grpc
+from mixprec.v1 import agent_pb2_grpc, inference_pb2_grpc, policy_pb2_grpc, rollout_pb2_grpc
 from mixprec.v1 import inference_pb2 as ipb
 from mixprec.v1 import policy_pb2 as pb
+from mixprec.v1 import rollout_pb2 as rpb
 
 ENDPOINT = "demo-embedder"
-WORKERS = ("worker-a", "worker-b")
+WORKERS = ("worker-a", "worker-b", "worker-c")
+GUARDRAIL = {"cosine_to_base": 0.001}  # the largest drop of agreement with BF16 the endpoint accepts
+SWEEP_BUDGET = 0.0005
 QUERIES = [
     "how do I parse a date string", "read a file line by line", "sort a dictionary by value",
     "start a thread pool", "compress bytes with zlib", "join paths on any platform",
@@ -33,7 +40,7 @@ QUERIES = [
 
 
 def step(message: str) -> None:
-    print(f"==> {message}", flush=True)
+    print(f"\n==> {message}", flush=True)
 
 
 def free_port() -> int:
@@ -42,34 +49,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class Processes:
-    workdir: str
-    server: str = ""
+def spawn(workdir: str, name: str, *argv: str) -> subprocess.Popen:
+    log = open(os.path.join(workdir, f"{name}.log"), "w")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen([sys.executable, "-m", "mixprec.cli.main", *argv], stdout=log, stderr=log,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1"))
 
-    def spawn(self, name: str, *argv: str) -> subprocess.Popen:
-        log = open(os.path.join(self.workdir, f"{name}.log"), "w")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen([sys.executable, "-m", "mixprec.cli.main", *argv], stdout=log, stderr=log,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1"))
+
+def terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class LoadGenerator(threading.Thread):
-    """Steady Embed traffic to every worker, so serving reports carry real numbers."""
+    """Steady Embed traffic to every worker; any failed request fails the demo."""
 
     def __init__(self, addresses: list[str]):
         super().__init__(daemon=True)
-        self.addresses = addresses
-        self.stop = threading.Event()
-        self.sent = 0
-        self.failed = 0
+        self.addresses, self.stop, self.sent, self.failed = addresses, threading.Event(), 0, 0
 
     def run(self) -> None:
         stubs = [inference_pb2_grpc.InferenceServiceStub(grpc.insecure_channel(a)) for a in self.addresses]
         i = 0
         while not self.stop.is_set():
-            stub = stubs[i % len(stubs)]
             try:
-                stub.Embed(ipb.EmbedRequest(texts=QUERIES[i % len(QUERIES):] + QUERIES[:2]), timeout=30)
+                stubs[i % len(stubs)].Embed(ipb.EmbedRequest(texts=QUERIES[i % 6:] + QUERIES[:2]), timeout=30)
                 self.sent += 1
             except grpc.RpcError:
                 self.failed += 1
@@ -87,123 +94,164 @@ def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def fleet_view(fleet, title: str) -> apb.GetFleetResponse:
-    response = fleet.GetFleet(apb.GetFleetRequest(endpoint=ENDPOINT))
-    print(f"--- fleet: {title} (active v{response.active_version})")
-    rows = worker_rows(response)
-    output.table(rows, ["worker", "connected", "applied", "quality (delta vs base)", "req/s", "p50/p99 ms", "kernel"])
-    return response
+class Demo:
+    def __init__(self, workdir: str, samples: int):
+        self.workdir, self.samples = workdir, samples
+        self.summary: list[dict] = []
 
+    def show_fleet(self, title: str) -> apb.GetFleetResponse:
+        response = self.fleet.GetFleet(apb.GetFleetRequest(endpoint=ENDPOINT))
+        print(f"--- {title} (active v{response.active_version})")
+        output.table(worker_rows(response), ["worker", "applied", "want", "quality (delta vs base)", "req/s",
+                                             "p50/p99 ms"])
+        return response
 
-def all_on(fleet, version: int, with_quality: bool = True):
-    def check():
-        workers = fleet.GetFleet(apb.GetFleetRequest(endpoint=ENDPOINT)).workers
-        return len(workers) == len(WORKERS) and all(
-            w.connected and w.applied_version == version
-            and (not with_quality or w.last_quality.version == version and w.last_quality.deltas)
-            for w in workers
-        )
-
-    return check
-
-
-def run(keep: bool = False, samples: int = 48) -> int:
-    workdir = tempfile.mkdtemp(prefix="mixprec-demo-")
-    procs = Processes(workdir)
-    summary: list[dict] = []
-    with ExitStack() as stack:
-        step(f"starting the control plane on sqlite:///{workdir}/mixprec.db")
+    def start(self, stack: ExitStack) -> None:
+        step(f"control plane on sqlite:///{self.workdir}/mixprec.db")
         address = f"127.0.0.1:{free_port()}"
-        server = procs.spawn("control-plane", "server", "--db", f"sqlite:///{workdir}/mixprec.db", "--listen", address)
-        stack.callback(_terminate, server)
+        stack.callback(terminate, spawn(self.workdir, "control-plane", "server", "--db",
+                                        f"sqlite:///{self.workdir}/mixprec.db", "--listen", address))
         channel = grpc.insecure_channel(address)
         grpc.channel_ready_future(channel).result(timeout=60)
-        policies = policy_pb2_grpc.PolicyServiceStub(channel)
-        fleet = agent_pb2_grpc.FleetServiceStub(channel)
+        self.address = address
+        self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
+        self.fleet = agent_pb2_grpc.FleetServiceStub(channel)
+        self.rollouts = rollout_pb2_grpc.RolloutServiceStub(channel)
+        self.policies.CreateEndpoint(pb.CreateEndpointRequest(name=ENDPOINT, model="minilm", actor="demo"))
+        print(f"    endpoint {ENDPOINT} created without a catalog: the first worker will report it")
 
-        step(f"creating endpoint {ENDPOINT}; its layer catalog will come from the first worker")
-        policies.CreateEndpoint(pb.CreateEndpointRequest(name=ENDPOINT, model="minilm", actor="demo"))
-
-        step(f"starting {len(WORKERS)} MiniLM workers (each loads the model once, keeps BF16 and FP8 resident)")
-        inference_ports = {}
+        step(f"{len(WORKERS)} MiniLM workers: each loads the model once and keeps BF16 and FP8 resident")
+        ports = {}
         for worker_id in WORKERS:
-            inference_ports[worker_id] = free_port()
-            proc = procs.spawn(worker_id, "worker", "--endpoint", ENDPOINT, "--model", "minilm", "--server", address,
-                               "--worker-id", worker_id, "--state-dir", os.path.join(workdir, "state"),
-                               "--inference-listen", f"127.0.0.1:{inference_ports[worker_id]}",
-                               "--eval-samples", str(samples), "--report-interval", "2")
-            stack.callback(_terminate, proc)
-        wait_until(lambda: len([w for w in fleet.GetFleet(apb.GetFleetRequest(endpoint=ENDPOINT)).workers
-                                if w.connected]) == len(WORKERS), 240, "workers to connect")
-        catalog = policies.GetEndpoint(pb.GetEndpointRequest(name=ENDPOINT)).layers
-        print(f"    catalog learnt: {len(catalog)} layers ({catalog[0]} ... {catalog[-1]})")
+            ports[worker_id] = free_port()
+            stack.callback(terminate, spawn(
+                self.workdir, worker_id, "worker", "--endpoint", ENDPOINT, "--model", "minilm", "--server", address,
+                "--worker-id", worker_id, "--state-dir", os.path.join(self.workdir, "state"),
+                "--inference-listen", f"127.0.0.1:{ports[worker_id]}", "--eval-samples", str(self.samples),
+                "--report-interval", "2"))
+        wait_until(lambda: sum(w.connected for w in self.fleet.GetFleet(
+            apb.GetFleetRequest(endpoint=ENDPOINT)).workers) == len(WORKERS), 300, "workers to connect")
+        self.catalog = list(self.policies.GetEndpoint(pb.GetEndpointRequest(name=ENDPOINT)).layers)
+        print(f"    all connected; catalog: {len(self.catalog)} layers")
 
-        step("starting a load generator against both workers")
-        load = LoadGenerator([f"127.0.0.1:{p}" for p in inference_ports.values()])
-        load.start()
-        stack.callback(load.stop.set)
+        step("load generator: steady Embed traffic to all workers")
+        self.load = LoadGenerator([f"127.0.0.1:{p}" for p in ports.values()])
+        self.load.start()
+        stack.callback(self.load.stop.set)
 
-        step("writing policy v1 (MLP layers to FP8) and v2 (every layer to FP8)")
-        policies.CreatePolicy(pb.CreatePolicyRequest(
-            endpoint=ENDPOINT, parent_version=0, author="demo", message="MLP up/down to FP8",
-            rules=[pb.Rule(match="layers.*.mlp.*", precision="fp8")]))
-        policies.CreatePolicy(pb.CreatePolicyRequest(
-            endpoint=ENDPOINT, parent_version=1, author="demo", message="every linear layer to FP8",
-            rules=[pb.Rule(match="layers.*", precision="fp8")]))
+    def sweep_and_propose(self) -> int:
+        step(f"sensitivity sweep: each layer alone in FP8, budget: {SWEEP_BUDGET} drop of cosine to BF16")
+        from tqdm import tqdm
 
-        for version, why in ((1, "MLP first"), (2, "attention too")):
-            step(f"activating v{version} ({why}); workers switch between batches and report shadow-eval deltas")
-            started = time.monotonic()
-            fleet.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=version, actor="demo", reason=why))
-            wait_until(all_on(fleet, version), 180, f"every worker on v{version} with a quality report")
-            response = fleet_view(fleet, f"after activating v{version}")
-            summary.append(_summary_row(f"activate v{version}", response, time.monotonic() - started))
+        from worker.engine import HybridEngine
+        from worker.models import load_model
+        from worker.quality.docstrings import load_pairs
+        from worker.sweep import run_sweep
+        from worker.sweep_report import write_artifacts
 
-        step("incident drill: `mixprec rollback demo-embedder --reason ...` (one call, no version number)")
+        model = load_model("minilm")
+        engine = HybridEngine(model.module, model.layer_map)
+        with tqdm(total=len(model.catalog), desc="sweeping layers", unit="layer", file=sys.stdout) as bar:
+            result = run_sweep(model, engine, load_pairs(16), max_drop=SWEEP_BUDGET, progress=lambda _u: bar.update())
+        policy_file = os.path.join(self.workdir, "sweep.yaml")
+        write_artifacts(result, pathlib.Path(policy_file))
+        chosen = sum(p != "bf16" for p in result.precision_map.values())
+        ranked = sorted(result.units, key=lambda u: u.drop)
+        print(f"    most tolerant: {', '.join(u.name for u in ranked[:3])}")
+        print(f"    most sensitive: {', '.join(u.name for u in ranked[-3:])}")
+        print(f"    chosen: {chosen} of {len(result.units)} layers in FP8; combined drop measured "
+              f"{result.combined[-1]['measured_drop']:.5f} (chart: {policy_file[:-5]}.png)")
+        spec = compact_rules(result.precision_map)
+        version = self.policies.CreatePolicy(pb.CreatePolicyRequest(
+            endpoint=ENDPOINT, parent_version=0, rules=rules_proto(spec), author="demo",
+            message=f"sensitivity sweep: cosine drop <= {SWEEP_BUDGET}", artifact_json=json.dumps(result.to_json(),
+                                                                                                   default=str),
+        )).version
+        print(f"    proposed as policy v{version} ({len(spec.rules)} rules)")
+        self.summary.append({"step": "sweep + propose", "version": f"v{version}", "outcome": f"{chosen}/36 layers FP8",
+                             "cosine delta": f"{-result.combined[-1]['measured_drop']:+.5f}", "took": f"{result.seconds:.0f}s"})
+        return version
+
+    def roll_out(self, version: int, label: str) -> rpb.Rollout:
+        step(f"rollout of v{version} ({label}): steps 1 worker, 50%, 100%; guardrail: cosine drop <= "
+             f"{GUARDRAIL['cosine_to_base']}")
         started = time.monotonic()
-        rolled = fleet.Rollback(apb.RollbackRequest(endpoint=ENDPOINT, reason="demo: quality alert", actor="oncall"))
-        print(f"    rolled back v{rolled.previous_version} -> v{rolled.active_version}")
-        wait_until(all_on(fleet, rolled.active_version), 120, "every worker back, with its quality report")
-        time.sleep(2.5)  # one more serving report window on the restored version
-        response = fleet_view(fleet, "after the rollback")
-        summary.append(_summary_row(f"rollback to v{rolled.active_version}", response, time.monotonic() - started))
+        self.rollouts.StartRollout(rpb.StartRolloutRequest(
+            endpoint=ENDPOINT, version=version, actor="demo",
+            steps=[rpb.RolloutStep(workers=1), rpb.RolloutStep(percent=50), rpb.RolloutStep(percent=100)],
+            guardrails=rpb.Guardrails(max_drop=GUARDRAIL, reports_per_step=1, bake_seconds=2,
+                                      step_timeout_seconds=120)))
+        seen = None
+        while True:
+            current = self.rollouts.GetRollout(rpb.GetRolloutRequest(endpoint=ENDPOINT))
+            key = (current.state, current.current_step, len(current.new_version_workers))
+            if key != seen:
+                seen = key
+                print(f"    [{rpb.RolloutState.Name(current.state)}] {current.message}")
+            if current.state not in (rpb.RUNNING,):
+                break
+            if time.monotonic() - started > 240:
+                raise RuntimeError("the rollout did not finish in 240 s")
+            time.sleep(0.5)
+        wanted = current.to_version if current.state == rpb.SUCCEEDED else current.from_version
+        wait_until(lambda: all(w.applied_version == wanted for w in self.fleet.GetFleet(
+            apb.GetFleetRequest(endpoint=ENDPOINT)).workers), 60, "every worker on the outcome")
+        time.sleep(2.5)  # one serving window on the outcome
+        response = self.show_fleet(f"after the rollout of v{version}")
+        quality = [w.last_quality.deltas.get("cosine_to_base") for w in response.workers
+                   if w.last_quality.version == version]
+        quality += [-c.measured for c in current.last_checks if c.guardrail == "max_drop[cosine_to_base]"]
+        self.summary.append({"step": f"rollout v{version} ({label})", "version": f"v{response.active_version}",
+                             "outcome": rpb.RolloutState.Name(current.state),
+                             "cosine delta": f"{min(quality):+.5f}" if quality else "-",
+                             "took": f"{time.monotonic() - started:.0f}s"})
+        return current
 
-        load.stop.set()
-        load.join(timeout=30)
-        step("audit log")
-        for entry in fleet.ListAudit(apb.ListAuditRequest(endpoint=ENDPOINT, limit=10)).entries:
-            print(f"    {entry.action:<16} {entry.actor:<8} {entry.reason}")
-        print()
-        print(f"summary ({load.sent} inference requests served during the demo, {load.failed} failed):")
-        output.table(summary)
-        if load.failed:
-            print("error: some inference requests failed during policy changes", file=sys.stderr)
-            return 1
-    if not keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    def aggressive_policy(self, parent: int) -> int:
+        return self.policies.CreatePolicy(pb.CreatePolicyRequest(
+            endpoint=ENDPOINT, parent_version=parent, author="demo", message="everything per-tensor FP8 (too far)",
+            rules=[pb.Rule(match="*", precision="fp8-tensor")])).version
+
+    def one_call_rollback(self) -> None:
+        step("incident: `mixprec rollback demo-embedder --to-base --reason ...`, one call, every worker")
+        started = time.monotonic()
+        rolled = self.fleet.Rollback(apb.RollbackRequest(endpoint=ENDPOINT, reason="demo: incident drill",
+                                                         to_base=True, actor="oncall"))
+        wait_until(lambda: all(w.applied_version == rolled.active_version for w in self.fleet.GetFleet(
+            apb.GetFleetRequest(endpoint=ENDPOINT)).workers), 60, "every worker at base")
+        took = time.monotonic() - started
+        wait_until(lambda: all(w.last_quality.version == rolled.active_version for w in self.fleet.GetFleet(
+            apb.GetFleetRequest(endpoint=ENDPOINT)).workers), 60, "every worker's report at base")
+        time.sleep(2.5)
+        self.show_fleet("after the rollback")
+        self.summary.append({"step": "one-call rollback", "version": f"v{rolled.active_version}",
+                             "outcome": f"all base in {took:.1f}s", "cosine delta": "+0.00000", "took": f"{took:.0f}s"})
+
+
+def run(keep: bool = False, samples: int = 24) -> int:
+    workdir = tempfile.mkdtemp(prefix="mixprec-demo-")
+    started = time.monotonic()
+    demo = Demo(workdir, samples)
+    with ExitStack() as stack:
+        demo.start(stack)
+        proposed = demo.sweep_and_propose()
+        first = demo.roll_out(proposed, "the sweep's policy")
+        aggressive = demo.aggressive_policy(proposed)
+        second = demo.roll_out(aggressive, "over-aggressive")
+        demo.one_call_rollback()
+        demo.load.stop.set()
+        demo.load.join(timeout=30)
+        step("audit log (newest first)")
+        for entry in demo.fleet.ListAudit(apb.ListAuditRequest(endpoint=ENDPOINT, limit=12)).entries:
+            print(f"    {entry.action:<20} {entry.actor:<10} {entry.reason[:90]}")
+    print(f"\nsummary ({demo.load.sent} inference requests during the demo, {demo.load.failed} failed, "
+          f"{time.monotonic() - started:.0f}s in all):")
+    output.table(demo.summary)
+    ok = first.state == rpb.SUCCEEDED and second.state == rpb.ROLLED_BACK and demo.load.failed == 0
+    if keep:
+        print(f"logs, database and sweep outputs kept in {workdir}")
     else:
-        print(f"logs and database kept in {workdir}")
-    return 0
-
-
-def _summary_row(action: str, response: apb.GetFleetResponse, seconds: float) -> dict:
-    workers = response.workers
-    cosines = [w.last_quality.deltas.get("cosine_to_base") for w in workers if w.last_quality.deltas]
-    mrr = [w.last_quality.deltas.get("mrr") for w in workers if w.last_quality.deltas]
-    return {
-        "step": action,
-        "active": f"v{response.active_version}",
-        "workers on it": f"{sum(w.applied_version == response.active_version for w in workers)}/{len(workers)}",
-        "cosine delta": f"{min(cosines):+.5f}" if cosines and None not in cosines else "-",
-        "mrr delta": f"{mrr[0]:+.4f}" if mrr and None not in mrr else "-",
-        "converged in": f"{seconds:.1f}s",
-    }
-
-
-def _terminate(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not ok:
+        print("error: the demo did not go as expected (see above)", file=sys.stderr)
+    return 0 if ok else 1
