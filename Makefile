@@ -23,6 +23,7 @@ demo: setup
 	$(VENV)/bin/mixprec demo
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 proto: setup

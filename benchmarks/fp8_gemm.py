@@ -79,10 +79,10 @@ def main() -> int:
         wq, ws = quantize(w, rowwise=True)
         xq, xs = quantize(x, rowwise=True)
 
-        def bf16():
+        def bf16(x=x, w=w):
             return x @ w.T
 
-        def fp8():  # the GEMM alone, on operands quantized once (what the weights are in serving)
+        def fp8(xq=xq, wq=wq, xs=xs, ws=ws):  # the GEMM alone, on operands quantized once (as weights are)
             return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16)
 
         exact = x.float() @ w.float().T
