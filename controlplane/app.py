@@ -84,7 +84,7 @@ class ControlPlane:
         self._feed = None
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
-        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._health = health.aio.HealthServicer()
 
     async def start(self) -> int:
         blocking.configure()
@@ -117,7 +117,7 @@ class ControlPlane:
             asyncio.ensure_future(self._drive_rollouts()),
         ]
         for name in ("", *SERVICE_NAMES):
-            await _maybe_await(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.metrics_port is not None:
             self._metrics_http = start_http_server(self.metrics_port, addr="127.0.0.1", registry=self.registry)
         return self.port
@@ -126,7 +126,7 @@ class ControlPlane:
         if self._server is None:
             return
         for name in ("", *SERVICE_NAMES):
-            await _maybe_await(self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.stop(grace)
         self._server = None
         for task in self._tasks:
@@ -190,7 +190,3 @@ async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis
     await plane.stop(grace=5.0)
     log.info("stopped")
 
-
-async def _maybe_await(result):
-    if asyncio.iscoroutine(result):
-        await result

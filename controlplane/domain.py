@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -110,8 +111,6 @@ class RolloutStep:
     percent: float = 0.0   # ... or a share of the endpoint's workers
 
     def size(self, fleet: int) -> int:
-        import math
-
         wanted = self.workers if self.workers else math.ceil(self.percent / 100 * fleet)
         return max(1, min(fleet, wanted))
 

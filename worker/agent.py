@@ -30,9 +30,7 @@ class AgentConfig:
     worker_id: str = ""
     state_dir: str = ".mixprec-state"
     inference_listen: str = "127.0.0.1:0"
-    eval_samples: int = 64
     report_interval: float = 5.0
-    kernel: str = "auto"
 
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"

@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from controlplane import domain
-from controlplane.storage.repositories import _aware, utcnow
+from controlplane.storage.repositories import aware, utcnow
 from controlplane.storage.tables import ActivationRow, EndpointRow, ReportRow, WorkerRow
 from mixprec.errors import NotFound
 
@@ -43,7 +43,7 @@ class ActivationRepository(_ByEndpoint):
         )
         return [
             domain.Activation(endpoint, r.version, r.previous_version, r.kind, r.actor, r.reason, r.rolled_back,
-                              _aware(r.at))
+                              aware(r.at))
             for r in rows
         ]
 
@@ -60,8 +60,8 @@ def _worker(row: WorkerRow, endpoint: str) -> domain.WorkerState:
         endpoint=endpoint, worker_id=row.worker_id, connected=row.connected, applied_version=row.applied_version,
         last_ack_version=row.last_ack_version, last_nack_version=row.last_nack_version,
         last_nack_error=row.last_nack_error, hardware=dict(row.hardware), inference_address=row.inference_address,
-        last_quality=dict(row.last_quality), last_serving=dict(row.last_serving), first_seen=_aware(row.first_seen),
-        last_seen=_aware(row.last_seen),
+        last_quality=dict(row.last_quality), last_serving=dict(row.last_serving), first_seen=aware(row.first_seen),
+        last_seen=aware(row.last_seen),
     )
 
 
@@ -136,6 +136,6 @@ class ReportRepository(_ByEndpoint):
         if versions is not None:
             query = query.where(ReportRow.version.in_(versions))
         return [
-            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), _aware(r.at), r.id)
+            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), aware(r.at), r.id)
             for r in self._session.scalars(query.order_by(ReportRow.id))
         ]

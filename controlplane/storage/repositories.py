@@ -18,7 +18,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _aware(at: datetime) -> datetime:
+def aware(at: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything stored is UTC.
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
@@ -29,7 +29,7 @@ def _endpoint(row: EndpointRow) -> domain.Endpoint:
         base_precision=row.base_precision,
         model=row.model,
         layers=tuple(row.layers),
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         latest_version=row.latest_version,
         active_version=row.active_version,
     )
@@ -43,7 +43,7 @@ def _policy(row: PolicyVersionRow, endpoint: str) -> domain.PolicyVersion:
         spec=PolicySpec(tuple(Rule(r["match"], r["precision"]) for r in row.rules), row.kv_cache),
         author=row.author,
         message=row.message,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         artifact=row.artifact or "",
     )
 
@@ -165,5 +165,5 @@ class AuditRepository:
             select(AuditRow).where(AuditRow.endpoint == endpoint).order_by(AuditRow.id.desc()).limit(limit)
         )
         return [
-            domain.AuditEntry(r.endpoint, r.action, r.actor, r.reason, dict(r.detail), _aware(r.at)) for r in rows
+            domain.AuditEntry(r.endpoint, r.action, r.actor, r.reason, dict(r.detail), aware(r.at)) for r in rows
         ]

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from controlplane import domain
 from controlplane.storage.fleet_repositories import _ByEndpoint
-from controlplane.storage.repositories import _aware
+from controlplane.storage.repositories import aware
 from controlplane.storage.tables import EndpointRow, RolloutRow
 from mixprec.errors import FailedPrecondition, NotFound
 
@@ -24,8 +24,8 @@ def _rollout(row: RolloutRow, endpoint: str) -> domain.Rollout:
         state=row.state, current_step=row.current_step, failed_checks=row.failed_checks,
         last_report_id=row.last_report_id, message=row.message, new_workers=tuple(row.new_workers),
         last_checks=tuple(row.last_checks), actor=row.actor, revision=row.revision,
-        created_at=_aware(row.created_at), step_started_at=_aware(row.step_started_at),
-        updated_at=_aware(row.updated_at),
+        created_at=aware(row.created_at), step_started_at=aware(row.step_started_at),
+        updated_at=aware(row.updated_at),
     )
 
 

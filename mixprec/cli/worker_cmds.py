@@ -47,8 +47,7 @@ def _worker(args) -> int:
                             eval_samples=args.eval_samples, precisions=precisions)
     config = AgentConfig(
         endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
-        state_dir=args.state_dir, inference_listen=args.inference_listen, eval_samples=args.eval_samples,
-        report_interval=args.report_interval, kernel=args.kernel,
+        state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,
     )
     asyncio.run(serve(config, runtime))
     return 0

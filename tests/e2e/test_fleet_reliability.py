@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -131,15 +134,10 @@ def test_a_nack_leaves_the_worker_on_its_last_good_version_and_is_not_resent(tmp
         status = plane.workers(ENDPOINT)["w1"]
         assert status.applied_version == v1 and "fp8-tensor" in status.last_nack
         assert worker.embed(TEXT).policy_version == v1
-        import subprocess
-        import sys
-
         shown = subprocess.run([sys.executable, "-m", "mixprec.cli.main", "--server", plane.address, "fleet", ENDPOINT],
                                capture_output=True, text=True, timeout=60, check=True).stdout
         assert f"v{v2}: " in shown and "fp8-tensor" in shown
         wait_until(lambda: worker.log().count("refusing v2") >= 1, 10, "refusal in the log")
-        import time
-
         time.sleep(6)  # longer than the control plane's re-read interval: no retry loop
         assert worker.log().count("refusing v2") == 1
     finally:
