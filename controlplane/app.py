@@ -133,6 +133,10 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.recorder.flush()
+        try:  # the streams are gone with this replica: its workers are not connected any more
+            await blocking.run_blocking(self.fleet.release_replica, self.replica)
+        except MixprecError as err:
+            log.warning("could not mark this replica's workers disconnected: %s", err)
         await self._feed.close()
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
