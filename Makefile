@@ -33,7 +33,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
+	$(PY) benchmarks/propagation.py
 	$(PY) benchmarks/toggle.py
+	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/fp8_gemm.py
 
 clean:

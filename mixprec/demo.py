@@ -129,8 +129,18 @@ class Demo:
                 "--worker-id", worker_id, "--state-dir", os.path.join(self.workdir, "state"),
                 "--inference-listen", f"127.0.0.1:{ports[worker_id]}", "--eval-samples", str(self.samples),
                 "--report-interval", "2"))
-        wait_until(lambda: sum(w.connected for w in self.fleet.GetFleet(
-            apb.GetFleetRequest(endpoint=ENDPOINT)).workers) == len(WORKERS), 300, "workers to connect")
+        shown = -1
+
+        def connected() -> bool:
+            nonlocal shown
+            count = sum(w.connected for w in self.fleet.GetFleet(apb.GetFleetRequest(endpoint=ENDPOINT)).workers)
+            if count != shown:
+                print(f"    {count}/{len(WORKERS)} workers connected (loading the model takes a few seconds each)",
+                      flush=True)
+                shown = count
+            return count == len(WORKERS)
+
+        wait_until(connected, 300, "workers to connect")
         self.catalog = list(self.policies.GetEndpoint(pb.GetEndpointRequest(name=ENDPOINT)).layers)
         print(f"    all connected; catalog: {len(self.catalog)} layers")
 
