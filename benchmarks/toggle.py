@@ -73,10 +73,20 @@ def main() -> int:
     only = HybridEngine(only_model.module, only_model.layer_map, residency="fp8-only")
     only.apply(all_fp8)
     fp8_only = only.resident_bytes()
+    only.apply({})
+    only_state = {"fp8": False}
 
+    def flip_fp8_only():  # moves every base copy off the device and back: a copy, not a pointer swap
+        only_state["fp8"] = not only_state["fp8"]
+        only.apply(all_fp8 if only_state["fp8"] else {})
+
+    fp8_only_switch = median_ms(flip_fp8_only, max(args.switches // 10, 10))
+
+    print(f"MiniLM on {engine.device}, base weights {engine.base_dtype}, FP8 kernel {engine.kernel}")
     print(f"{'operation':<44} {'median ms':>10} {'vs reload':>10}")
     print(f"{'switch whole model BF16 <-> FP8 (36 layers)':<44} {whole:>10.3f} {reload / whole:>9.0f}x")
     print(f"{'switch MLP group BF16 <-> FP8 (12 layers)':<44} {group:>10.3f} {reload / group:>9.0f}x")
+    print(f"{'switch whole model, residency fp8-only':<44} {fp8_only_switch:>10.3f} {reload / fp8_only_switch:>9.0f}x")
     print(f"{'reload from disk + re-quantize (no mixprec)':<44} {reload:>10.1f} {1:>9.0f}x")
     print()
     print(f"{'residency (all layers FP8)':<28} {'device base':>12} {'device fp8':>12} {'host base':>12} {'device total':>13}")

@@ -21,8 +21,11 @@ def register(sub) -> None:
                 "against BF16, and each metric's delta.")
     e.add_argument("--model", required=True, help="minilm")
     e.add_argument("--policy", metavar="POLICY.yaml", help="policy file (default: every layer at fp8)")
-    e.add_argument("--samples", type=int, default=0, help="use N query/document pairs (default: all)")
-    e.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
+    e.add_argument("--samples", type=int, default=0,
+                   help="use N query/document pairs, spread over the whole set (default 0: all of them)")
+    e.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"),
+                   help="FP8 matmul: torch._scaled_mm, emulation (quantize, dequantize, matmul), or auto: "
+                   "scaled_mm where this device runs it")
 
 
 def _catalog(args) -> int:
@@ -34,8 +37,8 @@ def _catalog(args) -> int:
 
 
 def _eval(args) -> int:
-    if args.samples < 0:
-        raise InvalidArgument(FieldError("--samples", f"must be >= 0, got {args.samples}"))
+    if args.samples < 0 or args.samples == 1:
+        raise InvalidArgument(FieldError("--samples", f"must be 0 (every pair) or >= 2, got {args.samples}"))
     spec = load_policy_file(args.policy) if args.policy else PolicySpec((Rule("*", "fp8"),))
     from worker.engine import HybridEngine
     from worker.models import load_model
@@ -51,12 +54,14 @@ def _eval(args) -> int:
           file=sys.stderr)
     result = ShadowEvaluator(engine, model, pairs, progress=True).evaluate(precision_map)
     fp8_layers = sum(p != "bf16" for p in precision_map.values())
+    base_dtype = str(engine.base_dtype).removeprefix("torch.")
     if args.output == "json":
         output.as_json({"metrics": result.metrics, "deltas": result.deltas, "reference": result.reference,
-                        "samples": result.samples, "kernel": engine.kernel,
+                        "samples": result.samples, "kernel": engine.kernel, "base_dtype": base_dtype,
                         "layers": {"total": len(precision_map), "off_base": fp8_layers}})
         return 0
-    print(f"{fp8_layers} of {len(precision_map)} layers off base; kernel {engine.kernel}; {result.samples} pairs")
-    output.table([{"metric": m, "bf16": f"{result.reference[m]:.5f}", "policy": f"{result.metrics[m]:.5f}",
+    print(f"{fp8_layers} of {len(precision_map)} layers off base (base weights: {base_dtype}); "
+          f"kernel {engine.kernel}; {result.samples} pairs")
+    output.table([{"metric": m, "base": f"{result.reference[m]:.5f}", "policy": f"{result.metrics[m]:.5f}",
                    "delta": f"{result.deltas[m]:+.5f}"} for m in METRICS])
     return 0

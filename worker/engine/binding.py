@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from worker.engine import kernels
 from worker.engine.methods import METHODS, Prepared
 
 
@@ -12,30 +13,40 @@ class HybridLinear(nn.Module):
     """Owns the layer's parameters; delegates forward to the method its engine's snapshot names.
 
     The base weight is the original Parameter, never written to: running the base method again gives
-    outputs bit-identical to the untouched model.
+    outputs bit-identical to the untouched model. FP8 copies are built on a precision's first use and
+    kept, so later switches move no weights.
     """
 
-    def __init__(self, linear: nn.Linear, layer: str, engine):
+    def __init__(self, linear: nn.Linear, layer: str, engine, kernel: str):
         super().__init__()
         self.layer = layer
         self.weight = linear.weight
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.prepared: dict[str, Prepared] = {}
+        # The engine's kernel, or emulation where this layer's shape does not fit the FP8 GEMM.
+        self.kernel = kernels.layer_kernel(kernel, self.in_features, self.out_features, self.weight.device)
+        self.prepared: dict[str, Prepared] = {}  # by weight format ("fp8" per channel, "fp8-tensor")
         self.host_weight: torch.Tensor | None = None  # the base copy kept off the device (fp8-only)
         self._engine = engine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        snapshot = self._engine.snapshot_for_this_thread()
-        name = snapshot.methods[self.layer]
-        return METHODS[name].forward(x, self.weight, self.bias, self.prepared.get(name), snapshot.kernel)
+        method = METHODS[self._engine.snapshot_for_this_thread().methods[self.layer]]
+        prepared = self.prepared.get(method.weights) if method.weights else None
+        return method.forward(x, self.weight, self.bias, prepared, self.kernel)
+
+    def kernel_name(self, precision: str) -> str:
+        return METHODS[precision].kernel_name(self.kernel)
 
     # --- residency ------------------------------------------------------------------------------
 
     def prepare(self, precision: str) -> None:
-        if precision not in self.prepared:
-            self.restore_base()  # quantizing needs the base weight on the device
-            self.prepared[precision] = METHODS[precision].prepare(self.weight.detach(), self.layer)
+        """Build the weights this precision computes from, once (from the host copy when the device one
+        was dropped)."""
+        method = METHODS[precision]
+        if method.weights is None or method.weights in self.prepared:
+            return
+        base = self.weight.detach() if self.host_weight is None else self.host_weight.to(self.weight.device)
+        self.prepared[method.weights] = method.prepare(base, self.layer)
 
     @property
     def base_on_device(self) -> bool:
@@ -60,9 +71,13 @@ class HybridLinear(nn.Module):
 
     def device_bytes(self) -> dict[str, int]:
         counts = {"base": self.weight.numel() * self.weight.element_size()}
-        for name, prepared in self.prepared.items():
-            counts[name] = prepared.nbytes()
+        for weights, prepared in self.prepared.items():
+            counts[weights] = prepared.nbytes()
         return counts
 
+    def host_bytes(self) -> int:
+        return 0 if self.host_weight is None else self.host_weight.numel() * self.host_weight.element_size()
+
     def extra_repr(self) -> str:
-        return f"layer={self.layer}, in_features={self.in_features}, out_features={self.out_features}"
+        return (f"layer={self.layer}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"kernel={self.kernel}")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument
 from worker.engine import kernels
 from worker.engine.binding import HybridLinear
-from worker.engine.methods import METHODS
+from worker.engine.methods import BASE, METHODS
 
 RESIDENCIES = ("both", "fp8-only")
 
@@ -25,7 +27,6 @@ class Snapshot:
 
     tag: int
     methods: Mapping[str, str]
-    kernel: str
 
 
 @dataclass(frozen=True)
@@ -38,42 +39,58 @@ class LayerStatus:
 class HybridEngine:
     """Runs each bound layer at the precision its current snapshot names.
 
-    A forward pass pins the snapshot that is current when it starts (`pinned()`), so a concurrent
-    `apply()` never mixes two maps inside one pass. Quantized copies are built once per layer and
-    precision and kept, so switching back and forth moves no weights (residency "both"). With
-    residency "fp8-only" a layer running FP8 keeps its base weight in host memory only.
+    Every call of the model's forward pins the snapshot that is current when it starts (the engine
+    wraps the root module's forward; `pinned()` does the same for a longer stretch, e.g. all batches
+    of one request), so a concurrent `apply()` never mixes two maps inside one pass. Quantized copies
+    are built on first use of a precision (or up front with `prepare()`) and kept, so switching back
+    and forth moves no weights (residency "both"). With residency "fp8-only" a layer that no live map
+    runs at base keeps its base weight in host memory only.
     """
 
     def __init__(self, model: nn.Module, layer_map: Mapping[str, str], residency: str = "both",
                  kernel: str = "auto"):
         if residency not in RESIDENCIES:
-            raise ValueError(f"residency {residency!r} is not one of {', '.join(RESIDENCIES)}")
+            raise InvalidArgument(FieldError("residency", f"{residency!r} is not one of {', '.join(RESIDENCIES)}"))
         if not layer_map:
-            raise ValueError("the model has no quantizable linear layer")
+            raise InvalidArgument(FieldError("layer_map", "is empty: the model has no quantizable linear layer"))
         self.model = model
         self.residency = residency
         parameter = next(model.parameters())
         self.device, self.base_dtype = parameter.device, parameter.dtype
-        self.kernel = kernels.resolve_kernel(kernel, self.device)
+        self.kernel = kernels.resolve_kernel(kernel, self.device, self.base_dtype)
         self.catalog: tuple[str, ...] = tuple(layer_map)
-        self.bindings: dict[str, HybridLinear] = {}
-        for layer, path in layer_map.items():
-            self.bindings[layer] = self._bind(path, layer)
-        self._snapshot = Snapshot(0, MappingProxyType({layer: "bf16" for layer in self.catalog}), self.kernel)
+        self.bindings: dict[str, HybridLinear] = {layer: self._bind(path, layer) for layer, path in layer_map.items()}
+        self._snapshot = Snapshot(0, MappingProxyType({layer: BASE for layer in self.catalog}))
         self._local = threading.local()
-        self._apply_lock = threading.Lock()
-        self._pins = Counter()
+        self._apply_lock = threading.Lock()  # one writer: apply, using's preparation, residency changes
+        self._pins: dict[int, list] = {}  # id(snapshot) -> [snapshot, passes running on it]
         self._pins_changed = threading.Condition()
+        self._pin_every_forward()
 
     def _bind(self, path: str, layer: str) -> HybridLinear:
         parent_path, _, child = path.rpartition(".")
-        parent = self.model.get_submodule(parent_path) if parent_path else self.model
-        linear = getattr(parent, child)
+        try:
+            parent = self.model.get_submodule(parent_path) if parent_path else self.model
+            linear = getattr(parent, child)
+        except AttributeError:
+            raise InvalidArgument(FieldError(layer, f"module path {path!r} is not in the model")) from None
+        if isinstance(linear, HybridLinear):
+            raise InvalidArgument(FieldError(layer, f"{path} is already bound by another engine"))
         if not isinstance(linear, nn.Linear):
-            raise ValueError(f"layer {layer!r} ({path}) is a {type(linear).__name__}, not an nn.Linear")
-        binding = HybridLinear(linear, layer, self)
+            raise InvalidArgument(FieldError(layer, f"{path} is a {type(linear).__name__}, not an nn.Linear"))
+        binding = HybridLinear(linear, layer, self, self.kernel)
         setattr(parent, child, binding)
         return binding
+
+    def _pin_every_forward(self) -> None:
+        forward = self.model.forward
+
+        @functools.wraps(forward)
+        def pinned_forward(*args, **kwargs):
+            with self.pinned():
+                return forward(*args, **kwargs)
+
+        self.model.forward = pinned_forward
 
     # --- forward passes -------------------------------------------------------------------------
 
@@ -81,32 +98,57 @@ class HybridEngine:
         return getattr(self._local, "snapshot", None) or self._snapshot
 
     @contextmanager
-    def pinned(self, snapshot: Snapshot | None = None) -> Iterator[Snapshot]:
-        """Every layer called by this thread inside the block uses one snapshot (the current one)."""
-        previous = getattr(self._local, "snapshot", None)
-        snapshot = snapshot or self._snapshot
-        with self._pins_changed:
-            self._pins[id(snapshot)] += 1
-        self._local.snapshot = snapshot
-        try:
+    def pinned(self) -> Iterator[Snapshot]:
+        """Every layer this thread calls inside the block uses one snapshot: the one current at entry
+        (or, nested, the enclosing block's)."""
+        outer = getattr(self._local, "snapshot", None)
+        if outer is not None:
+            yield outer
+            return
+        with self._pins_changed:  # read and count under the lock apply() swaps under: no pass slips by
+            snapshot = self._snapshot
+            self._pin(snapshot)
+        with self._running(snapshot):
             yield snapshot
-        finally:
-            self._local.snapshot = previous
-            with self._pins_changed:
-                self._pins[id(snapshot)] -= 1
-                if not self._pins[id(snapshot)]:
-                    del self._pins[id(snapshot)]
-                self._pins_changed.notify_all()
 
     @contextmanager
     def using(self, precision_map: Mapping[str, str]) -> Iterator[Snapshot]:
-        """Run this thread's passes at another map without changing what everyone else runs (shadow eval)."""
+        """Run this thread's passes at another map without changing what everyone else runs (shadow eval).
+
+        With residency "fp8-only" the base copies this map needs come back for the block and leave again
+        after it.
+        """
         methods = self._validated(precision_map)
-        with self._apply_lock:
-            for layer, precision in methods.items():
-                self._ready(layer, precision)
-        with self.pinned(Snapshot(-1, MappingProxyType(methods), self.kernel)) as snapshot:
+        snapshot = Snapshot(-1, MappingProxyType(methods))
+        try:
+            with self._apply_lock:
+                for layer, precision in methods.items():
+                    self._ready(layer, precision)
+                with self._pins_changed:
+                    self._pin(snapshot)
+            with self._running(snapshot):
+                yield snapshot
+        finally:  # also when preparing failed half-way (NaN weights): no base copy stays behind
+            if self.residency == "fp8-only":
+                with self._apply_lock:
+                    self._drop_unneeded_bases()
+
+    def _pin(self, snapshot: Snapshot) -> None:
+        self._pins.setdefault(id(snapshot), [snapshot, 0])[1] += 1
+
+    @contextmanager
+    def _running(self, snapshot: Snapshot) -> Iterator[Snapshot]:
+        outer, self._local.snapshot = getattr(self._local, "snapshot", None), snapshot
+        try:
             yield snapshot
+        finally:
+            self._local.snapshot = outer
+            with self._pins_changed:
+                entry = self._pins[id(snapshot)]
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._pins[id(snapshot)]
+                self._pins_changed.notify_all()
 
     # --- switching ------------------------------------------------------------------------------
 
@@ -117,35 +159,52 @@ class HybridEngine:
     def current_map(self) -> dict[str, str]:
         return dict(self._snapshot.methods)
 
+    def prepare(self, precisions: Iterable[str], layers: Iterable[str] | None = None) -> None:
+        """Build FP8 copies now rather than at the first switch that needs them (e.g. at startup)."""
+        precisions, layers = list(precisions), list(self.catalog if layers is None else layers)
+        for precision in precisions:
+            self._validated(dict.fromkeys(layers, precision))
+        with self._apply_lock:
+            for layer in layers:
+                for precision in precisions:
+                    self.bindings[layer].prepare(precision)
+
     def apply(self, precision_map: Mapping[str, str], tag: int = 0) -> list[str]:
         """Switch to `precision_map` (layers it leaves out run at base); returns the layers that changed.
 
         Everything that can fail (unknown layer or precision, NaN weights) fails before the switch,
-        and then nothing has changed.
+        and then nothing has changed. The switch itself is one assignment of a new snapshot.
         """
         methods = self._validated(precision_map)
+        if self.residency == "fp8-only" and getattr(self._local, "snapshot", None) is not None:
+            raise FailedPrecondition("apply() was called inside a pinned forward pass; with residency "
+                                     "'fp8-only' it would wait for that pass to end")
         with self._apply_lock:
             old = self._snapshot
             changed = [layer for layer in self.catalog if methods[layer] != old.methods[layer]]
             for layer in changed:
                 self._ready(layer, methods[layer])
-            self._snapshot = Snapshot(tag, MappingProxyType(methods), self.kernel)
-            if self.residency == "fp8-only":
-                self._wait_unpinned(old)
-                for layer in changed:
-                    if not METHODS[methods[layer]].uses_base_weight:
-                        self.bindings[layer].drop_base()
+            with self._pins_changed:
+                self._snapshot = Snapshot(tag, MappingProxyType(methods))
+            if self.residency == "fp8-only" and changed:
+                # Passes still running on the old map may read base weights that are about to leave.
+                with self._pins_changed:
+                    self._pins_changed.wait_for(lambda: id(old) not in self._pins)
+                self._drop_unneeded_bases()
         return changed
 
     def _validated(self, precision_map: Mapping[str, str]) -> dict[str, str]:
-        unknown = [layer for layer in precision_map if layer not in self.bindings]
-        if unknown:
-            raise ValueError(f"layer {unknown[0]!r} is not in this model's catalog ({len(unknown)} unknown)")
+        errors = []
         for layer, precision in precision_map.items():
-            if precision not in METHODS:
-                raise ValueError(f"layer {layer!r}: unknown precision {precision!r}; this engine runs "
-                                 f"{', '.join(METHODS)}")
-        return {layer: precision_map.get(layer, "bf16") for layer in self.catalog}
+            if layer not in self.bindings:
+                errors.append(FieldError(layer, f"is not in this model's catalog ({len(self.catalog)} layers, "
+                                                f"e.g. {self.catalog[0]!r})"))
+            elif precision not in METHODS:
+                errors.append(FieldError(layer, f"unknown precision {precision!r}; this engine runs "
+                                                f"{', '.join(METHODS)}"))
+        if errors:
+            raise InvalidArgument(errors)
+        return {layer: precision_map.get(layer, BASE) for layer in self.catalog}
 
     def _ready(self, layer: str, precision: str) -> None:
         binding = self.bindings[layer]
@@ -154,25 +213,31 @@ class HybridEngine:
         else:
             binding.prepare(precision)
 
-    def _wait_unpinned(self, snapshot: Snapshot) -> None:
-        # Passes still running on the old map may read base weights that are about to leave the device.
+    def _drop_unneeded_bases(self) -> None:
+        """fp8-only: the base copy leaves the device for every layer no live map runs at base."""
         with self._pins_changed:
-            self._pins_changed.wait_for(lambda: not self._pins.get(id(snapshot)))
+            live = [self._snapshot, *(entry[0] for entry in self._pins.values())]
+        needed = {layer for s in live for layer, p in s.methods.items() if METHODS[p].uses_base_weight}
+        for layer, binding in self.bindings.items():
+            if layer not in needed:
+                binding.drop_base()
 
     # --- reporting ------------------------------------------------------------------------------
 
     def status(self) -> list[LayerStatus]:
+        """Per layer, in catalog order: the precision it runs and the kernel that computes it."""
         snapshot = self._snapshot
-        return [LayerStatus(layer, p, METHODS[p].kernel_name(self.kernel)) for layer, p in snapshot.methods.items()]
+        return [LayerStatus(layer, p, self.bindings[layer].kernel_name(p)) for layer, p in snapshot.methods.items()]
 
     def resident_bytes(self) -> dict[str, int]:
-        """Bytes of the bound layers' weights on the device, by precision, and of base copies on the host."""
+        """Weight bytes (scales included) of the bound layers on the device, by weight format: "base" (the
+        loaded dtype, see `base_dtype`), "fp8" (per channel, shared by fp8 and fp8-weight-only) and
+        "fp8-tensor"; and "host" for base copies kept off the device (fp8-only)."""
         totals: Counter = Counter()
         for binding in self.bindings.values():
             totals.update(binding.device_bytes())
-            if binding.host_weight is not None:
-                totals["host"] += binding.host_weight.numel() * binding.host_weight.element_size()
-        return dict(totals)
+            totals["host"] += binding.host_bytes()
+        return {name: count for name, count in totals.items() if count or name == "base"}
 
     def describe_hardware(self) -> dict:
         device = str(self.device)

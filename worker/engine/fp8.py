@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mixprec.errors import FailedPrecondition
+
 FP8 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(FP8).max)  # 448
 _TINY = 1e-12  # keeps an all-zero row or tensor from dividing by zero
@@ -23,6 +25,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
 
 
 def check_finite(weight: torch.Tensor, layer: str) -> None:
-    if not torch.isfinite(weight).all():
-        bad = int((~torch.isfinite(weight)).sum())
-        raise ValueError(f"layer {layer!r} has {bad} NaN/Inf weight(s); it cannot be quantized to FP8")
+    """A NaN or Inf weight would poison its whole row's (or tensor's) scale: refuse, naming the layer."""
+    finite = torch.isfinite(weight)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise FailedPrecondition(f"layer {layer!r} has {bad} NaN/Inf weight(s); it cannot be quantized to FP8")

@@ -14,27 +14,39 @@ import torch.nn.functional as F
 from worker.engine import kernels
 from worker.engine.fp8 import check_finite, quantize
 
+BASE = "bf16"  # the name of the base method: the weights as loaded, in the model's own dtype
+PER_CHANNEL, PER_TENSOR = "fp8", "fp8-tensor"  # the FP8 weight formats a layer may keep
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a method keeps per layer: FP8 weights and their scales (nothing for the base method)."""
+    """What a method keeps per layer: FP8 weights and their scales."""
 
-    weight: torch.Tensor | None = None
-    scale: torch.Tensor | None = None
+    weight: torch.Tensor
+    scale: torch.Tensor
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.weight, self.scale) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.scale))
 
 
 class PrecisionMethod:
     name: str
-    uses_base_weight = False
-    fp8_compute = False
+    # The weight format it computes from, shared by methods that quantize weights alike (fp8 and
+    # fp8-weight-only keep one per-channel copy between them); None: the base weight.
+    weights: str | None = None
 
-    def prepare(self, base_weight: torch.Tensor, layer: str) -> Prepared:
-        raise NotImplementedError
+    @property
+    def uses_base_weight(self) -> bool:
+        return self.weights is None
 
-    def forward(self, x, base_weight, bias, prepared: Prepared, kernel: str) -> torch.Tensor:
+    def prepare(self, base_weight: torch.Tensor, layer: str) -> Prepared | None:
+        """Quantize the base weight into this method's format; NaN/Inf weights are refused."""
+        if self.weights is None:
+            return None
+        check_finite(base_weight, layer)
+        return Prepared(*quantize(base_weight, rowwise=self.weights == PER_CHANNEL))
+
+    def forward(self, x, base_weight, bias, prepared: Prepared | None, kernel: str) -> torch.Tensor:
         raise NotImplementedError
 
     def kernel_name(self, kernel: str) -> str:
@@ -42,11 +54,7 @@ class PrecisionMethod:
 
 
 class Base(PrecisionMethod):
-    name = "bf16"
-    uses_base_weight = True
-
-    def prepare(self, base_weight, layer):
-        return Prepared()
+    name = BASE
 
     def forward(self, x, base_weight, bias, prepared, kernel):
         return F.linear(x, base_weight, bias)
@@ -56,30 +64,21 @@ class Base(PrecisionMethod):
 
 
 class FP8(PrecisionMethod):
-    """W8A8: weights per output channel, activations per token (or both per tensor)."""
+    """W8A8: weights per output channel and activations per token, or both per tensor."""
 
-    fp8_compute = True
-
-    def __init__(self, name: str, rowwise: bool):
-        self.name = name
-        self.rowwise = rowwise
-
-    def prepare(self, base_weight, layer):
-        check_finite(base_weight, layer)
-        weight, scale = quantize(base_weight, rowwise=self.rowwise)
-        return Prepared(weight, scale)
+    def __init__(self, name: str, weights: str):
+        self.name, self.weights = name, weights
 
     def forward(self, x, base_weight, bias, prepared, kernel):
-        return kernels.fp8_linear(x, prepared.weight, prepared.scale, bias, per_token=self.rowwise, kernel=kernel)
+        per_token = self.weights == PER_CHANNEL
+        return kernels.fp8_linear(x, prepared.weight, prepared.scale, bias, per_token=per_token, kernel=kernel)
 
 
 class FP8WeightOnly(PrecisionMethod):
-    name = "fp8-weight-only"
+    """FP8 weights (per channel) in memory, dequantized for a matmul in the activations' dtype."""
 
-    def prepare(self, base_weight, layer):
-        check_finite(base_weight, layer)
-        weight, scale = quantize(base_weight, rowwise=True)
-        return Prepared(weight, scale)
+    name = "fp8-weight-only"
+    weights = PER_CHANNEL
 
     def forward(self, x, base_weight, bias, prepared, kernel):
         return kernels.weight_only_linear(x, prepared.weight, prepared.scale, bias)
@@ -89,5 +88,5 @@ class FP8WeightOnly(PrecisionMethod):
 
 
 METHODS: dict[str, PrecisionMethod] = {
-    m.name: m for m in (Base(), FP8("fp8", rowwise=True), FP8("fp8-tensor", rowwise=False), FP8WeightOnly())
+    m.name: m for m in (Base(), FP8("fp8", PER_CHANNEL), FP8("fp8-tensor", PER_TENSOR), FP8WeightOnly())
 }

