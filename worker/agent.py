@@ -88,15 +88,16 @@ class WorkerAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         state = StateStore(self.config.state_dir, self.config.endpoint, self.worker_id)
-        host = self.config.inference_listen.rsplit(":", 1)[0]
-        port = await self.start_inference()
         identity = AgentIdentity(
             endpoint=self.config.endpoint, worker_id=self.worker_id, layers=list(self.runtime.catalog),
             model=self.config.model, hardware=apb.Hardware(**self.runtime.hardware()),
-            inference_address=f"{host}:{port}",
         )
         self.sync = SyncLoop(self.config.server, identity, self._apply, state=state, on_applied=self._after_apply)
+        # The last applied policy is live before the first request is served or the control plane answers.
         restored = await self.sync.restore()
+        host = self.config.inference_listen.rsplit(":", 1)[0]
+        port = await self.start_inference()
+        identity.inference_address = f"{host}:{port}"
         log.info("worker %s serving %s on %s:%d (policy v%d%s)", self.worker_id, self.config.endpoint, host, port,
                  self.sync.version, ", restored from state dir" if restored else "")
         tasks = [asyncio.ensure_future(self.sync.run()), asyncio.ensure_future(self._report_serving())]
