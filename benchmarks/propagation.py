@@ -15,7 +15,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 
 import grpc
 
+from mixprec.localhost import free_port
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -32,12 +32,6 @@ from worker.sync import AgentIdentity, Backoff, SyncLoop
 LAYERS = [f"layers.{i}.{g}" for i in range(6) for g in
           ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.up_proj",
            "mlp.down_proj")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

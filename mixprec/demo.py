@@ -9,7 +9,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import grpc
 from mixprec.cli import output
 from mixprec.cli.fleet_cmds import worker_rows
 from mixprec.cli.policy_cmds import rules_proto
+from mixprec.localhost import free_port, wait_until
 from mixprec.policy import compact_rules
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, inference_pb2_grpc, policy_pb2_grpc, rollout_pb2_grpc
@@ -41,12 +41,6 @@ QUERIES = [
 
 def step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(workdir: str, name: str, *argv: str) -> subprocess.Popen:
@@ -82,16 +76,6 @@ class LoadGenerator(threading.Thread):
                 self.failed += 1
             i += 1
             time.sleep(0.05)
-
-
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Demo:

@@ -117,11 +117,9 @@ def control_plane(db_url):
 
 @pytest.fixture
 def unused_address() -> str:
-    import socket
+    from mixprec.localhost import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="session")

@@ -5,36 +5,19 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mixprec.localhost import free_port, wait_until
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, inference_pb2_grpc, policy_pb2_grpc, rollout_pb2_grpc
 from mixprec.v1 import inference_pb2 as ipb
 
 MIXPREC = [sys.executable, "-m", "mixprec.cli.main"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 60, what: str = "condition", poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def healthy(address: str) -> bool:

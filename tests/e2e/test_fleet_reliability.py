@@ -21,8 +21,12 @@ ENDPOINT = "embedder"
 TEXT = ["how do I read a file line by line", "sort a dictionary by its values"]
 
 
-def make_policies(plane: ControlPlaneProc) -> None:
+def create_endpoint_and_connect(plane: ControlPlaneProc, *workers: WorkerProc) -> None:
+    """The endpoint, without a catalog: the first worker reports it. Returns once every worker is in."""
     plane.policies.CreateEndpoint(pb.CreateEndpointRequest(name=ENDPOINT, model="minilm"))
+    for worker in workers:
+        worker.wait_serving()
+    wait_until(lambda: len(plane.workers(ENDPOINT)) == len(workers), 120, "workers to connect")
 
 
 def add_policy(plane: ControlPlaneProc, parent: int, match: str, precision: str = "fp8") -> int:
@@ -46,11 +50,8 @@ def test_control_plane_sigkill_then_every_worker_reconnects_and_converges(tmp_pa
     plane = ControlPlaneProc(db, tmp_path)
     workers = []
     try:
-        make_policies(plane)
         workers = [WorkerProc(f"w{i}", ENDPOINT, plane.address, tmp_path, tmp_path / "state") for i in range(3)]
-        for w in workers:
-            w.wait_serving()
-        wait_until(lambda: len(plane.workers(ENDPOINT)) == 3, 120, "three workers to connect")
+        create_endpoint_and_connect(plane, *workers)
         v1 = add_policy(plane, 0, "layers.*.mlp.*")
         v2 = add_policy(plane, v1, "layers.*")
         plane.fleet.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v1, reason="first"))
@@ -88,9 +89,7 @@ def test_worker_restarted_while_control_plane_is_down_serves_its_last_policy_the
     state = tmp_path / "state"
     worker = WorkerProc("w1", ENDPOINT, plane.address, tmp_path, state)
     try:
-        make_policies(plane)
-        worker.wait_serving()
-        wait_until(lambda: "w1" in plane.workers(ENDPOINT), 120, "worker to connect")
+        create_endpoint_and_connect(plane, worker)
         v1 = add_policy(plane, 0, "layers.*.mlp.*")
         v2 = add_policy(plane, v1, "layers.*")
         plane.fleet.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v1))
@@ -122,9 +121,7 @@ def test_a_nack_leaves_the_worker_on_its_last_good_version_and_is_not_resent(tmp
     # This worker refuses per-tensor FP8 (an operator's choice on hardware where it is too lossy).
     worker = WorkerProc("w1", ENDPOINT, plane.address, tmp_path, tmp_path / "state", "--precisions", "bf16,fp8")
     try:
-        make_policies(plane)
-        worker.wait_serving()
-        wait_until(lambda: "w1" in plane.workers(ENDPOINT), 120, "worker to connect")
+        create_endpoint_and_connect(plane, worker)
         v1 = add_policy(plane, 0, "layers.*.mlp.*")
         v2 = add_policy(plane, v1, "layers.*", "fp8-tensor")
         plane.fleet.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v1))
@@ -149,9 +146,7 @@ def test_fifty_policy_changes_under_steady_traffic_fail_no_request_and_never_mix
     plane = ControlPlaneProc(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path)
     worker = WorkerProc("w1", ENDPOINT, plane.address, tmp_path, tmp_path / "state", eval_samples=4)
     try:
-        make_policies(plane)
-        worker.wait_serving()
-        wait_until(lambda: "w1" in plane.workers(ENDPOINT), 120, "worker to connect")
+        create_endpoint_and_connect(plane, worker)
         v1 = add_policy(plane, 0, "layers.*.attention.*")
         v2 = add_policy(plane, v1, "layers.*.mlp.*")
         references = {}

@@ -13,18 +13,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mixprec.localhost import free_port
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
 
 MIXPREC = [sys.executable, "-m", "mixprec.cli.main"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_serving(address: str, process: subprocess.Popen, timeout: float = 30) -> None:
