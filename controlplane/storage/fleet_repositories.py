@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from controlplane import domain
-from controlplane.storage.repositories import aware, utcnow
-from controlplane.storage.tables import ActivationRow, EndpointRow, ReportRow, WorkerRow
-from mixprec.errors import NotFound
+from controlplane.storage.repositories import EndpointScoped, aware, utcnow
+from controlplane.storage.tables import ActivationRow, ReportRow, WorkerRow
 
 
-class _ByEndpoint:
-    def __init__(self, session: Session):
-        self._session = session
-        self._ids: dict[str, int] = {}
-
-    def _endpoint_id(self, endpoint: str) -> int:
-        if endpoint not in self._ids:
-            endpoint_id = self._session.scalar(select(EndpointRow.id).where(EndpointRow.name == endpoint))
-            if endpoint_id is None:
-                raise NotFound(f"endpoint {endpoint!r} does not exist (see `mixprec endpoint list`)")
-            self._ids[endpoint] = endpoint_id
-        return self._ids[endpoint]
-
-
-class ActivationRepository(_ByEndpoint):
+class ActivationRepository(EndpointScoped):
     def add(self, endpoint: str, version: int, previous: int, kind: str, actor: str, reason: str) -> None:
         self._session.add(
             ActivationRow(
@@ -65,7 +49,7 @@ def _worker(row: WorkerRow, endpoint: str) -> domain.WorkerState:
     )
 
 
-class WorkerRepository(_ByEndpoint):
+class WorkerRepository(EndpointScoped):
     def _row(self, endpoint: str, worker_id: str) -> WorkerRow | None:
         return self._session.scalars(
             select(WorkerRow).where(
@@ -116,7 +100,7 @@ class WorkerRepository(_ByEndpoint):
         return [_worker(r, endpoint) for r in rows]
 
 
-class ReportRepository(_ByEndpoint):
+class ReportRepository(EndpointScoped):
     def add(self, report: domain.ReportRecord) -> None:
         self._session.add(
             ReportRow(

@@ -75,7 +75,7 @@ class EndpointRepository:
             query = query.with_for_update()
         row = self._session.scalars(query).one_or_none()
         if row is None:
-            raise NotFound(f"endpoint {name!r} does not exist (see `mixprec endpoint list`)")
+            raise endpoint_missing(name)
         return row
 
     def get(self, name: str, for_update: bool = False) -> domain.Endpoint:
@@ -101,15 +101,27 @@ class EndpointRepository:
         self._session.execute(update(EndpointRow).where(EndpointRow.name == name).values(layers=layers))
 
 
-class PolicyRepository:
+def endpoint_missing(name: str) -> NotFound:
+    return NotFound(f"endpoint {name!r} does not exist (see `mixprec endpoint list`)")
+
+
+class EndpointScoped:
+    """Base of the repositories whose rows belong to an endpoint, found by its name."""
+
     def __init__(self, session: Session):
         self._session = session
+        self._ids: dict[str, int] = {}
 
     def _endpoint_id(self, endpoint: str) -> int:
-        endpoint_id = self._session.scalar(select(EndpointRow.id).where(EndpointRow.name == endpoint))
-        if endpoint_id is None:
-            raise NotFound(f"endpoint {endpoint!r} does not exist (see `mixprec endpoint list`)")
-        return endpoint_id
+        if endpoint not in self._ids:
+            endpoint_id = self._session.scalar(select(EndpointRow.id).where(EndpointRow.name == endpoint))
+            if endpoint_id is None:
+                raise endpoint_missing(endpoint)
+            self._ids[endpoint] = endpoint_id
+        return self._ids[endpoint]
+
+
+class PolicyRepository(EndpointScoped):
 
     def add(self, policy: domain.PolicyVersion) -> domain.PolicyVersion:
         row = PolicyVersionRow(

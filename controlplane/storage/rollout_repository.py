@@ -8,8 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane import domain
-from controlplane.storage.fleet_repositories import _ByEndpoint
-from controlplane.storage.repositories import aware
+from controlplane.storage.repositories import EndpointScoped, aware
 from controlplane.storage.tables import EndpointRow, RolloutRow
 from mixprec.errors import FailedPrecondition, NotFound
 
@@ -29,7 +28,7 @@ def _rollout(row: RolloutRow, endpoint: str) -> domain.Rollout:
     )
 
 
-class RolloutRepository(_ByEndpoint):
+class RolloutRepository(EndpointScoped):
     def add(self, rollout: domain.Rollout) -> domain.Rollout:
         row = RolloutRow(
             endpoint_id=self._endpoint_id(rollout.endpoint), from_version=rollout.from_version,
