@@ -1,12 +1,14 @@
 """Domain errors shared by the control plane, the worker and the CLI.
 
-Each error says what is wrong in terms of the caller's input. The gRPC edge maps them to status
-codes in one table (controlplane/grpc_errors.py); the CLI maps status codes to exit codes.
+Each error says what is wrong in terms of the caller's input. `status_code` is the one table from
+errors to gRPC codes: the server answers with it, and the CLI turns codes into exit codes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import grpc
 
 
 @dataclass(frozen=True)
@@ -46,3 +48,17 @@ class FailedPrecondition(MixprecError):
 
 class Unavailable(MixprecError):
     """A dependency (the database) cannot be reached; retrying later may succeed."""
+
+
+STATUS_BY_ERROR: dict[type[MixprecError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Conflict: grpc.StatusCode.ABORTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(err: MixprecError) -> grpc.StatusCode:
+    return next((code for cls, code in STATUS_BY_ERROR.items() if isinstance(err, cls)), grpc.StatusCode.INTERNAL)

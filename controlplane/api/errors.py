@@ -1,42 +1,16 @@
-"""The one table from domain errors to gRPC status codes, applied to every servicer method."""
+"""Domain errors become gRPC statuses (table: mixprec.errors.status_code) on every servicer method."""
 
 from __future__ import annotations
 
 import functools
-import logging
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from mixprec.errors import (
-    AlreadyExists,
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    MixprecError,
-    NotFound,
-    Unavailable,
-)
+from mixprec.errors import InvalidArgument, MixprecError, status_code
 
-log = logging.getLogger(__name__)
-
-STATUS_BY_ERROR: dict[type[MixprecError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    Conflict: grpc.StatusCode.ABORTED,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def status_code(err: MixprecError) -> grpc.StatusCode:
-    for cls, code in STATUS_BY_ERROR.items():
-        if isinstance(err, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 def _invalid_argument_status(err: InvalidArgument) -> status_pb2.Status:

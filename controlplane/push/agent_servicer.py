@@ -12,13 +12,12 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from controlplane import domain
-from controlplane.api.errors import status_code
 from controlplane.blocking import run_blocking
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService, Target
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import MixprecError
+from mixprec.errors import MixprecError, status_code
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb

@@ -6,15 +6,7 @@ import sys
 
 import grpc
 
-from mixprec.errors import (
-    AlreadyExists,
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    MixprecError,
-    NotFound,
-    Unavailable,
-)
+from mixprec.errors import InvalidArgument, MixprecError, status_code
 
 OK = 0
 FAILURE = 1
@@ -32,15 +24,6 @@ _BY_GRPC_CODE = {
     grpc.StatusCode.FAILED_PRECONDITION: CONFLICT,
     grpc.StatusCode.UNAVAILABLE: UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: UNAVAILABLE,
-}
-
-_BY_ERROR = {
-    InvalidArgument: INVALID_INPUT,
-    NotFound: NOT_FOUND,
-    AlreadyExists: CONFLICT,
-    Conflict: CONFLICT,
-    FailedPrecondition: CONFLICT,
-    Unavailable: UNAVAILABLE,
 }
 
 _HINTS = {
@@ -66,4 +49,4 @@ def report_domain_error(err: MixprecError) -> int:
             print(f"error: {field_error}", file=sys.stderr)
     else:
         print(f"error: {err}", file=sys.stderr)
-    return next((code for cls, code in _BY_ERROR.items() if isinstance(err, cls)), FAILURE)
+    return _BY_GRPC_CODE.get(status_code(err), FAILURE)
