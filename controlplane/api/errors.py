@@ -12,7 +12,6 @@ from grpc_status import rpc_status
 from mixprec.errors import InvalidArgument, MixprecError, status_code
 
 
-
 def _invalid_argument_status(err: InvalidArgument) -> status_pb2.Status:
     # The message is for people; the BadRequest detail lets programs find each field.
     detail = any_pb2.Any()
