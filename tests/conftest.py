@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import uuid
 
 import pytest
 import sqlalchemy as sa
+from support import RunningControlPlane
 
 from controlplane.storage.database import open_engine, upgrade
 
@@ -73,39 +72,6 @@ def db_url(request, tmp_path):
     upgrade(engine)
     engine.dispose()
     return url
-
-
-def snapshot(url: str) -> dict[str, list[tuple]]:
-    """Every row of every table (but Alembic's), to prove that a failed call wrote nothing."""
-    engine = open_engine(url)
-    try:
-        tables = [t for t in sa.inspect(engine).get_table_names() if t != "alembic_version"]
-        with engine.connect() as conn:
-            return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}"))), key=repr) for t in tables}
-    finally:
-        engine.dispose()
-
-
-class RunningControlPlane:
-    """A real control plane (grpc.aio) on port 0, running its event loop in a background thread."""
-
-    def __init__(self, db_url: str, **options):
-        from controlplane.app import ControlPlane
-
-        self.plane = ControlPlane(db_url, "127.0.0.1:0", **options)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.port = self._call(self.plane.start())
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
-
-    def stop(self) -> None:
-        self._call(self.plane.stop(grace=1))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture

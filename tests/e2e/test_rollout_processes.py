@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import pathlib
-import sys
 
 import pytest
 from processes import ControlPlaneProc
+from support import LAYERS, LightAgent, eventually
 
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import rollout_pb2 as rpb
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "integration"))
-from test_agent_loop import LAYERS, LightAgent, eventually  # noqa: E402
 
 WORKERS = ["w-a", "w-b", "w-c", "w-d"]
 

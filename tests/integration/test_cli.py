@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import snapshot
 
-from conftest import snapshot
 from mixprec.cli.main import build_parser, main
 
 LAYERS = [f"layers.{i}.{g}" for i in range(2) for g in ("attention.q_proj", "mlp.up_proj", "mlp.down_proj")]

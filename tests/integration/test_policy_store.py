@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support import snapshot
 
-from conftest import snapshot
 from controlplane.services.policies import PolicyService
 from controlplane.storage.database import (
     current_revision,

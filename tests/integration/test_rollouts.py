@@ -6,9 +6,8 @@ import asyncio
 
 import grpc
 import pytest
-from test_agent_loop import LAYERS, LightAgent, eventually, rules, stubs
+from support import LAYERS, LightAgent, RunningControlPlane, eventually, rules, stubs
 
-from conftest import RunningControlPlane
 from controlplane.services.rollout_analysis import worker_rank
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import policy_pb2 as pb

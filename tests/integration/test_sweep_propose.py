@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import RunningControlPlane
 
-from conftest import RunningControlPlane
 from mixprec.cli import sweep_cmds
 from mixprec.cli.main import main
 from mixprec.v1 import policy_pb2 as pb
