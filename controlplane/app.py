@@ -174,10 +174,6 @@ class ControlPlane:
             except Exception:  # noqa: BLE001 - the controller must survive one bad pass
                 log.exception("rollout controller pass failed")
 
-    async def wait(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
 
 async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop."""

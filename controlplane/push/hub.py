@@ -42,6 +42,3 @@ class TargetHub:
 
     def watched(self) -> list[str]:
         return list(self._watchers)
-
-    def watcher_count(self, endpoint: str) -> int:
-        return len(self._watchers.get(endpoint, ()))

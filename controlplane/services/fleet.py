@@ -210,7 +210,7 @@ class FleetService:
 
 def _ordered_map(uow: UnitOfWork, endpoint: domain.Endpoint, version: int) -> tuple[tuple[str, str], ...]:
     if version == 0:
-        return tuple((layer, endpoint.base_precision) for layer in endpoint.layers)
+        return tuple(lang.all_base(endpoint.layers, endpoint.base_precision).items())
     spec = uow.policies.get(endpoint.name, version).spec
     resolution = lang.resolve(spec, endpoint.layers, endpoint.base_precision)
     return tuple((r.layer, r.precision) for r in resolution.layers)

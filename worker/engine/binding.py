@@ -48,10 +48,6 @@ class HybridLinear(nn.Module):
         base = self.weight.detach() if self.host_weight is None else self.host_weight.to(self.weight.device)
         self.prepared[method.weights] = method.prepare(base, self.layer)
 
-    @property
-    def base_on_device(self) -> bool:
-        return self.host_weight is None
-
     def drop_base(self) -> None:
         """Keep the base weight in host memory only (pinned when the device is a GPU)."""
         if self.host_weight is not None:
