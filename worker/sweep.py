@@ -16,8 +16,8 @@ import torch
 
 from mixprec import policy as lang
 from worker.engine import HybridEngine
+from worker.engine.methods import METHODS
 from worker.models import LoadedModel
-from worker.models.minilm import STAGES
 from worker.quality.docstrings import Pair
 from worker.quality.metrics import agreement_metrics, retrieval_metrics
 from worker.quality.shadow import METRICS
@@ -70,18 +70,24 @@ def units_for(catalog: list[str], granularity: str) -> list[Unit]:
 
 class Sweep:
     def __init__(self, model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
-                 metric: str = DEFAULT_METRIC, precision: str = "fp8", strategy: str = "staged"):
+                 metric: str = DEFAULT_METRIC, precision: str = "fp8", strategy: str = "staged",
+                 pack: bool = True):
         if metric not in METRICS:
             raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
         if precision not in lang.PRECISIONS or precision == lang.BASE_PRECISION:
             raise ValueError(f"precision {precision!r}: sweep toward one of fp8, fp8-tensor, fp8-weight-only")
-        if strategy == "staged" and model.staged is None:
+        if strategy == "staged" and (model.staged is None or model.batches is None):
             strategy = "naive"  # the model has no way to start mid-network
         self.model, self.engine, self.pairs = model, engine, pairs
         self.metric, self.precision, self.strategy = metric, precision, strategy
         self.texts = [p.query for p in pairs] + [p.document for p in pairs]
         self._reference = self._embed_full({})
-        self._captured = model.staged.capture(self.texts) if strategy == "staged" else None
+        self._captured = None
+        if strategy == "staged":
+            # Padding rows are skipped unless the precision's scales look across rows (per tensor).
+            packed = pack and METHODS[precision].token_wise
+            with engine.using({}):
+                self._captured = model.staged.capture(model.batches(self.texts), packed=packed)
 
     def _embed_full(self, precision_map: Mapping[str, str]) -> torch.Tensor:
         with self.engine.using(precision_map):
@@ -95,7 +101,7 @@ class Sweep:
         # Start where the earliest switched layer sits; everything before it is the cached base.
         block, stage = min(stages)
         with self.engine.using(precision_map):
-            return self.model.staged.embed_from(self._captured, block, STAGES[stage])
+            return self.model.staged.embed_from(self._captured, block, stage)
 
     def score(self, vectors: torch.Tensor) -> dict[str, float]:
         n = len(self.pairs)

@@ -34,6 +34,9 @@ class PrecisionMethod:
     # The weight format it computes from, shared by methods that quantize weights alike (fp8 and
     # fp8-weight-only keep one per-channel copy between them); None: the base weight.
     weights: str | None = None
+    # Whether its output for one token depends on that token alone (per-tensor activation scales look
+    # at the whole batch, padding included): what lets the sweep skip padding rows exactly.
+    token_wise: bool = True
 
     @property
     def uses_base_weight(self) -> bool:
@@ -68,6 +71,7 @@ class FP8(PrecisionMethod):
 
     def __init__(self, name: str, weights: str):
         self.name, self.weights = name, weights
+        self.token_wise = weights == PER_CHANNEL
 
     def forward(self, x, base_weight, bias, prepared, kernel):
         per_token = self.weights == PER_CHANNEL

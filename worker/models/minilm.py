@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.models.registry import LoadedModel
+from worker.models.staged import StagedEncoder
 
 MAX_TOKENS = 256  # the model's sentence-transformers max_seq_length
 _PARTS = {
@@ -48,20 +49,18 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
     # The pooler is not used by sentence embeddings (mean pooling), so it is not in the catalog.
     layer_map = canonical_layer_map(model.config.num_hidden_layers)
 
+    def batches(texts: list[str], batch_size: int = 16):
+        return token_batches(tokenizer, texts, batch_size, device)
+
     @torch.inference_mode()
     def embed(texts: list[str], batch_size: int = 16, progress: str | None = None) -> torch.Tensor:
-        # Batches of similar length pad little; the output keeps the order of `texts`.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), model.config.hidden_size)
-        starts = range(0, len(order), batch_size)
+        batched = batches(texts, batch_size)
         if progress:
             from tqdm import tqdm
 
-            starts = tqdm(starts, desc=progress, unit="batch", file=sys.stderr, leave=False)
-        for start in starts:
-            index = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=MAX_TOKENS,
-                              return_tensors="pt").to(device)
+            batched = tqdm(batched, desc=progress, unit="batch", file=sys.stderr, leave=False)
+        for index, batch in batched:
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -69,81 +68,16 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
         return out
 
     return LoadedModel("minilm", model, layer_map, embed=embed, blocks=list(model.encoder.layer),
-                       staged=StagedEncoder(model, tokenizer))
+                       staged=StagedEncoder(model, model.config.hidden_size), batches=batches)
 
 
-# Where a single-layer change starts to matter inside a block, earliest first.
-STAGES = ("attention", "attention_output", "mlp", "mlp_output")
-STAGE_OF = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "o_proj": "attention_output",
-            "up_proj": "mlp", "down_proj": "mlp_output"}
-
-
-class StagedEncoder:
-    """Runs MiniLM from the middle: keeps, for a fixed set of texts, the base activations at each stage
-    of each block (its input, the attention context, the attention output, the MLP's hidden layer), so
-    a change confined to one layer recomputes only from that layer on (the sensitivity sweep's fast path)."""
-
-    def __init__(self, model, tokenizer, max_tokens: int = MAX_TOKENS):
-        self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
-        self.blocks = list(model.encoder.layer)
-
-    def stage_of(self, layer: str) -> tuple[int, int] | None:
-        """(block, stage index) where `layer` sits, or None for a layer outside the blocks."""
-        parts = layer.split(".")
-        if len(parts) == 4 and parts[0] == "layers" and parts[3] in STAGE_OF:
-            return int(parts[1]), STAGES.index(STAGE_OF[parts[3]])
-        return None
-
-    @torch.inference_mode()
-    def capture(self, texts: list[str], batch_size: int = 16) -> list[dict]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        batches = []
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            tokens = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
-                                    max_length=self.max_tokens, return_tensors="pt")
-            record = {"index": index, "mask": tokens["attention_mask"], "inputs": [], "context": [],
-                      "attention": [], "intermediate": []}
-            handles = []
-            for block in self.blocks:
-                handles += [
-                    block.register_forward_pre_hook(
-                        lambda _m, args, kwargs, r=record: r["inputs"].append((args, kwargs)), with_kwargs=True),
-                    block.attention.output.register_forward_pre_hook(
-                        lambda _m, args, r=record: r["context"].append(args)),
-                    block.attention.register_forward_hook(lambda _m, _a, out, r=record: r["attention"].append(out[0])),
-                    block.output.register_forward_pre_hook(lambda _m, args, r=record: r["intermediate"].append(args)),
-                ]
-            try:
-                self.model(**tokens)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            batches.append(record)
-        return batches
-
-    def _block_from(self, record: dict, block: int, stage: str) -> torch.Tensor:
-        b = self.blocks[block]
-        if stage == "attention":
-            args, kwargs = record["inputs"][block]
-            return b(*args, **kwargs)
-        if stage == "attention_output":
-            return b.feed_forward_chunk(b.attention.output(*record["context"][block]))
-        if stage == "mlp":
-            return b.feed_forward_chunk(record["attention"][block])
-        return b.output(*record["intermediate"][block])
-
-    @torch.inference_mode()
-    def embed_from(self, captured: list[dict], block: int, stage: str) -> torch.Tensor:
-        """Embeddings of the captured texts, recomputed from `stage` of `block` onwards."""
-        count = sum(len(r["index"]) for r in captured)
-        out = torch.empty(count, self.model.config.hidden_size)
-        for record in captured:
-            hidden = self._block_from(record, block, stage)
-            for i in range(block + 1, len(self.blocks)):
-                args, kwargs = record["inputs"][i]
-                hidden = self.blocks[i](hidden, *args[1:], **kwargs)
-            mask = record["mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[record["index"]] = F.normalize(pooled.float(), dim=-1)
-        return out
+def token_batches(tokenizer, texts: list[str], batch_size: int, device: str = "cpu") -> list[tuple[list[int], dict]]:
+    """Texts grouped by token count, so a batch pads little; each batch is (positions in `texts`, tokens)."""
+    encoded = tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        tokens = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt")
+        batches.append((index, tokens.to(device)))
+    return batches

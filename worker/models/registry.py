@@ -20,9 +20,11 @@ class LoadedModel:
     # For embedders: texts -> (n, d) L2-normalised; progress=DESCRIPTION shows a bar on stderr.
     embed: Callable[..., torch.Tensor] | None = None
     blocks: list[nn.Module] = field(default_factory=list)  # the repeated blocks, in order
-    # Optional: runs the model from a block's attention or MLP on cached base activations (the sweep's
-    # fast path); `capture(texts)` and `embed_from(captured, block, "attention" | "mlp")`.
+    # Optional, with `batches`: runs the model from the middle of a block on cached base activations
+    # (the sweep's fast path, worker.models.staged.StagedEncoder).
     staged: object | None = None
+    # texts -> [(positions in texts, tokenizer output)]: the batches `embed` runs, for `staged.capture`.
+    batches: Callable[[list[str]], list] | None = None
 
     @property
     def catalog(self) -> list[str]:
