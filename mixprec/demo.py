@@ -135,18 +135,17 @@ class Demo:
 
     def sweep_and_propose(self) -> int:
         step(f"sensitivity sweep: each layer alone in FP8, budget: {SWEEP_BUDGET} drop of cosine to BF16")
-        from tqdm import tqdm
-
         from worker.engine import HybridEngine
         from worker.models import load_model
         from worker.quality.docstrings import load_pairs
-        from worker.sweep import run_sweep
+        from worker.sweep import DEFAULT_METRIC, run_sweep
+        from worker.sweep_progress import SweepBar
         from worker.sweep_report import write_artifacts
 
         model = load_model("minilm")
         engine = HybridEngine(model.module, model.layer_map)
-        with tqdm(total=len(model.catalog), desc="sweeping layers", unit="layer", file=sys.stdout) as bar:
-            result = run_sweep(model, engine, load_pairs(16), max_drop=SWEEP_BUDGET, progress=lambda _u: bar.update())
+        result = run_sweep(model, engine, load_pairs(16), max_drop=SWEEP_BUDGET,
+                           progress=SweepBar(DEFAULT_METRIC, sys.stdout, indent="    "))
         policy_file = os.path.join(self.workdir, "sweep.yaml")
         write_artifacts(result, pathlib.Path(policy_file))
         chosen = sum(p != "bf16" for p in result.precision_map.values())

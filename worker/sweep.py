@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -56,6 +56,25 @@ class SweepResult:
         return asdict(self)
 
 
+class SweepProgress:
+    """What a sweep tells its caller while it runs (worker.sweep_progress draws it); this one says nothing."""
+
+    def reference(self, texts: int) -> None:
+        """The reference pass over `texts` calibration texts starts."""
+
+    def start(self, units: list[Unit], work: list[float]) -> None:
+        """Single-unit runs start; `work` is each one's estimated cost, in full forward passes."""
+
+    def measured(self, unit: Unit, work: float) -> None:
+        """`unit` alone has been measured."""
+
+    def combined(self, check: dict, max_drop: float, reverted: Unit | None) -> None:
+        """A combined check ran; `reverted` went back to base because it was over the budget."""
+
+
+SILENT = SweepProgress()
+
+
 def units_for(catalog: list[str], granularity: str) -> list[Unit]:
     if granularity == "layer":
         return [Unit(layer, [layer]) for layer in catalog]
@@ -89,19 +108,30 @@ class Sweep:
             with engine.using({}):
                 self._captured = model.staged.capture(model.batches(self.texts), packed=packed)
 
+    def work(self, unit: Unit) -> float:
+        """Estimated cost of measuring `unit`, in full forward passes (the progress bar's ETA)."""
+        start = self._start(unit)
+        return 1.0 if start is None else self.model.staged.work(*start)
+
+    def _start(self, unit: Unit) -> tuple[int, int] | None:
+        """(block, stage) a staged run of `unit` starts at: the earliest of its layers; None: a full pass."""
+        if self._captured is None:
+            return None
+        stages = [self.model.staged.stage_of(layer) for layer in unit.layers]
+        return None if None in stages else min(stages)
+
     def _embed_full(self, precision_map: Mapping[str, str]) -> torch.Tensor:
         with self.engine.using(precision_map):
             return self.model.embed(self.texts)
 
     def _embed_unit(self, unit: Unit) -> torch.Tensor:
         precision_map = {layer: self.precision for layer in unit.layers}
-        stages = [self.model.staged.stage_of(layer) for layer in unit.layers] if self._captured else [None]
-        if None in stages:
+        start = self._start(unit)
+        if start is None:
             return self._embed_full(precision_map)
-        # Start where the earliest switched layer sits; everything before it is the cached base.
-        block, stage = min(stages)
+        # Everything before the earliest switched layer is the cached base.
         with self.engine.using(precision_map):
-            return self.model.staged.embed_from(self._captured, block, stage)
+            return self.model.staged.embed_from(self._captured, *start)
 
     def score(self, vectors: torch.Tensor) -> dict[str, float]:
         n = len(self.pairs)
@@ -112,15 +142,17 @@ class Sweep:
     def delta(self, vectors: torch.Tensor) -> float:
         return self.score(vectors)[self.metric] - self.score(self._reference)[self.metric]
 
-    def measure(self, units: list[Unit], progress: Callable[[Unit], None] | None = None) -> list[Unit]:
-        for unit in units:
+    def measure(self, units: list[Unit], progress: SweepProgress = SILENT) -> list[Unit]:
+        work = [self.work(unit) for unit in units]
+        progress.start(units, work)
+        for unit, cost in zip(units, work, strict=True):
             unit.delta = self.delta(self._embed_unit(unit))
             unit.drop = -unit.delta
-            if progress:
-                progress(unit)
+            progress.measured(unit, cost)
         return units
 
-    def choose(self, units: list[Unit], max_drop: float) -> tuple[dict[str, str], list[dict]]:
+    def choose(self, units: list[Unit], max_drop: float,
+               progress: SweepProgress = SILENT) -> tuple[dict[str, str], list[dict]]:
         """Layers under the budget alone, then the combined check with fallback."""
         for unit in units:
             unit.chosen = unit.reverted = False
@@ -132,9 +164,11 @@ class Sweep:
             predicted = sum(u.drop for u in chosen)
             history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured})
             if measured <= max_drop:
+                progress.combined(history[-1], max_drop, None)
                 break
             worst = chosen.pop()  # the most sensitive chosen unit goes back to base
             worst.reverted = True
+            progress.combined(history[-1], max_drop, worst)
         for unit in chosen:
             unit.chosen = True
         return {layer: self.precision for u in chosen for layer in u.layers}, history
@@ -142,11 +176,13 @@ class Sweep:
 
 def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str = DEFAULT_METRIC,
               precision: str = "fp8", granularity: str = "layer", max_drop: float = 0.001, strategy: str = "staged",
-              progress: Callable[[Unit], None] | None = None) -> SweepResult:
+              progress: SweepProgress = SILENT) -> SweepResult:
     started = time.perf_counter()
+    units = units_for(list(engine.catalog), granularity)
+    progress.reference(2 * len(pairs))
     sweep = Sweep(model, engine, pairs, metric=metric, precision=precision, strategy=strategy)
-    units = sweep.measure(units_for(list(engine.catalog), granularity), progress)
-    fp8_map, history = sweep.choose(units, max_drop)
+    sweep.measure(units, progress)
+    fp8_map, history = sweep.choose(units, max_drop, progress)
     precision_map = {layer: fp8_map.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}
     return SweepResult(model.name, metric, precision, granularity, max_drop, len(pairs), units, history,
                        precision_map, time.perf_counter() - started, sweep.strategy)

@@ -56,12 +56,11 @@ def _sweep(args) -> int:
     if out.suffix not in (".yaml", ".yml") or not out.parent.is_dir():
         raise InvalidArgument(FieldError("-o", f"{args.out!r} must be a .yaml file in an existing directory"))
 
-    from tqdm import tqdm
-
     from worker.engine import HybridEngine
     from worker.models import load_model
     from worker.quality.docstrings import load_pairs
-    from worker.sweep import run_sweep, units_for
+    from worker.sweep import run_sweep
+    from worker.sweep_progress import SweepBar
     from worker.sweep_report import table_rows, write_artifacts
 
     print(f"loading {args.model} ...", file=sys.stderr)
@@ -69,14 +68,9 @@ def _sweep(args) -> int:
     parent = _check_endpoint(args, model.catalog) if args.propose else None
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
     pairs = load_pairs(args.samples)
-    total = len(units_for(model.catalog, args.granularity))
-    with tqdm(total=total, desc=f"sweeping {args.granularity}s", unit=args.granularity, file=sys.stderr) as bar:
-        def step(unit):
-            bar.set_postfix_str(f"{unit.name} {args.metric} {unit.delta:+.2e}", refresh=False)
-            bar.update()
-
-        result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
-                           granularity=args.granularity, max_drop=args.max_drop, progress=step)
+    result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
+                       granularity=args.granularity, max_drop=args.max_drop,
+                       progress=SweepBar(args.metric, sys.stderr))
     json_path, png_path = write_artifacts(result, out)
     chosen = sum(p != "bf16" for p in result.precision_map.values())
     last = result.combined[-1] if result.combined else {"predicted_drop": 0.0, "measured_drop": 0.0}

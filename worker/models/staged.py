@@ -19,6 +19,9 @@ import torch.nn.functional as F
 
 # Where a single-layer change starts to matter inside a block, earliest first.
 STAGES = ("attention", "attention_output", "mlp", "mlp_output")
+# About the share of a block's FLOPs that starting at each stage skips (q/k/v and attention are about a
+# third; a down_proj run recomputes up_proj, so it skips what an up_proj run skips).
+_SKIPPED = (0.0, 0.3, 0.4, 0.4)
 STAGE_OF = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "o_proj": "attention_output",
             "up_proj": "mlp", "down_proj": "mlp_output"}
 
@@ -51,6 +54,10 @@ class StagedEncoder:
         if len(parts) == 4 and parts[0] == "layers" and parts[3] in STAGE_OF:
             return int(parts[1]), STAGES.index(STAGE_OF[parts[3]])
         return None
+
+    def work(self, block: int, stage: int) -> float:
+        """Estimated cost of a run from `stage` of `block`, as a share of a full forward pass."""
+        return (len(self.blocks) - block - _SKIPPED[stage]) / len(self.blocks)
 
     @torch.inference_mode()
     def capture(self, batches, packed: bool = True) -> list[CapturedBatch]:

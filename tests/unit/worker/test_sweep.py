@@ -12,7 +12,7 @@ import torch
 
 from mixprec import policy as lang
 from worker.quality.docstrings import load_pairs
-from worker.sweep import Sweep, Unit, run_sweep, units_for
+from worker.sweep import Sweep, SweepProgress, Unit, run_sweep, units_for
 from worker.sweep_report import table_rows, write_artifacts
 
 pytestmark = pytest.mark.slow
@@ -108,3 +108,34 @@ def test_sweep_is_deterministic_and_writes_policy_table_chart_and_json(minilm, m
     data = json.loads(json_path.read_text())
     assert len(data["units"]) == 6 and data["metric"] == "cosine_to_base"
     assert len(table_rows(first)) == 6
+
+
+class Recorder(SweepProgress):
+    def __init__(self):
+        self.events = []
+
+    def reference(self, texts):
+        self.events.append(("reference", texts))
+
+    def start(self, units, work):
+        self.events.append(("start", [u.name for u in units], work))
+
+    def measured(self, unit, work):
+        self.events.append(("measured", unit.name, work))
+
+    def combined(self, check, max_drop, reverted):
+        self.events.append(("combined", check["measured_drop"] <= max_drop, reverted and reverted.name))
+
+
+def test_progress_reports_each_step_with_work_that_shrinks_for_later_layers(minilm, minilm_engine):
+    recorder = Recorder()
+    result = run_sweep(minilm, minilm_engine, load_pairs(4), max_drop=0.0015, progress=recorder)
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[:2] == ["reference", "start"] and recorder.events[0][1] == 8
+    _, names, work = recorder.events[1]
+    assert [e[1:] for e in recorder.events if e[0] == "measured"] == list(zip(names, work, strict=True))
+    assert work[0] == 1.0 and work == sorted(work, reverse=True) and work[-1] < 0.2  # staged: late layers are cheap
+    checks = [e for e in recorder.events if e[0] == "combined"]
+    assert len(checks) == len(result.combined) >= 2
+    assert [c[2] for c in checks[:-1]] == [u.name for u in sorted(result.units, key=lambda u: -u.drop) if u.reverted]
+    assert checks[-1][1:] == (True, None)

@@ -1,0 +1,41 @@
+"""A sweep's progress on a terminal: a bar whose ETA follows the work left, a line per combined check."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from tqdm import tqdm
+
+from worker.sweep import SweepProgress, Unit
+
+# The bar counts estimated work (a staged run of a late layer costs a fraction of an early one's), so
+# its own n/total are not layer counts: the postfix says which unit this is.
+_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}"
+
+
+class SweepBar(SweepProgress):
+    def __init__(self, metric: str, file: TextIO, indent: str = ""):
+        self.metric, self.file, self.indent = metric, file, indent
+        self.bar: tqdm | None = None
+        self.done = 0
+
+    def reference(self, texts: int) -> None:
+        print(f"{self.indent}reference pass: base embeddings and activations of {texts} texts", file=self.file)
+
+    def start(self, units: list[Unit], work: list[float]) -> None:
+        self.total, self.done = len(units), 0
+        kind = "layers" if all(len(u.layers) == 1 for u in units) else "groups"
+        self.bar = tqdm(total=sum(work), desc=f"{self.indent}sweeping {kind}", bar_format=_FORMAT, file=self.file)
+
+    def measured(self, unit: Unit, work: float) -> None:
+        self.done += 1
+        self.bar.set_postfix_str(f"{self.done}/{self.total} {unit.name} {self.metric} {unit.delta:+.2e}", refresh=False)
+        self.bar.update(work)
+        if self.done == self.total:
+            self.bar.close()
+
+    def combined(self, check: dict, max_drop: float, reverted: Unit | None) -> None:
+        verdict = (f"over the budget {max_drop:g}: {reverted.name} back to base" if reverted
+                   else f"within the budget {max_drop:g}")
+        print(f"{self.indent}combined check, {len(check['units'])} unit(s) together: drop measured "
+              f"{check['measured_drop']:.6f} (predicted {check['predicted_drop']:.6f}), {verdict}", file=self.file)
