@@ -68,6 +68,9 @@ def _sweep(args) -> int:
     parent = _check_endpoint(args, model.catalog) if args.propose else None
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
     pairs = load_pairs(args.samples)
+    if len(pairs) < args.samples:
+        print(f"--samples {args.samples}: the calibration set has {len(pairs)} pairs; using all of them",
+              file=sys.stderr)
     result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
                        granularity=args.granularity, max_drop=args.max_drop,
                        progress=SweepBar(args.metric, sys.stderr))
