@@ -34,6 +34,7 @@ class Unit:
     layers: list[str]
     delta: float = 0.0          # metric at FP8 minus metric at base
     drop: float = 0.0           # -delta: how much the metric got worse
+    deltas: dict[str, float] = field(default_factory=dict)  # every metric's delta, for a later re-read
     chosen: bool = False
     reverted: bool = False      # chosen alone, returned to base by the combined check
 
@@ -101,6 +102,7 @@ class Sweep:
         self.metric, self.precision, self.strategy = metric, precision, strategy
         self.texts = [p.query for p in pairs] + [p.document for p in pairs]
         self._reference = self._embed_full({})
+        self._base_score: dict[str, float] | None = None
         self._captured = None
         if strategy == "staged":
             # Padding rows are skipped unless the precision's scales look across rows (per tensor).
@@ -139,14 +141,18 @@ class Sweep:
         q, d = vectors[:n], vectors[n:]
         return {**retrieval_metrics(q, d), **agreement_metrics(q, d, ref_q, ref_d)}
 
-    def delta(self, vectors: torch.Tensor) -> float:
-        return self.score(vectors)[self.metric] - self.score(self._reference)[self.metric]
+    def deltas(self, vectors: torch.Tensor) -> dict[str, float]:
+        """Every metric at `vectors` minus the same metric at base."""
+        if self._base_score is None:
+            self._base_score = self.score(self._reference)
+        return {name: value - self._base_score[name] for name, value in self.score(vectors).items()}
 
     def measure(self, units: list[Unit], progress: SweepProgress = SILENT) -> list[Unit]:
         work = [self.work(unit) for unit in units]
         progress.start(units, work)
         for unit, cost in zip(units, work, strict=True):
-            unit.delta = self.delta(self._embed_unit(unit))
+            unit.deltas = self.deltas(self._embed_unit(unit))
+            unit.delta = unit.deltas[self.metric]
             unit.drop = -unit.delta
             progress.measured(unit, cost)
         return units
@@ -160,9 +166,10 @@ class Sweep:
         history = []
         while chosen:
             precision_map = {layer: self.precision for u in chosen for layer in u.layers}
-            measured = -self.delta(self._embed_full(precision_map))
-            predicted = sum(u.drop for u in chosen)
-            history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured})
+            deltas = self.deltas(self._embed_full(precision_map))
+            measured, predicted = -deltas[self.metric], sum(u.drop for u in chosen)
+            history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured,
+                            "deltas": deltas})
             if measured <= max_drop:
                 progress.combined(history[-1], max_drop, None)
                 break

@@ -1,4 +1,4 @@
-"""What a sweep hands to people and to the control plane: a compact policy, a table, a chart, JSON."""
+"""What a sweep hands to people and to the control plane: a compact policy, a chart, JSON."""
 
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ def policy_text(result: SweepResult) -> str:
               f"({sum(p != lang.BASE_PRECISION for p in result.precision_map.values())} of "
               f"{len(result.precision_map)} layers at {result.precision})\n")
     return header + lang.dump_policy(spec)
-
-
-def table_rows(result: SweepResult) -> list[dict]:
-    rows = []
-    for unit in sorted(result.units, key=lambda u: u.drop):
-        verdict = result.precision if unit.chosen else ("bf16 (combined check)" if unit.reverted else "bf16")
-        rows.append({"layer" if result.granularity == "layer" else "group": unit.name,
-                     f"delta {result.metric}": f"{unit.delta:+.6f}", "chosen": verdict})
-    return rows
 
 
 def write_artifacts(result: SweepResult, policy_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

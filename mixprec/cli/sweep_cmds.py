@@ -61,7 +61,7 @@ def _sweep(args) -> int:
     from worker.quality.docstrings import load_pairs
     from worker.sweep import run_sweep
     from worker.sweep_progress import SweepBar
-    from worker.sweep_report import table_rows, write_artifacts
+    from worker.sweep_report import write_artifacts
 
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load_model(args.model)
@@ -80,7 +80,7 @@ def _sweep(args) -> int:
     if args.output == "json":
         output.as_json({**result.to_json(), "files": [str(out), str(json_path), str(png_path)]})
     else:
-        output.table(table_rows(result))
+        output.table(sweep_table(result.to_json()))
         print(f"\n{chosen} of {len(result.precision_map)} layers at {args.precision}; combined {args.metric} drop: "
               f"predicted {last['predicted_drop']:.6f} (sum of single-layer drops), measured "
               f"{last['measured_drop']:.6f}, budget {args.max_drop:g}; {len(result.combined)} combined check(s); "
@@ -117,6 +117,16 @@ def _propose(args, result, parent: int) -> int:
     return 0
 
 
+def sweep_table(data: dict) -> list[dict]:
+    """A sweep's JSON as rows, least sensitive first: unit, its delta, what it got."""
+    rows = []
+    for unit in sorted(data["units"], key=lambda u: u["drop"]):
+        verdict = data["precision"] if unit["chosen"] else ("bf16 (combined check)" if unit["reverted"] else "bf16")
+        rows.append({data["granularity"]: unit["name"], f"delta {data['metric']}": f"{unit['delta']:+.6f}",
+                     "chosen": verdict})
+    return rows
+
+
 def _show(args) -> int:
     if len(args.show) != 3 or args.show[0] != "show" or not args.show[2].isdigit():
         raise InvalidArgument(FieldError("sweep", f"expected `sweep show ENDPOINT VERSION`, got {' '.join(args.show)!r}"))
@@ -132,9 +142,7 @@ def _show(args) -> int:
         output.as_json(data)
         return 0
     print(f"{endpoint} v{policy.version}: {policy.message}")
-    rows = [{"unit": u["name"], f"delta {data['metric']}": f"{u['delta']:+.6f}",
-             "chosen": data["precision"] if u["chosen"] else "bf16"} for u in sorted(data["units"], key=lambda u: u["drop"])]
-    output.table(rows)
+    output.table(sweep_table(data))
     for check in data["combined"]:
         print(f"combined check of {len(check['units'])} unit(s): predicted drop {check['predicted_drop']:.6f}, "
               f"measured {check['measured_drop']:.6f}")

@@ -44,6 +44,10 @@ def test_propose_creates_exactly_one_version_with_the_sweep_beside_it(plane, tmp
     assert main(["--server", plane.address, "--output", "json", "sweep", "show", "emb", "2"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["granularity"] == "group" and len(shown["units"]) == 6
+    assert main(["--server", plane.address, "sweep", "show", "emb", "2"]) == 0
+    table = capsys.readouterr().out
+    assert all(f"{u['name']} " in table for u in shown["units"])
+    assert "combined check of 6 unit(s)" in table
     assert main(["--server", plane.address, "sweep", "show", "emb", "1"]) == 3
 
 

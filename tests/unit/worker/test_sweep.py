@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from mixprec import policy as lang
+from mixprec.cli.sweep_cmds import sweep_table
 from worker.quality.docstrings import load_pairs
 from worker.sweep import Sweep, SweepProgress, Unit, run_sweep, units_for
-from worker.sweep_report import table_rows, write_artifacts
+from worker.sweep_report import write_artifacts
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +108,11 @@ def test_sweep_is_deterministic_and_writes_policy_table_chart_and_json(minilm, m
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(json_path.read_text())
     assert len(data["units"]) == 6 and data["metric"] == "cosine_to_base"
-    assert len(table_rows(first)) == 6
+    assert set(data["units"][0]["deltas"]) == {"cosine_to_base", "top10_agreement", "mrr", "recall_at_1"}
+    assert data["units"][0]["deltas"]["cosine_to_base"] == data["units"][0]["delta"]
+    rows = sweep_table(data)
+    assert [r["group"] for r in rows] == [u.name for u in sorted(first.units, key=lambda u: u.drop)]
+    assert {r["chosen"] for r in rows if r["group"] in {u.name for u in first.units if u.reverted}} == {"bf16 (combined check)"}
 
 
 class Recorder(SweepProgress):
