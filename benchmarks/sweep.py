@@ -8,7 +8,7 @@ are timed interleaved, in rotating order, so that machine noise hits all alike. 
 layer of each, the speed against naive, and the largest difference between their per-layer deltas
 (float noise: the fast paths sum in a different order).
 
-Usage: python benchmarks/sweep.py [--samples 32] [--kernel auto|emulated]
+Usage: python benchmarks/sweep.py [--samples 64] [--kernel auto|emulated]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from worker.sweep import Sweep, units_for  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=64, help="calibration pairs (mixprec sweep's default)")
     parser.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
     args = parser.parse_args()
     model = load_model("minilm")
