@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 import torch
 
@@ -19,8 +18,7 @@ from worker.engine import HybridEngine
 from worker.engine.methods import METHODS
 from worker.models import LoadedModel
 from worker.quality.docstrings import Pair
-from worker.quality.metrics import agreement_metrics, retrieval_metrics
-from worker.quality.shadow import METRICS
+from worker.quality.shadow import METRICS, ShadowEvaluator
 
 # Agreement with the base reference separates layers far better than label metrics on a robust model.
 DEFAULT_METRIC = "cosine_to_base"
@@ -100,9 +98,9 @@ class Sweep:
             strategy = "naive"  # the model has no way to start mid-network
         self.model, self.engine, self.pairs = model, engine, pairs
         self.metric, self.precision, self.strategy = metric, precision, strategy
-        self.texts = [p.query for p in pairs] + [p.document for p in pairs]
-        self._reference = self._embed_full({})
-        self._base_score: dict[str, float] | None = None
+        self.evaluator = ShadowEvaluator(engine, model, pairs)  # refuses a model that is not an embedder
+        self.texts = self.evaluator.texts
+        self.evaluator.reference()
         self._captured = None
         if strategy == "staged":
             # Padding rows are skipped unless the precision's scales look across rows (per tensor).
@@ -122,30 +120,18 @@ class Sweep:
         stages = [self.model.staged.stage_of(layer) for layer in unit.layers]
         return None if None in stages else min(stages)
 
-    def _embed_full(self, precision_map: Mapping[str, str]) -> torch.Tensor:
-        with self.engine.using(precision_map):
-            return self.model.embed(self.texts)
-
     def _embed_unit(self, unit: Unit) -> torch.Tensor:
         precision_map = {layer: self.precision for layer in unit.layers}
         start = self._start(unit)
         if start is None:
-            return self._embed_full(precision_map)
+            return self.evaluator.embed(precision_map)
         # Everything before the earliest switched layer is the cached base.
         with self.engine.using(precision_map):
             return self.model.staged.embed_from(self._captured, *start)
 
-    def score(self, vectors: torch.Tensor) -> dict[str, float]:
-        n = len(self.pairs)
-        ref_q, ref_d = self._reference[:n], self._reference[n:]
-        q, d = vectors[:n], vectors[n:]
-        return {**retrieval_metrics(q, d), **agreement_metrics(q, d, ref_q, ref_d)}
-
     def deltas(self, vectors: torch.Tensor) -> dict[str, float]:
         """Every metric at `vectors` minus the same metric at base."""
-        if self._base_score is None:
-            self._base_score = self.score(self._reference)
-        return {name: value - self._base_score[name] for name, value in self.score(vectors).items()}
+        return self.evaluator.compare(vectors).deltas
 
     def measure(self, units: list[Unit], progress: SweepProgress = SILENT) -> list[Unit]:
         work = [self.work(unit) for unit in units]
@@ -166,7 +152,7 @@ class Sweep:
         history = []
         while chosen:
             precision_map = {layer: self.precision for u in chosen for layer in u.layers}
-            deltas = self.deltas(self._embed_full(precision_map))
+            deltas = self.deltas(self.evaluator.embed(precision_map))
             measured, predicted = -deltas[self.metric], sum(u.drop for u in chosen)
             history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured,
                             "deltas": deltas})

@@ -36,23 +36,32 @@ class ShadowEvaluator:
         if len(pairs) < 2:
             raise InvalidArgument(FieldError("samples", f"the evaluation set needs at least 2 pairs, got {len(pairs)}"))
         self.engine, self.model, self.pairs, self.progress = engine, model, pairs, progress
+        self.texts = [p.query for p in pairs] + [p.document for p in pairs]  # queries, then documents
         self._reference: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._reference_metrics: dict[str, float] | None = None
 
-    def _embed(self, precision_map: Mapping[str, str], label: str) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = [p.query for p in self.pairs] + [p.document for p in self.pairs]
+    def embed(self, precision_map: Mapping[str, str], label: str = "candidate") -> torch.Tensor:
+        """Embeddings of `texts` with `precision_map` applied to this pass only."""
         with self.engine.using(precision_map):
-            vectors = self.model.embed(texts, progress=label if self.progress else None)
-        return vectors[: len(self.pairs)], vectors[len(self.pairs):]
+            return self.model.embed(self.texts, progress=label if self.progress else None)
 
     def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._reference is None:
-            self._reference = self._embed({}, "base reference")
+            self._reference = self._split(self.embed({}, "base reference"))
         return self._reference
 
-    def evaluate(self, precision_map: Mapping[str, str]) -> EvalResult:
+    def compare(self, vectors: torch.Tensor) -> EvalResult:
+        """Metrics of embeddings of `texts` however they were computed, and their deltas against base."""
         ref_q, ref_d = self.reference()
-        q, d = self._embed(precision_map, "candidate")
-        reference = {**retrieval_metrics(ref_q, ref_d), **agreement_metrics(ref_q, ref_d, ref_q, ref_d)}
+        if self._reference_metrics is None:
+            self._reference_metrics = {**retrieval_metrics(ref_q, ref_d), **agreement_metrics(ref_q, ref_d, ref_q, ref_d)}
+        q, d = self._split(vectors)
         metrics = {**retrieval_metrics(q, d), **agreement_metrics(q, d, ref_q, ref_d)}
-        deltas = {name: metrics[name] - reference[name] for name in METRICS}
-        return EvalResult(metrics, reference, deltas, len(self.pairs))
+        deltas = {name: metrics[name] - self._reference_metrics[name] for name in METRICS}
+        return EvalResult(metrics, self._reference_metrics, deltas, len(self.pairs))
+
+    def evaluate(self, precision_map: Mapping[str, str]) -> EvalResult:
+        return self.compare(self.embed(precision_map))
+
+    def _split(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return vectors[: len(self.pairs)], vectors[len(self.pairs):]

@@ -144,3 +144,11 @@ def test_progress_reports_each_step_with_work_that_shrinks_for_later_layers(mini
     assert len(checks) == len(result.combined) >= 2
     assert [c[2] for c in checks[:-1]] == [u.name for u in sorted(result.units, key=lambda u: -u.drop) if u.reverted]
     assert checks[-1][1:] == (True, None)
+
+
+def test_a_model_that_is_not_an_embedder_is_refused_by_name_and_nothing_is_written(tmp_path, capsys):
+    from mixprec.cli.main import main
+
+    assert main(["sweep", "--model", "toy_models:make_mlp", "--samples", "2", "-o", str(tmp_path / "map.yaml")]) == 2
+    assert "'toy_models:make_mlp' is not an embedder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
