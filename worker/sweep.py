@@ -114,10 +114,14 @@ class Sweep:
         return 1.0 if start is None else self.model.staged.work(*start)
 
     def _start(self, unit: Unit) -> tuple[int, int] | None:
-        """(block, stage) a staged run of `unit` starts at: the earliest of its layers; None: a full pass."""
+        """(block, stage) a staged run of `unit` starts at; None: a full pass."""
+        return self._start_of(unit.layers)
+
+    def _start_of(self, layers) -> tuple[int, int] | None:
+        """Where the earliest of `layers` sits: nothing upstream of it changes; None: not staged."""
         if self._captured is None:
             return None
-        stages = [self.model.staged.stage_of(layer) for layer in unit.layers]
+        stages = [self.model.staged.stage_of(layer) for layer in layers]
         return None if None in stages else min(stages)
 
     def _embed_unit(self, unit: Unit) -> torch.Tensor:
@@ -150,9 +154,19 @@ class Sweep:
             unit.chosen = unit.reverted = False
         chosen = sorted((u for u in units if u.drop <= max_drop), key=lambda u: u.drop)
         history = []
+        # Each check differs from the one before only from the unit it returned to base on; it starts
+        # there, on the previous check's activations (the first on the reference's).
+        cache, cache_map = self._captured, {}
         while chosen:
             precision_map = {layer: self.precision for u in chosen for layer in u.layers}
-            deltas = self.deltas(self.evaluator.embed(precision_map))
+            start = self._start_of(set(precision_map) ^ set(cache_map))
+            if start is None:
+                deltas = self.deltas(self.evaluator.embed(precision_map))
+            else:
+                with self.engine.using(precision_map):
+                    vectors, cache = self.model.staged.capture_from(cache, *start)
+                cache_map = precision_map
+                deltas = self.deltas(vectors)
             measured, predicted = -deltas[self.metric], sum(u.drop for u in chosen)
             history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured,
                             "deltas": deltas})

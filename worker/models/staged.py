@@ -12,7 +12,7 @@ scales see every row of the batch, padding included, so such runs keep the padde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -116,32 +116,50 @@ class StagedEncoder:
         context = context.transpose(1, 2).reshape(texts * length, heads * head_size)
         return context if batch.rows is None else context[batch.rows]
 
-    def _block(self, b: int, batch: CapturedBatch, x: torch.Tensor | None, stage: int = 0) -> torch.Tensor:
-        """Block `b` from `stage` on: from its input `x`, or from the cached base at a later stage."""
+    def _block(self, b: int, batch: CapturedBatch, x: torch.Tensor | None, stage: int = 0,
+               record: CapturedBatch | None = None) -> torch.Tensor:
+        """Block `b` from `stage` on: from its input `x`, or from `batch`'s cache at a later stage; what it
+        computes or reuses at each stage goes into `record`, if given."""
         block = self.blocks[b]
-        if stage <= STAGES.index("attention_output"):
-            source = x if x is not None else batch.inputs[b]
-            context = self._attend(block, source, batch) if stage == 0 else batch.context[b]
-            attention = block.attention.output(context, source)
-        else:
-            attention = batch.attention[b]
+        source = batch.inputs[b] if x is None else x
+        context = self._attend(block, source, batch) if stage == 0 else batch.context[b]
+        attention = block.attention.output(context, source) if stage <= 1 else batch.attention[b]
+        if record is not None:
+            record.inputs.append(source)
+            record.context.append(context)
+            record.attention.append(attention)
         if stage <= STAGES.index("mlp"):
             return block.feed_forward_chunk(attention)
-        # mlp_output: the MLP's hidden layer is recomputed (up_proj is upstream, so at base) rather than
-        # cached, since it is four times the hidden size.
+        # mlp_output: the MLP's hidden layer is recomputed (up_proj is upstream of the change, so as
+        # cached) rather than cached, since it is four times the hidden size.
         return block.output(block.intermediate(attention), attention)
 
-    @torch.inference_mode()
     def embed_from(self, captured: list[CapturedBatch], block: int, stage: int) -> torch.Tensor:
         """Normalised mean-pooled embeddings of the captured texts, recomputed from `stage` of `block` on
         at the engine's current map."""
+        return self._run(captured, block, stage, record=False)[0]
+
+    def capture_from(self, captured: list[CapturedBatch], block: int,
+                     stage: int) -> tuple[torch.Tensor, list[CapturedBatch]]:
+        """`embed_from`, also keeping this run's activations (shared with `captured` before the start),
+        so that a next run differing from this one only at or after a later layer can start there."""
+        return self._run(captured, block, stage, record=True)
+
+    @torch.inference_mode()
+    def _run(self, captured: list[CapturedBatch], block: int, stage: int, record: bool):
         out = torch.empty(sum(len(b.index) for b in captured), self.hidden_size)
+        records = []
         for batch in captured:
-            hidden = self._block(block, batch, None, stage)
+            kept = None
+            if record:
+                kept = replace(batch, inputs=batch.inputs[:block], context=batch.context[:block],
+                               attention=batch.attention[:block])
+                records.append(kept)
+            hidden = self._block(block, batch, None, stage, kept)
             for b in range(block + 1, len(self.blocks)):
-                hidden = self._block(b, batch, hidden)
+                hidden = self._block(b, batch, hidden, record=kept)
             weight = batch.row_weight.to(hidden.dtype).unsqueeze(1)
             summed = hidden.new_zeros(batch.shape[0], hidden.shape[-1]).index_add_(0, batch.text_of_row, hidden * weight)
             counts = hidden.new_zeros(batch.shape[0]).index_add_(0, batch.text_of_row, weight.squeeze(1))
             out[batch.index] = F.normalize((summed / counts.clamp(min=1e-9).unsqueeze(1)).float(), dim=-1).cpu()
-        return out
+        return out, records

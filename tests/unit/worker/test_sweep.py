@@ -17,6 +17,9 @@ from worker.sweep import Sweep, SweepProgress, Unit, run_sweep, units_for
 from worker.sweep_report import write_artifacts
 
 pytestmark = pytest.mark.slow
+# The fast path sums in another order (packed rows, its own attention call): float32 noise (seen up
+# to 5e-8), far below a typical per-layer delta (about 1e-4 here).
+FLOAT_NOISE = 2e-7
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +49,14 @@ def test_a_budget_in_between_gives_a_mixed_map_whose_measured_drop_honours_it(me
     reverted = [u for u in units if u.reverted]
     assert len(history) == len(reverted) + 1  # each failed combined check returned one unit to base
     assert all(r.drop >= max(u.drop for u in units if u.chosen) for r in reverted)  # the most sensitive first
+    # Later checks start at the reverted unit on the previous check's activations: same drop as a full pass.
+    by_name = {u.name: u for u in units}
+    for check in history:
+        full_map = {layer: "fp8" for name in check["units"] for layer in by_name[name].layers}
+        full = -sweep.deltas(sweep.evaluator.embed(full_map))["cosine_to_base"]
+        assert check["measured_drop"] == pytest.approx(full, abs=FLOAT_NOISE)
 
 
-# The fast path sums in another order (packed rows, its own attention call): float32 noise (seen up
-# to 5e-8), far below a typical per-layer delta (about 1e-4 here).
-FLOAT_NOISE = 2e-7
 
 
 def test_the_staged_sweep_measures_the_same_deltas_as_the_naive_one(minilm, minilm_engine, measured):
