@@ -2,7 +2,8 @@
 
 Per-layer deltas do not add up, so the chosen layers are then evaluated together and, while the
 combined drop exceeds the budget, the most sensitive chosen layer goes back to base (the fallback of
-accuracy-aware tuning).
+accuracy-aware tuning). Where the model can run from the middle of a block (`LoadedModel.staged`),
+every run starts at the first layer it changes, on activations kept from an earlier pass.
 """
 
 from __future__ import annotations
@@ -110,15 +111,12 @@ class Sweep:
 
     def work(self, unit: Unit) -> float:
         """Estimated cost of measuring `unit`, in full forward passes (the progress bar's ETA)."""
-        start = self._start(unit)
+        start = self._start_of(unit.layers)
         return 1.0 if start is None else self.model.staged.work(*start)
 
-    def _start(self, unit: Unit) -> tuple[int, int] | None:
-        """(block, stage) a staged run of `unit` starts at; None: a full pass."""
-        return self._start_of(unit.layers)
-
     def _start_of(self, layers) -> tuple[int, int] | None:
-        """Where the earliest of `layers` sits: nothing upstream of it changes; None: not staged."""
+        """(block, stage) of the earliest of `layers`: a run changing them starts there, since nothing
+        upstream changes; None: a full pass."""
         if self._captured is None:
             return None
         stages = [self.model.staged.stage_of(layer) for layer in layers]
@@ -126,7 +124,7 @@ class Sweep:
 
     def _embed_unit(self, unit: Unit) -> torch.Tensor:
         precision_map = {layer: self.precision for layer in unit.layers}
-        start = self._start(unit)
+        start = self._start_of(unit.layers)
         if start is None:
             return self.evaluator.embed(precision_map)
         # Everything before the earliest switched layer is the cached base.
