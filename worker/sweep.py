@@ -99,15 +99,17 @@ class Sweep:
             strategy = "naive"  # the model has no way to start mid-network
         self.model, self.engine, self.pairs = model, engine, pairs
         self.metric, self.precision, self.strategy = metric, precision, strategy
-        self.evaluator = ShadowEvaluator(engine, model, pairs)  # refuses a model that is not an embedder
-        self.texts = self.evaluator.texts
-        self.evaluator.reference()
-        self._captured = None
+        texts = [p.query for p in pairs] + [p.document for p in pairs]
+        self._captured, reference = None, None
         if strategy == "staged":
-            # Padding rows are skipped unless the precision's scales look across rows (per tensor).
+            # Padding rows are skipped unless the precision's scales look across rows (per tensor). The
+            # pass that keeps the activations also gives the base reference.
             packed = pack and METHODS[precision].token_wise
             with engine.using({}):
-                self._captured = model.staged.capture(model.batches(self.texts), packed=packed)
+                reference, self._captured = model.staged.capture(model.batches(texts), packed=packed)
+        # Refuses a model that is not an embedder; computes the reference if the capture did not.
+        self.evaluator = ShadowEvaluator(engine, model, pairs, reference=reference)
+        self.evaluator.reference()
 
     def work(self, unit: Unit) -> float:
         """Estimated cost of measuring `unit`, in full forward passes (the progress bar's ETA)."""

@@ -17,7 +17,7 @@ class SweepBar(SweepProgress):
     def __init__(self, metric: str, file: TextIO, indent: str = ""):
         self.metric, self.file, self.indent = metric, file, indent
         self.bar: tqdm | None = None
-        self.done = 0
+        self.done = self.total = 0
 
     def reference(self, texts: int) -> None:
         print(f"{self.indent}reference pass: base embeddings and activations of {texts} texts", file=self.file)

@@ -6,10 +6,9 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from worker.models.registry import LoadedModel
-from worker.models.staged import StagedEncoder
+from worker.models.staged import StagedEncoder, mean_pooled
 
 MAX_TOKENS = 256  # the model's sentence-transformers max_seq_length
 _PARTS = {
@@ -61,10 +60,7 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
 
             batched = tqdm(batched, desc=progress, unit="batch", file=sys.stderr, leave=False)
         for index, batch in batched:
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[index] = F.normalize(pooled.float(), dim=-1).cpu()
+            out[index] = mean_pooled(model(**batch).last_hidden_state, batch["attention_mask"])
         return out
 
     return LoadedModel("minilm", model, layer_map, embed=embed, blocks=list(model.encoder.layer),

@@ -26,6 +26,13 @@ STAGE_OF = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention",
             "up_proj": "mlp", "down_proj": "mlp_output"}
 
 
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embeddings from padded (texts, length, hidden) states: the mean over real tokens, L2-normalised."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled.float(), dim=-1).cpu()
+
+
 @dataclass
 class CapturedBatch:
     """One batch of the reference pass, its activations as (rows, hidden) for the rows runs compute."""
@@ -60,10 +67,12 @@ class StagedEncoder:
         return (len(self.blocks) - block - _SKIPPED[stage]) / len(self.blocks)
 
     @torch.inference_mode()
-    def capture(self, batches, packed: bool = True) -> list[CapturedBatch]:
-        """Runs the model once over `batches` ((index, tokenizer output) pairs) at the engine's current map,
-        keeping each block's stage activations; `packed=False` keeps padding rows too."""
+    def capture(self, batches, packed: bool = True) -> tuple[torch.Tensor, list[CapturedBatch]]:
+        """Runs the model once over `batches` ((index, tokenizer output) pairs) at the engine's current map:
+        the texts' embeddings (as the model's own embed computes them) and each block's stage
+        activations; `packed=False` keeps padding rows too."""
         captured = []
+        out = torch.empty(sum(len(index) for index, _ in batches), self.hidden_size)
         for index, tokens in batches:
             mask = tokens["attention_mask"].bool()
             flat_mask = mask.reshape(-1)
@@ -85,12 +94,12 @@ class StagedEncoder:
                         lambda _m, _a, out, b=batch: b.attention.append(self._rows(b, out[0]))),
                 ]
             try:
-                self.model(**tokens)
+                out[batch.index] = mean_pooled(self.model(**tokens).last_hidden_state, tokens["attention_mask"])
             finally:
                 for handle in handles:
                     handle.remove()
             captured.append(batch)
-        return captured
+        return out, captured
 
     @staticmethod
     def _rows(batch: CapturedBatch, hidden: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,9 @@ class EvalResult:
 
 
 class ShadowEvaluator:
-    def __init__(self, engine: HybridEngine, model: LoadedModel, pairs: tuple[Pair, ...], progress: bool = False):
+    def __init__(self, engine: HybridEngine, model: LoadedModel, pairs: tuple[Pair, ...], progress: bool = False,
+                 reference: torch.Tensor | None = None):
+        """`reference`: base embeddings of `texts` the caller already computed (else one pass computes them)."""
         if model.embed is None:
             raise InvalidArgument(FieldError("model", f"{model.name!r} is not an embedder; the retrieval set "
                                                       "cannot measure its quality"))
@@ -37,7 +39,7 @@ class ShadowEvaluator:
             raise InvalidArgument(FieldError("samples", f"the evaluation set needs at least 2 pairs, got {len(pairs)}"))
         self.engine, self.model, self.pairs, self.progress = engine, model, pairs, progress
         self.texts = [p.query for p in pairs] + [p.document for p in pairs]  # queries, then documents
-        self._reference: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._reference = None if reference is None else self._split(reference)
         self._reference_metrics: dict[str, float] | None = None
 
     def embed(self, precision_map: Mapping[str, str], label: str = "candidate") -> torch.Tensor:

@@ -84,9 +84,10 @@ def test_the_staged_sweep_matches_naive_for_every_precision_and_for_groups(minil
 
 def test_staged_runs_at_base_reproduce_the_models_embeddings_packed_or_padded(minilm, engine_at_base):
     texts = [p.query for p in load_pairs(6)] + ["a long one " * 200]  # lengths far apart: much padding
-    expected = minilm.embed(texts)
+    expected = minilm.embed(texts, batch_size=4)  # the same batches as the capture below
     for packed in (True, False):
-        captured = minilm.staged.capture(minilm.batches(texts, 4), packed=packed)
+        reference, captured = minilm.staged.capture(minilm.batches(texts, 4), packed=packed)
+        assert torch.equal(reference, expected)  # the capture pass is the model's own forward
         rows = sum(len(b.text_of_row) for b in captured)
         padded = sum(b.shape[0] * b.shape[1] for b in captured)
         assert (rows < padded) if packed else (rows == padded)
