@@ -22,6 +22,17 @@ def command(sub, name: str, help: str, func=None, description: str | None = None
     return parser
 
 
+def add_kernel_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"),
+                        help="FP8 matmul: torch._scaled_mm, emulation (quantize, dequantize, matmul), or auto: "
+                        "scaled_mm where this device runs it (default auto)")
+
+
+def add_log_level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="least severe log records written to stderr (default INFO)")
+
+
 def group(sub, name: str, help: str):
     """A command with subcommands of its own (e.g. `mixprec policy create`)."""
     parser = sub.add_parser(name, help=help, description=help)

@@ -32,7 +32,7 @@ def register(sub) -> None:
 
     u = command(sub, "audit", "show who changed what on an endpoint, newest first", _audit)
     u.add_argument("endpoint")
-    u.add_argument("--limit", type=int, default=100)
+    u.add_argument("--limit", type=int, default=100, help="how many entries, newest first (default 100)")
 
 
 # The sharpest signals on a robust model; `--output json` has every metric.

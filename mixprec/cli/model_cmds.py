@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import command
+from mixprec.cli.common import add_kernel_option, command
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.policy import PolicySpec, Rule, load_policy_file, resolve_or_raise
 
@@ -23,9 +23,7 @@ def register(sub) -> None:
     e.add_argument("--policy", metavar="POLICY.yaml", help="policy file (default: every layer at fp8)")
     e.add_argument("--samples", type=int, default=0,
                    help="use N query/document pairs, spread over the whole set (default 0: all of them)")
-    e.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"),
-                   help="FP8 matmul: torch._scaled_mm, emulation (quantize, dequantize, matmul), or auto: "
-                   "scaled_mm where this device runs it")
+    add_kernel_option(e)
 
 
 def _catalog(args) -> int:

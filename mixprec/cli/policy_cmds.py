@@ -42,7 +42,7 @@ def register(sub) -> None:
     v = command(policy, "validate", "check a policy file against an endpoint's catalog (nothing is stored)",
                 _validate)
     v.add_argument("endpoint")
-    v.add_argument("-f", "--file", required=True, metavar="POLICY.yaml")
+    v.add_argument("-f", "--file", required=True, metavar="POLICY.yaml", help="the policy to check")
 
 
 def rules_proto(spec: PolicySpec) -> list[pb.Rule]:

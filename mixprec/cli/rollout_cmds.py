@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("endpoint")
     p.add_argument("-f", "--file", required=True, metavar="MAP.yaml", help="the target policy")
     p.add_argument("--stages", required=True, help="comma-separated groups or globs, e.g. mlp,attention")
-    p.add_argument("--author", default=None)
+    p.add_argument("--author", default=None, help="who wrote it (default: $MIXPREC_ACTOR or your user name)")
 
     s = command(rollout, "start", "start a progressive rollout of a version", _start,
                 description="Move the endpoint from its active version to VERSION in steps; each step waits for "
@@ -50,14 +50,14 @@ def register(sub) -> None:
 
     st = command(rollout, "status", "show the endpoint's rollout: step, workers, their latest numbers", _status)
     st.add_argument("endpoint")
-    st.add_argument("--watch", action="store_true", help="refresh every second until the rollout ends")
-    st.add_argument("--interval", type=float, default=1.0)
+    st.add_argument("--watch", action="store_true", help="refresh every --interval seconds until the rollout ends")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch (default 1)")
 
     for name, verb in (("pause", "pause"), ("resume", "resume"), ("abort", "abort (every worker returns to the old "
                                                                             "version)")):
         a = command(rollout, name, f"{verb} the endpoint's rollout", _action(name))
         a.add_argument("endpoint")
-        a.add_argument("--reason", default="")
+        a.add_argument("--reason", default="", help="why, for the audit log")
 
     ls = command(rollout, "list", "list every rollout of an endpoint", _list)
     ls.add_argument("endpoint")

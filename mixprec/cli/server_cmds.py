@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from mixprec.cli.common import command
+from mixprec.cli.common import add_log_level_option, command
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--redis", default=None, metavar="URL",
                    help="redis://HOST:6379/0 to tell other replicas about changes at once (optional)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level_option(p)
 
     m = command(sub, "migrate", "upgrade a database to the newest schema", _migrate,
                 description="Apply every pending Alembic migration to the database (idempotent).")

@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, command
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
@@ -26,18 +26,20 @@ def register(sub) -> None:
                 "budget). Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
     p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
-    p.add_argument("--model", help="minilm")
-    p.add_argument("--precision", default="fp8", choices=[x for x in PRECISIONS if x != "bf16"])
+    p.add_argument("--model", help="the text embedder to sweep: minilm")
+    p.add_argument("--precision", default="fp8", choices=[x for x in PRECISIONS if x != "bf16"],
+                   help="what each layer is tried at (default fp8: FP8 weights per channel, activations per token)")
     p.add_argument("--granularity", default="layer", choices=("layer", "group"),
                    help="one layer at a time, or one layer kind across every block")
     p.add_argument("--metric", default="cosine_to_base", choices=METRICS,
                    help="cosine_to_base and top10_agreement (agreement with BF16) separate layers far better than "
                    "the label metrics on a robust model (default cosine_to_base)")
     p.add_argument("--max-drop", type=float, default=0.001, help="quality budget: largest drop of the metric "
-                   "(0 keeps everything at base, inf allows everything)")
-    p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each); more is slower")
-    p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write")
-    p.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
+                   "(0 keeps everything at base, inf allows everything; default 0.001)")
+    p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each), 2 to 796; more is "
+                   "slower (default 64: under a minute on 2 cores)")
+    p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write; MAP.json and MAP.png go beside it (default sweep.yaml)")
+    add_kernel_option(p)
     p.add_argument("--propose", metavar="ENDPOINT", help="store the policy as the endpoint's next version")
     p.add_argument("--parent", type=int, default=None,
                    help="version the proposal builds on (default: the latest when the sweep starts)")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from mixprec.cli.common import command
+from mixprec.cli.common import add_kernel_option, add_log_level_option, command
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.policy import PRECISIONS
 
@@ -22,14 +22,14 @@ def register(sub) -> None:
     p.add_argument("--worker-id", default="", help="stable id of this worker (default: HOSTNAME-PID)")
     p.add_argument("--state-dir", default=".mixprec-state", help="where the last applied assignment is kept")
     p.add_argument("--inference-listen", default="127.0.0.1:0", help="HOST:PORT for InferenceService")
-    p.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
+    add_kernel_option(p)
     p.add_argument("--residency", default="both", choices=("both", "fp8-only"),
                    help="keep BF16 on the device too (instant switches) or only FP8 (less memory)")
     p.add_argument("--eval-samples", type=int, default=64, help="calibration pairs for shadow evaluation (0: off)")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between serving reports")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="precisions this worker accepts; assignments using others are refused (NACK)")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level_option(p)
 
 
 def _worker(args) -> int:
