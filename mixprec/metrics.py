@@ -1,0 +1,49 @@
+"""Every quality metric's good direction, declared once.
+
+Guardrails, sweeps, the fleet view and the CLI all read a metric's delta (policy minus base) through
+`worsening`, so a budget always means "how much worse may it get", whether the metric should not drop
+(agreements, retrieval scores) or should not rise (KL divergence, perplexity).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from mixprec.errors import FieldError, InvalidArgument
+
+
+class Direction(Enum):
+    HIGHER_IS_BETTER = "higher"  # a drop is the regression: guard with max_drop
+    LOWER_IS_BETTER = "lower"  # a rise is the regression: guard with max_rise
+
+
+METRICS: dict[str, Direction] = {
+    # embedders (MiniLM): agreement with the base embeddings, retrieval against the labels
+    "cosine_to_base": Direction.HIGHER_IS_BETTER,
+    "top10_agreement": Direction.HIGHER_IS_BETTER,
+    "mrr": Direction.HIGHER_IS_BETTER,
+    "recall_at_1": Direction.HIGHER_IS_BETTER,
+    # decoders: distribution and token agreement with the base model, perplexity on held text
+    "kl_divergence": Direction.LOWER_IS_BETTER,
+    "top1_agreement": Direction.HIGHER_IS_BETTER,
+    "greedy_match": Direction.HIGHER_IS_BETTER,
+    "perplexity": Direction.LOWER_IS_BETTER,
+}
+
+
+def direction(metric: str, field_name: str = "metric") -> Direction:
+    try:
+        return METRICS[metric]
+    except KeyError:
+        known = ", ".join(sorted(METRICS))
+        raise InvalidArgument(FieldError(field_name, f"unknown metric {metric!r}; known: {known}")) from None
+
+
+def worsening(metric: str, delta: float) -> float:
+    """How much worse the policy is than base (positive = worse), given delta = policy - base."""
+    return -delta if direction(metric) is Direction.HIGHER_IS_BETTER else delta
+
+
+def limit_word(metric: str) -> str:
+    """The guardrail verb that reads naturally for the metric: 'drop' or 'rise'."""
+    return "drop" if direction(metric) is Direction.HIGHER_IS_BETTER else "rise"
