@@ -13,10 +13,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from controlplane import blocking
+from controlplane.api.edge import EdgeInterceptor
 from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.api.rollout_servicer import RolloutServicer
+from controlplane.api.token_servicer import TokenServicer
+from controlplane.auth import Authenticator, TokenService
 from controlplane.push.agent_servicer import AgentServicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
@@ -26,8 +29,18 @@ from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
-from mixprec.errors import MixprecError
-from mixprec.v1 import agent_pb2, agent_pb2_grpc, policy_pb2, policy_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+from mixprec.errors import FieldError, InvalidArgument, MixprecError
+from mixprec.transport import add_port, is_loopback
+from mixprec.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    rollout_pb2,
+    rollout_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +49,7 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
 )
 
 # Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
@@ -49,7 +63,10 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_connection_age_ms", 24 * 3600 * 1000),
     ("grpc.max_connection_age_grace_ms", 60_000),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),  # RESOURCE_EXHAUSTED beyond; fields have own limits
 ]
+
+AUTH_MODES = ("auto", "required", "off")
 
 
 class ControlPlane:
@@ -63,6 +80,8 @@ class ControlPlane:
         redis_url: str | None = None,
         poll_interval: float = 5.0,
         rollout_interval: float = 1.0,
+        auth: str = "auto",
+        tls_credentials: grpc.ServerCredentials | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -70,6 +89,13 @@ class ControlPlane:
         self.redis_url = redis_url
         self.poll_interval = poll_interval
         self.rollout_interval = rollout_interval
+        # auto: tokens are required unless the server listens on loopback only.
+        if auth not in AUTH_MODES:
+            raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
+        if auth == "off" and not is_loopback(listen):
+            raise InvalidArgument(FieldError("auth", f"off is allowed only on loopback, not on {listen}"))
+        self.auth_required = auth == "required" or (auth == "auto" and not is_loopback(listen))
+        self.tls_credentials = tls_credentials
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
@@ -79,6 +105,8 @@ class ControlPlane:
         self.rollouts = RolloutService(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
+        self.authenticator = Authenticator(uow)
+        self.tokens = TokenService(uow, on_revoke=self.authenticator.forget)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._feed = None
@@ -90,8 +118,9 @@ class ControlPlane:
         blocking.configure()
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
-        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics)], options=SERVER_OPTIONS)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies), server)
+        edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
+        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
         )
@@ -99,12 +128,13 @@ class ControlPlane:
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
             RolloutServicer(self.rollouts, self.endpoint_changed), server
         )
+        auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(self.listen)
+        self.port = add_port(server, self.listen, self.tls_credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen}")
         await server.start()
@@ -175,12 +205,18 @@ class ControlPlane:
                 log.exception("rollout controller pass failed")
 
 
-async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop."""
-    plane = ControlPlane(db_url, listen, metrics_port, redis_url)
+async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None,
+                **options) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: auth, tls_credentials)."""
+    plane = ControlPlane(db_url, listen, metrics_port, redis_url, **options)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
-    log.info("mixprec control plane serving on %s:%d (db %s)", host, port, plane.engine.url.render_as_string())
+    log.info("mixprec control plane serving on %s:%d (db %s; tokens %s; %s)", host, port,
+             plane.engine.url.render_as_string(), "required" if plane.auth_required else "off (loopback)",
+             "TLS" if plane.tls_credentials else "plaintext")
+    if plane.tls_credentials is None and not is_loopback(listen):
+        log.warning("listening on %s without TLS: tokens and policies cross the network in the clear; "
+                    "pass --tls-cert and --tls-key", listen)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
