@@ -13,11 +13,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from controlplane import blocking
+from controlplane.api.edge import EdgeInterceptor
 from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.api.rollout_servicer import RolloutServicer
+from controlplane.api.token_servicer import TokenServicer
+from controlplane.auth import Authenticator, TokenService
 from controlplane.push.agent_servicer import AgentServicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
@@ -28,9 +31,19 @@ from controlplane.services.rollouts import RolloutService
 from controlplane.services.telemetry import TelemetryService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
-from mixprec.errors import MixprecError
+from mixprec.errors import FieldError, InvalidArgument, MixprecError
 from mixprec.listeners import serve_health, serve_metrics
-from mixprec.v1 import agent_pb2, agent_pb2_grpc, policy_pb2, policy_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+from mixprec.transport import add_port, is_loopback
+from mixprec.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    rollout_pb2,
+    rollout_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,7 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
 )
 
 # Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
@@ -52,7 +66,10 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_connection_age_ms", 24 * 3600 * 1000),
     ("grpc.max_connection_age_grace_ms", 60_000),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),  # RESOURCE_EXHAUSTED beyond; fields have own limits
 ]
+
+AUTH_MODES = ("auto", "required", "off")
 
 
 class ControlPlane:
@@ -69,6 +86,8 @@ class ControlPlane:
         metrics_listen: str | None = None,
         health_listen: str | None = None,
         metrics_interval: float = 5.0,
+        auth: str = "auto",
+        tls_credentials: grpc.ServerCredentials | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -79,6 +98,13 @@ class ControlPlane:
         self.redis_url = redis_url
         self.poll_interval = poll_interval
         self.rollout_interval = rollout_interval
+        # auto: tokens are required unless the server listens on loopback only.
+        if auth not in AUTH_MODES:
+            raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
+        if auth == "off" and not is_loopback(listen):
+            raise InvalidArgument(FieldError("auth", f"off is allowed only on loopback, not on {listen}"))
+        self.auth_required = auth == "required" or (auth == "auto" and not is_loopback(listen))
+        self.tls_credentials = tls_credentials
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
@@ -88,6 +114,8 @@ class ControlPlane:
         self.rollouts = RolloutService(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
+        self.authenticator = Authenticator(uow)
+        self.tokens = TokenService(uow, on_revoke=self.authenticator.forget)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._feed = None
@@ -101,8 +129,9 @@ class ControlPlane:
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
         self.fleet_metrics = FleetMetrics(self.registry, TelemetryService(self._uow), self.metrics_interval)
-        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics)], options=SERVER_OPTIONS)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies), server)
+        edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
+        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics),
             server,
@@ -111,12 +140,13 @@ class ControlPlane:
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
             RolloutServicer(self.rollouts, self.endpoint_changed), server
         )
+        auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(self.listen)
+        self.port = add_port(server, self.listen, self.tls_credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen}")
         await server.start()
@@ -194,11 +224,16 @@ class ControlPlane:
 
 async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None,
                 **options) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop."""
+    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: ControlPlane's keywords)."""
     plane = ControlPlane(db_url, listen, metrics_port, redis_url, **options)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
-    log.info("mixprec control plane serving on %s:%d (db %s)", host, port, plane.engine.url.render_as_string())
+    log.info("mixprec control plane serving on %s:%d (db %s; tokens %s; %s)", host, port,
+             plane.engine.url.render_as_string(), "required" if plane.auth_required else "off (loopback)",
+             "TLS" if plane.tls_credentials else "plaintext")
+    if plane.tls_credentials is None and not is_loopback(listen):
+        log.warning("listening on %s without TLS: tokens and policies cross the network in the clear; "
+                    "pass --tls-cert and --tls-key", listen)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

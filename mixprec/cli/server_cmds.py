@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from mixprec.cli.common import add_log_level_option, command
+from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -33,6 +33,10 @@ def register(sub) -> None:
                    help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9464 in a pod)")
     p.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                    help="plaintext gRPC health only, for probes when --listen uses TLS")
+    p.add_argument("--auth", choices=("required", "off"), default="auto",
+                   help="require a bearer token on every call (default: required unless --listen is loopback; "
+                   "off is refused beyond loopback)")
+    add_tls_server_options(p)
     add_log_level_option(p)
 
     m = command(sub, "migrate", "upgrade a database to the newest schema", _migrate,
@@ -43,12 +47,14 @@ def register(sub) -> None:
 
 def _server(args) -> int:
     from controlplane.app import serve
+    from mixprec.transport import server_credentials
 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, metrics_listen=args.metrics_listen,
-                      health_listen=args.health_listen))
+    credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
+    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth,
+                      tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen))
     return 0
 
 
