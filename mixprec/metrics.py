@@ -30,6 +30,10 @@ METRICS: dict[str, Direction] = {
     "perplexity": Direction.LOWER_IS_BETTER,
 }
 
+# The decoder quality set (worker.quality.language): windows of standard-library docstring tokens.
+WINDOW_TOKENS = 64
+DEFAULT_WINDOWS = 16
+
 
 def direction(metric: str, field_name: str = "metric") -> Direction:
     try:

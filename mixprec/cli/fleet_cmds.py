@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 # The sharpest signals on a robust model; `--output json` has every metric.
-QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement")
+QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement", "kl_divergence", "top1_agreement", "perplexity")
 
 
 def fleet_stub(args) -> agent_pb2_grpc.FleetServiceStub:
@@ -77,6 +77,12 @@ def _quality_text(report: apb.Report) -> str:
     return f"v{report.version}: {shown}"
 
 
+def _tokens_per_second(report: apb.Report) -> str:
+    """Decoders report prefill and decode tokens per second; embedders neither."""
+    rates = [report.metrics.get(f"{phase}_tokens_per_second") for phase in ("prefill", "decode")]
+    return "-" if rates == [None, None] else "/".join("-" if r is None else f"{r:.1f}" for r in rates)
+
+
 def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
     return [
         {
@@ -89,6 +95,7 @@ def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
             "req/s": f"{w.last_serving.throughput:.1f}" if w.HasField("last_serving") else "-",
             "p50/p99 ms": (f"{w.last_serving.latency_p50_ms:.1f}/{w.last_serving.latency_p99_ms:.1f}"
                            if w.HasField("last_serving") else "-"),
+            "tok/s prefill/decode": _tokens_per_second(w.last_serving) if w.HasField("last_serving") else "-",
             "kernel": w.hardware.kernel or "-",
             "last seen": timestamp_text(w.last_seen),
         }

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "mixprec.cli.rollout_cmds",
     "mixprec.cli.model_cmds",
     "mixprec.cli.worker_cmds",
+    "mixprec.cli.generate_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
     "mixprec.cli.token_cmds",
