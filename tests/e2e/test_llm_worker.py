@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from processes import MIXPREC, ENV, ControlPlaneProc, WorkerProc, wait_until
+from processes import ENV, MIXPREC, ControlPlaneProc, WorkerProc, wait_until
 
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import inference_pb2 as ipb
