@@ -15,6 +15,7 @@ from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
 from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument
+from mixprec.metrics import limit_errors
 
 DEFAULT_STEPS = (domain.RolloutStep(workers=1), domain.RolloutStep(percent=25), domain.RolloutStep(percent=100))
 MAX_STEPS = 20
@@ -32,9 +33,11 @@ def validate_plan(steps: Sequence[domain.RolloutStep], guardrails: domain.Guardr
     if steps and steps[-1] != domain.RolloutStep(percent=100):
         errors.append(FieldError(f"steps[{len(steps) - 1}]",
                                  f"the last step is {steps[-1].label()}; a rollout must end at 100%"))
-    for metric, limit in guardrails.max_drop.items():
-        if not metric or not math.isfinite(limit) or limit < 0:
-            errors.append(FieldError(f"guardrails.max_drop[{metric}]", f"{limit!r} must be a number >= 0"))
+    for word, limits in (("drop", guardrails.max_drop), ("rise", guardrails.max_rise)):
+        for metric, limit in limits.items():
+            if not metric or not math.isfinite(limit) or limit < 0:
+                errors.append(FieldError(f"guardrails.max_{word}[{metric}]", f"{limit!r} must be a number >= 0"))
+        errors += limit_errors(limits, word, "guardrails.max_{word}[{metric}]")
     for name in ("min_throughput_ratio", "bake_seconds", "step_timeout_seconds"):
         value = getattr(guardrails, name)
         if not math.isfinite(value) or value < 0:
