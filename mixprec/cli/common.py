@@ -58,6 +58,18 @@ def channel(args) -> grpc.Channel:
 
 
 RPC_TIMEOUT_S = 30.0
+MAX_NUMBER = 2**31 - 1  # versions and counts are 32-bit on the server
+
+
+def count(text: str) -> int:
+    """argparse type for versions and counts: an integer from 0 to 2^31-1 (exit 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 0 <= value <= MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: give 0 to {MAX_NUMBER}")
+    return value
 
 
 def to_dict(message) -> dict:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, group, timestamp_text, to_dict
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, count, group, timestamp_text, to_dict
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.fleet_cmds import fleet_stub, worker_rows
 from mixprec.cli.policy_cmds import rules_proto
@@ -38,14 +38,14 @@ def register(sub) -> None:
                 "quality reports from new-version workers and checks the guardrails; a breach rolls every worker "
                 "back automatically.")
     s.add_argument("endpoint")
-    s.add_argument("version", type=int)
+    s.add_argument("version", type=count)
     s.add_argument("--steps", default="1,25%,100%", help="worker counts or percentages (default 1,25%%,100%%)")
     s.add_argument("--max-drop", action="append", default=[], metavar="METRIC=X",
                    help="largest drop allowed for a metric vs base, e.g. cosine_to_base=0.002 (repeatable)")
     s.add_argument("--min-throughput-ratio", type=float, default=0.0, help="new/old serving throughput floor")
-    s.add_argument("--reports", type=int, default=1, help="quality reports needed per step")
+    s.add_argument("--reports", type=count, default=1, help="quality reports needed per step")
     s.add_argument("--bake", type=float, default=10.0, help="seconds a step must stay healthy")
-    s.add_argument("--max-failed-checks", type=int, default=0, help="failed checks tolerated before rollback")
+    s.add_argument("--max-failed-checks", type=count, default=0, help="failed checks tolerated before rollback")
     s.add_argument("--step-timeout", type=float, default=300.0, help="seconds to gather reports before pausing")
 
     st = command(rollout, "status", "show the endpoint's rollout: step, workers, their latest numbers", _status)
