@@ -82,6 +82,7 @@ class ControlPlane:
         rollout_interval: float = 1.0,
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
+        stream_limits: dict | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -96,6 +97,7 @@ class ControlPlane:
             raise InvalidArgument(FieldError("auth", f"off is allowed only on loopback, not on {listen}"))
         self.auth_required = auth == "required" or (auth == "auto" and not is_loopback(listen))
         self.tls_credentials = tls_credentials
+        self.stream_limits = stream_limits or {}  # hello_timeout, max_streams_per_token (AgentServicer)
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
@@ -122,7 +124,8 @@ class ControlPlane:
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency,
+                          **self.stream_limits), server
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
