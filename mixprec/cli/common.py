@@ -17,6 +17,10 @@ COMMON.add_argument("--token", default=argparse.SUPPRESS,
                     help="bearer token for the control plane (prefer env MIXPREC_TOKEN: arguments show in ps)")
 COMMON.add_argument("--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
                     help="CA certificate (PEM) to check the control plane's TLS certificate against")
+COMMON.add_argument("--tls-client-cert", default=argparse.SUPPRESS, metavar="FILE",
+                    help="mutual TLS: this client's certificate (PEM)")
+COMMON.add_argument("--tls-client-key", default=argparse.SUPPRESS, metavar="FILE",
+                    help="mutual TLS: the private key (PEM) of --tls-client-cert")
 
 
 def command(sub, name: str, help: str, func=None, description: str | None = None) -> argparse.ArgumentParser:
@@ -54,7 +58,9 @@ def group(sub, name: str, help: str):
 def channel(args) -> grpc.Channel:
     from mixprec.transport import channel as secure_channel
 
-    return secure_channel(args.server, getattr(args, "token", None), getattr(args, "tls_ca", None))
+    return secure_channel(args.server, getattr(args, "token", None), getattr(args, "tls_ca", None),
+                          client_cert=getattr(args, "tls_client_cert", None),
+                          client_key=getattr(args, "tls_client_key", None))
 
 
 RPC_TIMEOUT_S = 30.0
