@@ -37,6 +37,7 @@ bench: setup
 	$(PY) benchmarks/toggle.py
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/fp8_gemm.py
+	$(PY) benchmarks/security.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
