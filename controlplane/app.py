@@ -26,6 +26,8 @@ from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
+from controlplane.web.pages import Pages
+from controlplane.web.server import DashboardServer
 from mixprec.errors import MixprecError
 from mixprec.v1 import agent_pb2, agent_pb2_grpc, policy_pb2, policy_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
@@ -63,6 +65,7 @@ class ControlPlane:
         redis_url: str | None = None,
         poll_interval: float = 5.0,
         rollout_interval: float = 1.0,
+        http_listen: str | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -85,6 +88,8 @@ class ControlPlane:
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self._health = health.aio.HealthServicer()
+        self.dashboard = (DashboardServer(Pages(self.policies, self.fleet, self.rollouts), self.endpoint_changed,
+                                          http_listen) if http_listen is not None else None)
 
     async def start(self) -> int:
         blocking.configure()
@@ -120,6 +125,8 @@ class ControlPlane:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.metrics_port is not None:
             self._metrics_http = start_http_server(self.metrics_port, addr="127.0.0.1", registry=self.registry)
+        if self.dashboard is not None:
+            await self.dashboard.start()
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -127,6 +134,8 @@ class ControlPlane:
             return
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self._server.stop(grace)
         self._server = None
         for task in self._tasks:
@@ -175,12 +184,15 @@ class ControlPlane:
                 log.exception("rollout controller pass failed")
 
 
-async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None) -> None:
+async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None,
+                http_listen: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop."""
-    plane = ControlPlane(db_url, listen, metrics_port, redis_url)
+    plane = ControlPlane(db_url, listen, metrics_port, redis_url, http_listen=http_listen)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
     log.info("mixprec control plane serving on %s:%d (db %s)", host, port, plane.engine.url.render_as_string())
+    if plane.dashboard is not None:
+        log.info("dashboard on %s", plane.dashboard.url)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--redis", default=None, metavar="URL",
                    help="redis://HOST:6379/0 to tell other replicas about changes at once (optional)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
+                   help="serve the web dashboard on HOST:PORT, e.g. 127.0.0.1:8080 (default: no dashboard)")
     add_log_level_option(p)
 
     m = command(sub, "migrate", "upgrade a database to the newest schema", _migrate,
@@ -40,7 +42,7 @@ def _server(args) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis))
+    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, args.http_listen))
     return 0
 
 
