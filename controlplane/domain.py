@@ -152,3 +152,16 @@ class Rollout:
     @property
     def open(self) -> bool:
         return self.state in OPEN_ROLLOUT_STATES
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A bearer token as stored: everything but the secret (only its hash is kept)."""
+
+    name: str
+    role: str
+    endpoint: str | None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None

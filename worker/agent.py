@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mixprec.transport import add_port, server_credentials
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import inference_pb2_grpc
 from worker.serving import InferenceServicer, ServingStats
@@ -31,6 +32,11 @@ class AgentConfig:
     state_dir: str = ".mixprec-state"
     inference_listen: str = "127.0.0.1:0"
     report_interval: float = 5.0
+    token: str | None = None      # an agent token for the control plane (MIXPREC_TOKEN)
+    tls_ca: str | None = None     # CA that signed the control plane's certificate (TLS when set)
+    tls_cert: str | None = None   # TLS for this worker's InferenceService
+    tls_key: str | None = None
+    client_ca: str | None = None  # mutual TLS on InferenceService
 
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -80,7 +86,8 @@ class WorkerAgent:
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port(self.config.inference_listen)
+        credentials = server_credentials(self.config.tls_cert, self.config.tls_key, self.config.client_ca)
+        port = add_port(server, self.config.inference_listen, credentials)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._server, self.inference_port = server, port
@@ -92,7 +99,8 @@ class WorkerAgent:
             endpoint=self.config.endpoint, worker_id=self.worker_id, layers=list(self.runtime.catalog),
             model=self.config.model, hardware=apb.Hardware(**self.runtime.hardware()),
         )
-        self.sync = SyncLoop(self.config.server, identity, self._apply, state=state, on_applied=self._after_apply)
+        self.sync = SyncLoop(self.config.server, identity, self._apply, state=state, on_applied=self._after_apply,
+                             token=self.config.token, tls_ca=self.config.tls_ca)
         # The last applied policy is live before the first request is served or the control plane answers.
         restored = await self.sync.restore()
         host = self.config.inference_listen.rsplit(":", 1)[0]

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from mixprec import transport
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from worker.state import AppliedAssignment, StateStore
@@ -34,7 +35,8 @@ CHANNEL_OPTIONS = [
 ACCEPTED_KEY = "mixprec-accepted"
 
 # Codes after which retrying the same hello cannot succeed until someone acts.
-FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+         grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 @dataclass
@@ -75,8 +77,12 @@ class SyncLoop:
         state: StateStore | None = None,
         on_applied: AppliedFn | None = None,
         backoff: Backoff | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
     ):
         self.server = server
+        self._token = token  # an agent token scoped to this endpoint (MIXPREC_TOKEN)
+        self._tls_ca = tls_ca
         self.identity = identity
         self._apply = apply
         self._state = state
@@ -139,8 +145,9 @@ class SyncLoop:
             while True:
                 yield await outbox.get()
 
-        async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(outgoing())
+        async with transport.aio_channel(self.server, self._tls_ca, options=CHANNEL_OPTIONS) as channel:
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(
+                outgoing(), metadata=transport.token_metadata(self._token))
             self._outbox = outbox
             # The control plane sends its initial metadata once it has accepted the hello; a refused
             # hello ends the call with an error status, raised by the iteration below.

@@ -6,6 +6,7 @@ from typing import Awaitable, Callable
 
 from controlplane import domain
 from controlplane.api import convert
+from controlplane.api.edge import actor
 from controlplane.api.errors import maps_domain_errors
 from controlplane.blocking import run_blocking
 from controlplane.services.rollouts import RolloutService
@@ -57,7 +58,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     async def StartRollout(self, request: rpb.StartRolloutRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(
             self._rollouts.start, request.endpoint, request.version, [step_from_proto(s) for s in request.steps],
-            guardrails_from_proto(request.guardrails), request.actor,
+            guardrails_from_proto(request.guardrails), actor(request.actor),
         )
         return await self._changed_and(rollout)
 
@@ -72,20 +73,20 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
 
     @maps_domain_errors
     async def PauseRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.pause, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.pause, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
     async def ResumeRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.resume, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.resume, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
     async def AbortRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.abort, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.abort, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
     async def PromoteRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.promote, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.promote, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)

@@ -12,6 +12,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from controlplane import domain
+from controlplane.api.edge import current_principal
+from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
@@ -69,6 +71,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be a hello")
         hello = first.hello
         try:
+            authorize(current_principal(), Action.CONNECT, hello.endpoint)
             state, target = await run_blocking(
                 self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
                 hello.running_version, MessageToDict(hello.hardware, preserving_proto_field_name=True),

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controlplane.storage.fleet_repositories import ActivationRepository, ReportRepository, WorkerRepository
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from controlplane.storage.rollout_repository import RolloutRepository
+from controlplane.storage.token_repository import TokenRepository
 from mixprec.errors import Unavailable
 
 
@@ -20,6 +21,7 @@ class UnitOfWork:
     workers: WorkerRepository
     reports: ReportRepository
     rollouts: RolloutRepository
+    tokens: TokenRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
@@ -33,6 +35,7 @@ class UnitOfWork:
         self.workers = WorkerRepository(self.session)
         self.reports = ReportRepository(self.session)
         self.rollouts = RolloutRepository(self.session)
+        self.tokens = TokenRepository(self.session)
         return self
 
     def commit(self) -> None:

@@ -93,6 +93,10 @@ class DashboardServer:
     def url(self) -> str:
         return self.http.url
 
+    @property
+    def auth_required(self) -> bool:
+        return self.dashboard.access.required
+
     async def start(self) -> int:
         return await self.http.start()
 

@@ -13,6 +13,10 @@ COMMON.add_argument("--server", default=argparse.SUPPRESS, help="control plane a
 COMMON.add_argument(
     "--output", choices=("table", "json"), default=argparse.SUPPRESS, help="tables for people, JSON for scripts"
 )
+COMMON.add_argument("--token", default=argparse.SUPPRESS,
+                    help="bearer token for the control plane (prefer env MIXPREC_TOKEN: arguments show in ps)")
+COMMON.add_argument("--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
+                    help="CA certificate (PEM) to check the control plane's TLS certificate against")
 
 
 def command(sub, name: str, help: str, func=None, description: str | None = None) -> argparse.ArgumentParser:
@@ -33,6 +37,14 @@ def add_log_level_option(parser: argparse.ArgumentParser) -> None:
                         help="least severe log records written to stderr (default INFO)")
 
 
+def add_tls_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", default=None, metavar="FILE",
+                        help="serve TLS with this certificate (PEM); without it the listener is plaintext")
+    parser.add_argument("--tls-key", default=None, metavar="FILE", help="private key (PEM) of --tls-cert")
+    parser.add_argument("--client-ca", default=None, metavar="FILE",
+                        help="mutual TLS: accept only clients whose certificate this CA (PEM) signed")
+
+
 def group(sub, name: str, help: str):
     """A command with subcommands of its own (e.g. `mixprec policy create`)."""
     parser = sub.add_parser(name, help=help, description=help)
@@ -40,7 +52,9 @@ def group(sub, name: str, help: str):
 
 
 def channel(args) -> grpc.Channel:
-    return grpc.insecure_channel(args.server)
+    from mixprec.transport import channel as secure_channel
+
+    return secure_channel(args.server, getattr(args, "token", None), getattr(args, "tls_ca", None))
 
 
 RPC_TIMEOUT_S = 30.0

@@ -1,4 +1,4 @@
-"""`mixprec endpoint create|list|show`."""
+"""`mixprec endpoint create|list|show|delete`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def register(sub) -> None:
     command(endpoint, "list", "list every endpoint", _list)
     s = command(endpoint, "show", "show one endpoint and its layer catalog", _show)
     s.add_argument("name")
+    d = command(endpoint, "delete", "delete an endpoint with its versions, workers and rollouts (admin)", _delete,
+                description="Delete an endpoint and everything that belongs to it; the audit log keeps its "
+                "history and records who deleted it and why. Needs an admin token.")
+    d.add_argument("name")
+    d.add_argument("--reason", required=True, help="why, for the audit log")
 
 
 def stub(args) -> policy_pb2_grpc.PolicyServiceStub:
@@ -86,4 +91,12 @@ def _show(args) -> int:
         print(f"  {layer}")
     if not e.layers:
         print("  (none yet: the first worker will report it)", file=sys.stdout)
+    return 0
+
+
+def _delete(args) -> int:
+    response = stub(args).DeleteEndpoint(
+        pb.DeleteEndpointRequest(name=args.name, reason=args.reason, actor=actor(args)), timeout=RPC_TIMEOUT_S
+    )
+    print(f"deleted endpoint {response.name} and its {response.policy_versions} policy versions")
     return 0

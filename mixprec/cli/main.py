@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "mixprec.cli.worker_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
+    "mixprec.cli.token_cmds",
 )
 
 
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", choices=("table", "json"), default="table", help="tables for people, JSON for scripts"
     )
+    parser.add_argument("--token", default=os.environ.get("MIXPREC_TOKEN") or None,
+                        help="bearer token for the control plane (env MIXPREC_TOKEN; prefer the variable: "
+                        "arguments show in ps)")
+    parser.add_argument("--tls-ca", default=os.environ.get("MIXPREC_TLS_CA") or None, metavar="FILE",
+                        help="CA certificate (PEM) to check the control plane's TLS certificate against "
+                        "(env MIXPREC_TLS_CA; without it the connection is plaintext)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from mixprec.cli.common import add_log_level_option, command
+from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -28,7 +28,12 @@ def register(sub) -> None:
                    help="redis://HOST:6379/0 to tell other replicas about changes at once (optional)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
-                   help="serve the web dashboard on HOST:PORT, e.g. 127.0.0.1:8080 (default: no dashboard)")
+                   help="serve the web dashboard on HOST:PORT, e.g. 127.0.0.1:8080 (default: no dashboard); "
+                   "it takes the same tokens and, with --tls-cert/--tls-key, serves HTTPS")
+    p.add_argument("--auth", choices=("required", "off"), default="auto",
+                   help="require a bearer token on every call (default: required unless --listen is loopback; "
+                   "off is refused beyond loopback)")
+    add_tls_server_options(p)
     add_log_level_option(p)
 
     m = command(sub, "migrate", "upgrade a database to the newest schema", _migrate,
@@ -38,11 +43,15 @@ def register(sub) -> None:
 
 def _server(args) -> int:
     from controlplane.app import serve
+    from mixprec.transport import server_credentials
 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, args.http_listen))
+    credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
+    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth,
+                      tls_credentials=credentials, http_listen=args.http_listen,
+                      http_tls=(args.tls_cert, args.tls_key) if args.tls_cert else None))
     return 0
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from mixprec.cli.common import add_kernel_option, add_log_level_option, command
+from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.policy import PRECISIONS
 
@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between serving reports")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="precisions this worker accepts; assignments using others are refused (NACK)")
+    add_tls_server_options(p)
     add_log_level_option(p)
 
 
@@ -48,6 +49,7 @@ def _worker(args) -> int:
     config = AgentConfig(
         endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,
+        token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
     )
     asyncio.run(serve(config, runtime))
     return 0

@@ -91,6 +91,24 @@ class GetEndpointRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class DeleteEndpointRequest(_message.Message):
+    __slots__ = ("name", "reason", "actor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    actor: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class DeleteEndpointResponse(_message.Message):
+    __slots__ = ("name", "policy_versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policy_versions: int
+    def __init__(self, name: _Optional[str] = ..., policy_versions: _Optional[int] = ...) -> None: ...
+
 class ListEndpointsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
