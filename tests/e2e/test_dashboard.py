@@ -13,7 +13,7 @@ import shutil
 import grpc
 import pytest
 from playwright.sync_api import Page, expect
-from support import LightAgent, RunningControlPlane, eventually, rules
+from support import LightAgent, RunningControlPlane, eventually, rules, stubs
 
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc, rollout_pb2_grpc
@@ -264,3 +264,70 @@ def test_bad_input_gets_a_clear_status_and_writes_nothing(plane, page: Page):
     assert no_csrf.status == 403 and "CSRF" in no_csrf.json()["error"]
     assert plane.policies.GetEndpoint(pb.GetEndpointRequest(name="ranker")).active_version == before
     assert re.search(r"default-src 'self'", page.request.get(plane.url + "/").headers["content-security-policy"])
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    """A control plane whose API and dashboard both require tokens; one endpoint on v2 of two versions."""
+    running = RunningControlPlane(f"sqlite:///{tmp_path_factory.mktemp('secured') / 'mixprec.db'}",
+                                  http_listen="127.0.0.1:0", auth="required")
+    tokens = {role: running.plane.tokens.create(f"{role}-token", role)[0] for role in ("viewer", "operator", "admin")}
+    policies, fleet = stubs(running.address, tokens["admin"])
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="ranker", layers=CATALOG))
+    for parent, spec in enumerate((("layers.*.mlp.*", "fp8"), ("layers.*", "fp8"))):
+        policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="ranker", parent_version=parent, rules=rules(spec)))
+        fleet.Activate(apb.ActivateRequest(endpoint="ranker", version=parent + 1))
+    running.url = f"http://127.0.0.1:{running.plane.dashboard.http.port}"
+    running.tokens = tokens
+    running.active = lambda: policies.GetEndpoint(pb.GetEndpointRequest(name="ranker")).active_version
+    yield running
+    running.stop()
+
+
+def log_in(page: Page, url: str, token: str) -> None:
+    page.goto(url + "/endpoints/ranker")
+    expect(page).to_have_url(re.compile(r"/login\?next=/endpoints/ranker$"))
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(url + "/endpoints/ranker")
+
+
+def test_a_viewer_sees_no_action_buttons_and_a_forged_action_is_refused(secured, page: Page):
+    page.set_viewport_size(LAPTOP)
+    page.goto(secured.url + "/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.get_by_label("API token").fill("mxp_" + "x" * 43)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("token")
+    shot(page, "login")
+
+    log_in(page, secured.url, secured.tokens["viewer"])
+    expect(page.locator(".who")).to_contain_text("viewer-token viewer")
+    expect(page.locator('[data-region="fleet"]')).to_be_visible()
+    for name in ("Roll back…", "Pause", "Resume", "Abort", "Promote"):
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "mixprec_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]  # plain HTTP here
+    shot(page, "endpoint-viewer")
+
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    for path in ("/endpoints/ranker/rollback", "/endpoints/ranker/rollout/abort"):
+        forged = page.request.post(secured.url + path, form={"target": "1", "reason": "forged"},
+                                   headers={"X-CSRF-Token": csrf, "Accept": "application/json"})
+        assert forged.status == 403 and "role viewer" in forged.json()["error"], forged.text()
+    assert secured.active() == 2
+
+
+def test_an_operator_rolls_back_and_the_audit_log_names_the_token(secured, page: Page):
+    log_in(page, secured.url, secured.tokens["operator"])
+    page.locator("#rollback-reason").fill("operator drill")
+    page.get_by_role("button", name="Roll back…").click()
+    page.locator("dialog#confirm").get_by_role("button", name="Roll back now").click()
+    expect(page.locator("#active-version")).to_have_text("v1", timeout=2000)
+    first = page.locator('[data-region="audit"] tbody tr').first
+    expect(first).to_contain_text("operator-token")
+    expect(first).to_contain_text("operator drill")
+    assert secured.active() == 1
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login"))
+    assert page.request.get(secured.url + "/events").status == 401

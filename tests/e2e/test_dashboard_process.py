@@ -3,11 +3,14 @@ even while a browser holds a live event stream open."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import threading
 import urllib.request
 
+import trustme
 from processes import ENV, MIXPREC, ControlPlaneProc
+from support import RunningControlPlane
 
 from mixprec.localhost import free_port, wait_until
 from mixprec.v1 import policy_pb2 as pb
@@ -44,3 +47,24 @@ def test_a_bad_http_listen_address_is_refused_by_name(tmp_path):
                            f"127.0.0.1:{free_port()}", "--http-listen", "nowhere"],
                           capture_output=True, text=True, timeout=60, env=ENV)
     assert done.returncode == 2 and "--http-listen: 'nowhere' is not HOST:PORT" in done.stderr
+
+
+def test_under_tls_the_session_cookie_is_secure(tmp_path):
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    running = RunningControlPlane(f"sqlite:///{tmp_path / 'cp.db'}", http_listen="127.0.0.1:0", auth="required",
+                                  http_tls=(str(cert), str(key)))
+    try:
+        url = running.plane.dashboard.url
+        assert url.startswith("https://")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        page = urllib.request.urlopen(url + "login", context=context, timeout=10)
+        cookie = page.headers["set-cookie"]
+        assert page.status == 200 and "mixprec_session=" in cookie
+        assert all(flag in cookie for flag in ("HttpOnly", "Secure", "SameSite=strict")), cookie
+    finally:
+        running.stop()
