@@ -10,10 +10,11 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from controlplane import blocking
 from controlplane.api.edge import EdgeInterceptor
+from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
@@ -27,11 +28,13 @@ from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
+from controlplane.services.telemetry import TelemetryService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from controlplane.web.pages import Pages
 from controlplane.web.server import DashboardServer
 from mixprec.errors import FieldError, InvalidArgument, MixprecError
+from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, is_loopback
 from mixprec.v1 import (
     agent_pb2,
@@ -91,6 +94,9 @@ class ControlPlane:
         redis_url: str | None = None,
         poll_interval: float = 5.0,
         rollout_interval: float = 1.0,
+        metrics_listen: str | None = None,
+        health_listen: str | None = None,
+        metrics_interval: float = 5.0,
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
         http_listen: str | None = None,
@@ -98,7 +104,10 @@ class ControlPlane:
     ):
         self.db_url = db_url
         self.listen = listen
-        self.metrics_port = metrics_port
+        # --metrics-port N is loopback only; --metrics-listen HOST:PORT serves the pod address.
+        self.metrics_listen = metrics_listen or (f"127.0.0.1:{metrics_port}" if metrics_port is not None else None)
+        self.health_listen = health_listen
+        self.metrics_interval = metrics_interval
         self.redis_url = redis_url
         self.poll_interval = poll_interval
         self.rollout_interval = rollout_interval
@@ -107,7 +116,7 @@ class ControlPlane:
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
-        uow = unit_of_work_factory(self.engine)
+        self._uow = uow = unit_of_work_factory(self.engine)
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
@@ -121,6 +130,7 @@ class ControlPlane:
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self._health = health.aio.HealthServicer()
+        self._health_server: grpc.aio.Server | None = None
         self.dashboard = None
         if http_listen is not None:  # the dashboard: same services, same tokens, its own listener
             authenticate = self.authenticator.authenticate if tokens_required(auth, http_listen, "http_listen") else None
@@ -131,11 +141,13 @@ class ControlPlane:
         blocking.configure()
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
+        self.fleet_metrics = FleetMetrics(self.registry, TelemetryService(self._uow), self.metrics_interval)
         edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics),
+            server,
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
@@ -158,11 +170,14 @@ class ControlPlane:
             asyncio.ensure_future(self._feed.run(self.refresh)),
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
+            asyncio.ensure_future(self.fleet_metrics.run()),
         ]
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.metrics_port is not None:
-            self._metrics_http = start_http_server(self.metrics_port, addr="127.0.0.1", registry=self.registry)
+        if self.health_listen:
+            self._health_server = await serve_health(self._health, self.health_listen)
+        if self.metrics_listen:
+            self._metrics_http = serve_metrics(self.metrics_listen, self.registry)
         if self.dashboard is not None:
             await self.dashboard.start()
         return self.port
@@ -176,6 +191,8 @@ class ControlPlane:
             await self.dashboard.stop()
         await self._server.stop(grace)
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -224,8 +241,7 @@ class ControlPlane:
 
 async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None,
                 **options) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: auth, tls_credentials,
-    http_listen, http_tls)."""
+    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: ControlPlane's keywords)."""
     plane = ControlPlane(db_url, listen, metrics_port, redis_url, **options)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
