@@ -10,10 +10,11 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from controlplane import blocking
 from controlplane.api.edge import EdgeInterceptor
+from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
@@ -27,9 +28,13 @@ from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
+from controlplane.services.telemetry import TelemetryService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
+from controlplane.web.pages import Pages
+from controlplane.web.server import DashboardServer
 from mixprec.errors import FieldError, InvalidArgument, MixprecError
+from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, is_loopback
 from mixprec.v1 import (
     agent_pb2,
@@ -69,6 +74,15 @@ SERVER_OPTIONS = [
 AUTH_MODES = ("auto", "required", "off")
 
 
+def tokens_required(auth: str, listen: str, field_name: str = "auth") -> bool:
+    """auto: tokens are required unless the listener binds loopback only; off is refused beyond loopback."""
+    if auth not in AUTH_MODES:
+        raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
+    if auth == "off" and not is_loopback(listen):
+        raise InvalidArgument(FieldError(field_name, f"off is allowed only on loopback, not on {listen}"))
+    return auth == "required" or (auth == "auto" and not is_loopback(listen))
+
+
 class ControlPlane:
     """One control plane replica: database, services and the gRPC server on `listen`."""
 
@@ -80,28 +94,31 @@ class ControlPlane:
         redis_url: str | None = None,
         poll_interval: float = 5.0,
         rollout_interval: float = 1.0,
+        metrics_listen: str | None = None,
+        health_listen: str | None = None,
+        metrics_interval: float = 5.0,
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
+        http_listen: str | None = None,
+        http_tls: tuple[str, str] | None = None,
         stream_limits: dict | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
-        self.metrics_port = metrics_port
+        # --metrics-port N is loopback only; --metrics-listen HOST:PORT serves the pod address.
+        self.metrics_listen = metrics_listen or (f"127.0.0.1:{metrics_port}" if metrics_port is not None else None)
+        self.health_listen = health_listen
+        self.metrics_interval = metrics_interval
         self.redis_url = redis_url
         self.poll_interval = poll_interval
         self.rollout_interval = rollout_interval
-        # auto: tokens are required unless the server listens on loopback only.
-        if auth not in AUTH_MODES:
-            raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
-        if auth == "off" and not is_loopback(listen):
-            raise InvalidArgument(FieldError("auth", f"off is allowed only on loopback, not on {listen}"))
-        self.auth_required = auth == "required" or (auth == "auto" and not is_loopback(listen))
+        self.auth_required = tokens_required(auth, listen)
         self.tls_credentials = tls_credentials
         self.stream_limits = stream_limits or {}  # hello_timeout, max_streams_per_token (AgentServicer)
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
-        uow = unit_of_work_factory(self.engine)
+        self._uow = uow = unit_of_work_factory(self.engine)
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
@@ -115,17 +132,25 @@ class ControlPlane:
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self._health = health.aio.HealthServicer()
+        self._health_server: grpc.aio.Server | None = None
+        self.dashboard = None
+        if http_listen is not None:  # the dashboard: same services, same tokens, its own listener
+            authenticate = self.authenticator.authenticate if tokens_required(auth, http_listen, "http_listen") else None
+            self.dashboard = DashboardServer(Pages(self.policies, self.fleet, self.rollouts), self.endpoint_changed,
+                                             http_listen, authenticate, *(http_tls or ()))
 
     async def start(self) -> int:
         blocking.configure()
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
+        self.fleet_metrics = FleetMetrics(self.registry, TelemetryService(self._uow), self.metrics_interval)
         edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency,
-                          **self.stream_limits), server
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
+                          **self.stream_limits),
+            server,
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
@@ -148,11 +173,16 @@ class ControlPlane:
             asyncio.ensure_future(self._feed.run(self.refresh)),
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
+            asyncio.ensure_future(self.fleet_metrics.run()),
         ]
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.metrics_port is not None:
-            self._metrics_http = start_http_server(self.metrics_port, addr="127.0.0.1", registry=self.registry)
+        if self.health_listen:
+            self._health_server = await serve_health(self._health, self.health_listen)
+        if self.metrics_listen:
+            self._metrics_http = serve_metrics(self.metrics_listen, self.registry)
+        if self.dashboard is not None:
+            await self.dashboard.start()
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -160,8 +190,12 @@ class ControlPlane:
             return
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self._server.stop(grace)
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -210,7 +244,7 @@ class ControlPlane:
 
 async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None,
                 **options) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: auth, tls_credentials)."""
+    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: ControlPlane's keywords)."""
     plane = ControlPlane(db_url, listen, metrics_port, redis_url, **options)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
@@ -220,6 +254,9 @@ async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis
     if plane.tls_credentials is None and not is_loopback(listen):
         log.warning("listening on %s without TLS: tokens and policies cross the network in the clear; "
                     "pass --tls-cert and --tls-key", listen)
+    if plane.dashboard is not None:
+        log.info("dashboard on %s (tokens %s)", plane.dashboard.url,
+                 "required" if plane.dashboard.auth_required else "off (loopback)")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

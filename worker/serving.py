@@ -57,8 +57,10 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, runtime, stats: ServingStats, executor: Executor, endpoint: str, worker_id: str):
+    def __init__(self, runtime, stats: ServingStats, executor: Executor, endpoint: str, worker_id: str,
+                 metrics=None):
         self._runtime = runtime
+        self._metrics = metrics
         self._stats = stats
         self._executor = executor
         self._endpoint = endpoint
@@ -76,7 +78,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                 f"texts[{too_long}]: {len(texts[too_long])} characters; the limit is {MAX_TEXT_CHARS}")
         started = time.perf_counter()
         vectors, version = await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.embed, texts)
-        self._stats.observe(time.perf_counter() - started, len(texts))
+        elapsed = time.perf_counter() - started
+        self._stats.observe(elapsed, len(texts))
+        if self._metrics is not None:
+            self._metrics.served(version, elapsed)
         return ipb.EmbedResponse(embeddings=[ipb.Embedding(values=v) for v in vectors], policy_version=version)
 
     async def WorkerInfo(self, request: ipb.WorkerInfoRequest, context) -> ipb.WorkerInfoResponse:

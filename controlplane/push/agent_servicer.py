@@ -72,12 +72,14 @@ class WorkerSession:
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None,
-                 hello_timeout: float = HELLO_TIMEOUT_S, max_streams_per_token: int = MAX_STREAMS_PER_TOKEN):
+                 fleet_metrics=None, hello_timeout: float = HELLO_TIMEOUT_S,
+                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN):
         self._hello_timeout = hello_timeout
         self._max_streams = max_streams_per_token
         self._streams: dict[str, int] = {}  # token name -> live streams on this replica
         self._holders: dict[tuple[str, str], _Holder] = {}  # (endpoint, worker id) -> its stream
         self._fleet = fleet
+        self._fleet_metrics = fleet_metrics  # propagation times and NACK reasons (controlplane.api.fleet_metrics)
         self._hub = hub
         self._recorder = recorder
         self._replica = replica
@@ -232,8 +234,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if ack.nonce != session.pending_nonce or ack.version != session.current:
             log.debug("stale ACK from %s for v%d ignored", session.worker_id, ack.version)
             return
+        elapsed = time.perf_counter() - session.sent_at
         if self._ack_latency is not None:
-            self._ack_latency.observe(time.perf_counter() - session.sent_at)
+            self._ack_latency.observe(elapsed)
+        if self._fleet_metrics is not None:
+            self._fleet_metrics.acked(session.endpoint, elapsed)
         session.applied = session.current = ack.version
         self._recorder.update(
             domain.WorkerUpdate(session.endpoint, session.worker_id, applied_version=ack.version,
@@ -245,6 +250,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         log.warning("worker %s refused v%d: %s", session.worker_id, nack.version, nack.error)
         session.nacked.add(nack.version)
+        if self._fleet_metrics is not None:
+            self._fleet_metrics.nacked(session.endpoint, nack.error)
         session.current = session.applied
         self._recorder.update(
             domain.WorkerUpdate(session.endpoint, session.worker_id, last_nack_version=nack.version,

@@ -1,4 +1,4 @@
-"""Progressive rollouts: start, pause, resume, abort, and the controller step that advances them."""
+"""Progressive rollouts: start, pause, resume, abort, promote, and the controller step that advances them."""
 
 from __future__ import annotations
 
@@ -117,6 +117,27 @@ class RolloutService:
         return self._transition(endpoint, domain.OPEN_ROLLOUT_STATES, "ABORTED", actor,
                                 reason or "aborted by an operator; every worker returns to the old version")
 
+    def promote(self, endpoint: str, actor: str = "", reason: str = "") -> domain.Rollout:
+        """Skip the remaining steps: the new version becomes active on every worker now (an operator's call,
+        e.g. when the canary has been watched long enough); the guardrails are not consulted again."""
+        check_name(endpoint, "endpoint")
+        check_text(actor=actor, reason=reason)
+        with self._uow() as uow:
+            uow.endpoints.get(endpoint, for_update=True)
+            rollout = uow.rollouts.open_for(endpoint)
+            if rollout is None:
+                raise FailedPrecondition(f"endpoint {endpoint!r} has no open rollout to promote")
+            message = (f"promoted at step {rollout.current_step + 1}/{len(rollout.steps)}: v{rollout.to_version} is "
+                       f"active everywhere" + (f" ({reason})" if reason else ""))
+            updated = replace(rollout, state="SUCCEEDED", message=message, updated_at=utcnow())
+            if not uow.rollouts.save(updated):
+                raise FailedPrecondition(f"rollout {rollout.id} changed meanwhile; look again and retry")
+            _activate_new_version(uow, rollout, actor, f"rollout {rollout.id} promoted" + (f": {reason}" if reason else ""))
+            uow.audit.record(endpoint, "rollout.promote", actor, reason or message, rollout=rollout.id,
+                             version=rollout.to_version, step=rollout.current_step)
+            uow.commit()
+        return replace(updated, revision=rollout.revision + 1)
+
     def _transition(self, endpoint: str, allowed: Sequence[str], state: str, actor: str, message: str,
                     **changes) -> domain.Rollout:
         check_name(endpoint, "endpoint")
@@ -182,10 +203,7 @@ class RolloutService:
                 uow.audit.record(endpoint, f"rollout.{updated.state.lower()}", "controller", updated.message,
                                  rollout=rollout.id, step=updated.current_step)
             if updated.state == "SUCCEEDED":
-                current = uow.endpoints.get(endpoint, for_update=True)
-                uow.endpoints.set_active(endpoint, rollout.to_version)
-                uow.activations.add(endpoint, rollout.to_version, current.active_version, "rollout", "controller",
-                                    f"rollout {rollout.id} succeeded")
+                _activate_new_version(uow, rollout, "controller", f"rollout {rollout.id} succeeded")
             uow.commit()
         return target_changed or updated.state != rollout.state
 
@@ -259,3 +277,10 @@ class RolloutService:
         return replace(rollout, state="PAUSED",
                        message=f"inconclusive at step {rollout.current_step + 1}: {why} after "
                                f"{timeout.total_seconds():g}s; resume to wait again, or abort")
+
+
+def _activate_new_version(uow: UnitOfWork, rollout: domain.Rollout, actor: str, reason: str) -> None:
+    """A rollout that ends well makes its version the endpoint's active one, recorded as an activation."""
+    current = uow.endpoints.get(rollout.endpoint, for_update=True)
+    uow.endpoints.set_active(rollout.endpoint, rollout.to_version)
+    uow.activations.add(rollout.endpoint, rollout.to_version, current.active_version, "rollout", actor, reason)

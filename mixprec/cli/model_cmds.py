@@ -13,7 +13,8 @@ from mixprec.policy import PolicySpec, Rule, load_policy_file, resolve_or_raise
 def register(sub) -> None:
     c = command(sub, "catalog", "print a model's canonical layer names (the file `endpoint create --layers` takes)",
                 _catalog)
-    c.add_argument("--model", required=True, help="minilm, or package.module:factory")
+    c.add_argument("--model", required=True,
+                   help="minilm, gemma3-270m, tiny-llama, hf:PATH (a local causal LM), or package.module:factory")
 
     e = command(sub, "eval", "measure a policy's quality against BF16 on the built-in retrieval set", _eval,
                 description="Evaluate a policy file (default: every layer FP8) against the base precision on the "
@@ -29,7 +30,14 @@ def register(sub) -> None:
 def _catalog(args) -> int:
     from worker.models import load_model
 
-    for layer in load_model(args.model).catalog:
+    model = load_model(args.model)
+    if args.output == "json":
+        output.as_json({"model": model.name, "layers": model.catalog, "at_base": model.at_base})
+        return 0
+    # '#' lines are comments to `endpoint create --layers`: the file says what it leaves out, and why.
+    for module, why in model.at_base.items():
+        print(f"# {module}: not in the catalog, always at base ({why})")
+    for layer in model.catalog:
         print(layer)
     return 0
 

@@ -1,4 +1,4 @@
-"""`mixprec rollout plan|start|status|pause|resume|abort|list`."""
+"""`mixprec rollout plan|start|status|pause|resume|abort|promote|list`."""
 
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ def register(sub) -> None:
     st.add_argument("--watch", action="store_true", help="refresh every --interval seconds until the rollout ends")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch (default 1)")
 
-    for name, verb in (("pause", "pause"), ("resume", "resume"), ("abort", "abort (every worker returns to the old "
-                                                                            "version)")):
+    for name, verb in (("pause", "pause"), ("resume", "resume"),
+                       ("abort", "abort (every worker returns to the old version)"),
+                       ("promote", "promote (skip the remaining steps: the new version everywhere now)")):
         a = command(rollout, name, f"{verb} the endpoint's rollout", _action(name))
         a.add_argument("endpoint")
         a.add_argument("--reason", default="", help="why, for the audit log")
@@ -184,7 +185,8 @@ def _status(args) -> int:
 
 
 def _action(name: str):
-    method = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout"}[name]
+    method = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout",
+              "promote": "PromoteRollout"}[name]
 
     def run(args) -> int:
         rollout = getattr(rollout_stub(args), method)(

@@ -22,6 +22,10 @@ def register(sub) -> None:
     p.add_argument("--worker-id", default="", help="stable id of this worker (default: HOSTNAME-PID)")
     p.add_argument("--state-dir", default=".mixprec-state", help="where the last applied assignment is kept")
     p.add_argument("--inference-listen", default="127.0.0.1:0", help="HOST:PORT for InferenceService")
+    p.add_argument("--health-listen", default="", metavar="HOST:PORT",
+                   help="plaintext gRPC health only, for probes (optional)")
+    p.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9465 in a pod; optional)")
     add_kernel_option(p)
     p.add_argument("--residency", default="both", choices=("both", "fp8-only"),
                    help="keep BF16 on the device too (instant switches) or only FP8 (less memory)")
@@ -51,6 +55,7 @@ def _worker(args) -> int:
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,
         token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
         tls_client=(args.tls_client_cert, args.tls_client_key) if args.tls_client_cert else None,
+        health_listen=args.health_listen, metrics_listen=args.metrics_listen,
     )
     asyncio.run(serve(config, runtime))
     return 0
