@@ -85,3 +85,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     async def AbortRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(self._rollouts.abort, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
+
+    @maps_domain_errors
+    async def PromoteRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
+        rollout = await run_blocking(self._rollouts.promote, request.endpoint, actor(request.actor), request.reason)
+        return await self._changed_and(rollout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, timestamp_text, to_dict
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, count, timestamp_text, to_dict
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 
@@ -13,7 +13,7 @@ from mixprec.v1 import agent_pb2_grpc
 def register(sub) -> None:
     a = command(sub, "activate", "make a policy version active on every worker of an endpoint now", _activate)
     a.add_argument("endpoint")
-    a.add_argument("version", type=int)
+    a.add_argument("version", type=count)
     a.add_argument("--reason", default="", help="why, for the audit log")
 
     r = command(sub, "rollback", "return an endpoint to its last known-good version everywhere, in one call",
@@ -23,7 +23,7 @@ def register(sub) -> None:
     r.add_argument("endpoint")
     r.add_argument("--reason", required=True, help="why (kept in the audit log)")
     target = r.add_mutually_exclusive_group()
-    target.add_argument("--to", type=int, default=0, metavar="VERSION", help="roll back to this version")
+    target.add_argument("--to", type=count, default=0, metavar="VERSION", help="roll back to this version")
     target.add_argument("--to-base", action="store_true", help="every layer at the endpoint's base precision")
 
     f = command(sub, "fleet", "show every worker of an endpoint: connected, applied version, last ACK/NACK, reports",
@@ -32,7 +32,7 @@ def register(sub) -> None:
 
     u = command(sub, "audit", "show who changed what on an endpoint, newest first", _audit)
     u.add_argument("endpoint")
-    u.add_argument("--limit", type=int, default=100, help="how many entries, newest first (default 100)")
+    u.add_argument("--limit", type=count, default=100, help="how many entries, newest first (default 100)")
 
 
 # The sharpest signals on a robust model; `--output json` has every metric.

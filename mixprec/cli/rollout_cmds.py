@@ -1,4 +1,4 @@
-"""`mixprec rollout plan|start|status|pause|resume|abort|list`."""
+"""`mixprec rollout plan|start|status|pause|resume|abort|promote|list`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, group, timestamp_text, to_dict
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, count, group, timestamp_text, to_dict
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.fleet_cmds import fleet_stub, worker_rows
 from mixprec.cli.policy_cmds import rules_proto
@@ -39,7 +39,7 @@ def register(sub) -> None:
                 "quality reports from new-version workers and checks the guardrails; a breach rolls every worker "
                 "back automatically.")
     s.add_argument("endpoint")
-    s.add_argument("version", type=int)
+    s.add_argument("version", type=count)
     s.add_argument("--steps", default="1,25%,100%", help="worker counts or percentages (default 1,25%%,100%%)")
     s.add_argument("--max-drop", action="append", default=[], metavar="METRIC=X",
                    help="largest drop allowed for a metric that must not drop, e.g. cosine_to_base=0.002 or "
@@ -50,9 +50,9 @@ def register(sub) -> None:
     s.add_argument("--limit", action="append", default=[], metavar="METRIC=X",
                    help="how much worse a metric may get, on whichever side is worse for it (repeatable)")
     s.add_argument("--min-throughput-ratio", type=float, default=0.0, help="new/old serving throughput floor")
-    s.add_argument("--reports", type=int, default=1, help="quality reports needed per step")
+    s.add_argument("--reports", type=count, default=1, help="quality reports needed per step")
     s.add_argument("--bake", type=float, default=10.0, help="seconds a step must stay healthy")
-    s.add_argument("--max-failed-checks", type=int, default=0, help="failed checks tolerated before rollback")
+    s.add_argument("--max-failed-checks", type=count, default=0, help="failed checks tolerated before rollback")
     s.add_argument("--step-timeout", type=float, default=300.0, help="seconds to gather reports before pausing")
 
     st = command(rollout, "status", "show the endpoint's rollout: step, workers, their latest numbers", _status)
@@ -60,8 +60,9 @@ def register(sub) -> None:
     st.add_argument("--watch", action="store_true", help="refresh every --interval seconds until the rollout ends")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch (default 1)")
 
-    for name, verb in (("pause", "pause"), ("resume", "resume"), ("abort", "abort (every worker returns to the old "
-                                                                            "version)")):
+    for name, verb in (("pause", "pause"), ("resume", "resume"),
+                       ("abort", "abort (every worker returns to the old version)"),
+                       ("promote", "promote (skip the remaining steps: the new version everywhere now)")):
         a = command(rollout, name, f"{verb} the endpoint's rollout", _action(name))
         a.add_argument("endpoint")
         a.add_argument("--reason", default="", help="why, for the audit log")
@@ -204,7 +205,8 @@ def _status(args) -> int:
 
 
 def _action(name: str):
-    method = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout"}[name]
+    method = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout",
+              "promote": "PromoteRollout"}[name]
 
     def run(args) -> int:
         rollout = getattr(rollout_stub(args), method)(

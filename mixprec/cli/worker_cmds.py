@@ -57,6 +57,7 @@ def _worker(args) -> int:
         endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,
         token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+        tls_client=(args.tls_client_cert, args.tls_client_key) if args.tls_client_cert else None,
         health_listen=args.health_listen, metrics_listen=args.metrics_listen,
     )
     asyncio.run(serve(config, runtime))

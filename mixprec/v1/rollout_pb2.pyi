@@ -18,12 +18,14 @@ class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[RolloutState]
     ROLLED_BACK: _ClassVar[RolloutState]
     ABORTED: _ClassVar[RolloutState]
+    FAILED: _ClassVar[RolloutState]
 ROLLOUT_STATE_UNSPECIFIED: RolloutState
 RUNNING: RolloutState
 PAUSED: RolloutState
 SUCCEEDED: RolloutState
 ROLLED_BACK: RolloutState
 ABORTED: RolloutState
+FAILED: RolloutState
 
 class RolloutStep(_message.Message):
     __slots__ = ("workers", "percent")
