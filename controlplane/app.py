@@ -31,6 +31,8 @@ from controlplane.services.rollouts import RolloutService
 from controlplane.services.telemetry import TelemetryService
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
+from controlplane.web.pages import Pages
+from controlplane.web.server import DashboardServer
 from mixprec.errors import FieldError, InvalidArgument, MixprecError
 from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, is_loopback
@@ -72,6 +74,15 @@ SERVER_OPTIONS = [
 AUTH_MODES = ("auto", "required", "off")
 
 
+def tokens_required(auth: str, listen: str, field_name: str = "auth") -> bool:
+    """auto: tokens are required unless the listener binds loopback only; off is refused beyond loopback."""
+    if auth not in AUTH_MODES:
+        raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
+    if auth == "off" and not is_loopback(listen):
+        raise InvalidArgument(FieldError(field_name, f"off is allowed only on loopback, not on {listen}"))
+    return auth == "required" or (auth == "auto" and not is_loopback(listen))
+
+
 class ControlPlane:
     """One control plane replica: database, services and the gRPC server on `listen`."""
 
@@ -88,6 +99,9 @@ class ControlPlane:
         metrics_interval: float = 5.0,
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
+        http_listen: str | None = None,
+        http_tls: tuple[str, str] | None = None,
+        stream_limits: dict | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -98,13 +112,9 @@ class ControlPlane:
         self.redis_url = redis_url
         self.poll_interval = poll_interval
         self.rollout_interval = rollout_interval
-        # auto: tokens are required unless the server listens on loopback only.
-        if auth not in AUTH_MODES:
-            raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
-        if auth == "off" and not is_loopback(listen):
-            raise InvalidArgument(FieldError("auth", f"off is allowed only on loopback, not on {listen}"))
-        self.auth_required = auth == "required" or (auth == "auto" and not is_loopback(listen))
+        self.auth_required = tokens_required(auth, listen)
         self.tls_credentials = tls_credentials
+        self.stream_limits = stream_limits or {}  # hello_timeout, max_streams_per_token (AgentServicer)
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
@@ -123,6 +133,11 @@ class ControlPlane:
         self._metrics_http = None
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None
+        self.dashboard = None
+        if http_listen is not None:  # the dashboard: same services, same tokens, its own listener
+            authenticate = self.authenticator.authenticate if tokens_required(auth, http_listen, "http_listen") else None
+            self.dashboard = DashboardServer(Pages(self.policies, self.fleet, self.rollouts), self.endpoint_changed,
+                                             http_listen, authenticate, *(http_tls or ()))
 
     async def start(self) -> int:
         blocking.configure()
@@ -133,7 +148,8 @@ class ControlPlane:
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics),
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
+                          **self.stream_limits),
             server,
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
@@ -165,6 +181,8 @@ class ControlPlane:
             self._health_server = await serve_health(self._health, self.health_listen)
         if self.metrics_listen:
             self._metrics_http = serve_metrics(self.metrics_listen, self.registry)
+        if self.dashboard is not None:
+            await self.dashboard.start()
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -172,6 +190,8 @@ class ControlPlane:
             return
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self._server.stop(grace)
         self._server = None
         if self._health_server is not None:
@@ -234,6 +254,9 @@ async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis
     if plane.tls_credentials is None and not is_loopback(listen):
         log.warning("listening on %s without TLS: tokens and policies cross the network in the clear; "
                     "pass --tls-cert and --tls-key", listen)
+    if plane.dashboard is not None:
+        log.info("dashboard on %s (tokens %s)", plane.dashboard.url,
+                 "required" if plane.dashboard.auth_required else "off (loopback)")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
