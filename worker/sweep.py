@@ -15,6 +15,8 @@ activations kept from an earlier pass.
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -142,7 +144,9 @@ class Sweep:
 
     def __init__(self, model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
                  metric: str = DEFAULT_METRIC, precision: str | list[str] = "fp8", strategy: str = "staged",
-                 pack: bool = True):
+                 pack: bool = True, estimator=None):
+        """`estimator` (worker.sweep_estimate.Estimator): records the fast sweep's estimates during the
+        reference pass, where the staged runner can (`estimator.items` stays 0 where it cannot)."""
         if metric not in METRICS:
             raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
         self.ladder = ladder_of(precision)
@@ -156,8 +160,13 @@ class Sweep:
             # Padding rows are skipped unless a precision's scales look across rows (per tensor). The
             # pass that keeps the activations also gives the base reference.
             packed = pack and all(METHODS[p].token_wise for p in self.ladder)
+            batches = model.batches(self.texts)
             with engine.using({}):
-                reference, self._captured = model.staged.capture(model.batches(self.texts), packed=packed)
+                if estimator is not None and "during" in inspect.signature(model.staged.capture).parameters:
+                    with estimator.recording():
+                        reference, self._captured = model.staged.capture(batches, packed=packed, during=estimator.batch)
+                else:
+                    reference, self._captured = model.staged.capture(batches, packed=packed)
         # Refuses a model that is not an embedder; computes the reference if the capture did not.
         self.evaluator = ShadowEvaluator(engine, model, pairs, reference=reference)
         self.evaluator.reference()
@@ -191,6 +200,9 @@ class Sweep:
     def measure_trial(self, unit: Unit, rung: int) -> Trial:
         """`unit` alone at the ladder's `rung`-th precision, everything before its earliest layer from the cache."""
         trial = self.trials(unit)[rung]
+        if any(lang.is_kv_cache(layer) and trial.precision not in lang.KV_CACHE_PRECISIONS for layer in unit.layers):
+            trial.measured = math.inf  # a KV cache has no such precision: the unit skips this step
+            return trial
         precision_map = dict.fromkeys(unit.layers, trial.precision)
         start = self._start_of(unit.layers)
         if start is None:
@@ -299,15 +311,17 @@ def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
     started = time.perf_counter()
     units = units_for(list(engine.catalog), granularity)
     progress.reference(2 * len(pairs))
-    sweep = Sweep(model, engine, pairs, metric=metric, precision=precision, strategy=strategy)
-    account = {}
+    account, estimator = {}, None
+    if algorithm == "fast":
+        from worker.sweep_fast import FastChooser, estimator_for
+
+        estimator = estimator_for(model, engine, metric, ladder_of(precision))
+    sweep = Sweep(model, engine, pairs, metric=metric, precision=precision, strategy=strategy, estimator=estimator)
     if algorithm == "exact":
         sweep.measure(units, progress)
         chosen, history = sweep.choose(units, max_drop, progress)
     else:
-        from worker.sweep_fast import FastChooser
-
-        chooser = FastChooser(sweep, progress)
+        chooser = FastChooser(sweep, progress, estimator)
         chosen, history = chooser.choose(units, max_drop)
         account = chooser.account()
     precision_map = {layer: chosen.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}

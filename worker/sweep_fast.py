@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 
+from mixprec.errors import FieldError, InvalidArgument
 from worker.models.staged import mean_pooled
 from worker.sweep import Sweep, SweepProgress, Unit, assignment_of, settle
-from worker.sweep_estimate import COSINE, Estimates, estimate, rank_correlation
+from worker.sweep_estimate import COSINE, KL, NLL, Estimates, Estimator, Probe, rank_correlation
 
 SAFETY = 1.5       # the margin: this many times the largest relative miss seen
 MIN_MEASURED = 3   # trials measured before the margin is trusted at all
@@ -51,15 +52,16 @@ class Margin:
 
     def bounds(self, raw: float) -> tuple[float, float]:
         value, width = self.scale * raw, self.width
-        if math.isinf(width):
+        if math.isinf(width) or math.isnan(value):
             return -math.inf, math.inf
         spread = width * max(abs(value), self.floor)
         return value - spread, value + spread
 
 
 class FastChooser:
-    def __init__(self, sweep: Sweep, progress: SweepProgress, probes: int = PROBES, seed: int = 0):
-        self.sweep, self.progress, self.probes, self.seed = sweep, progress, probes, seed
+    def __init__(self, sweep: Sweep, progress: SweepProgress, estimator: Estimator):
+        self.sweep, self.progress, self.estimator = sweep, progress, estimator
+        self.direct = sweep.metric == estimator.probe.name  # else a proxy whose scale is fitted
         self.history: list[dict] = []
         self._checks: dict[frozenset, dict] = {}
         self.measured_why: list[dict] = []
@@ -68,31 +70,29 @@ class FastChooser:
     # --- estimates ----------------------------------------------------------------------------------
 
     def estimates(self) -> Estimates:
-        model = self.sweep.model
-        if model.batches is None:
-            raise ValueError(f"{model.name!r} has no token batches; use the exact sweep")
-        probe = COSINE
-        self.direct = self.sweep.metric == probe.name
-
-        def outputs(tokens):
-            return mean_pooled(model.module(**tokens).last_hidden_state, tokens["attention_mask"])
-
-        probe = type(probe)(**{**probe.__dict__, "probes": self.probes})
-        return estimate(self.sweep.engine, model.batches(self.sweep.texts), outputs, probe, self.sweep.ladder,
-                        self.seed)
+        """The estimator's record of the reference pass, or (where the staged runner cannot carry it) a
+        pass of its own."""
+        if not self.estimator.items:
+            _, outputs = probe_for(self.sweep.model, self.sweep.metric)
+            with self.estimator.recording(), self.sweep.engine.using({}):
+                for _index, tokens in batches_for(self.sweep):
+                    self.estimator.batch(outputs(tokens), tokens)
+        return self.estimator.result()
 
     # --- the walk -----------------------------------------------------------------------------------
 
     def choose(self, units: list[Unit], max_drop: float) -> tuple[dict[str, str], list[dict]]:
         self.units, self.budget, ladder = units, max_drop, self.sweep.ladder
         self.est = self.estimates()
-        self.raw = {(i, k): self.est.worsening(dict.fromkeys(unit.layers, p))
-                    for i, unit in enumerate(units) for k, p in enumerate(ladder)}
+        # A unit with a layer the estimate cannot see (a KV cache) has none: it is always measured.
+        self.raw = {(i, k): self.est.worsening(dict.fromkeys(unit.layers, p)) if self.est.covers(unit.layers)
+                    else math.nan for i, unit in enumerate(units) for k, p in enumerate(ladder)}
         for i, unit in enumerate(units):
             for k, trial in enumerate(self.sweep.trials(unit)):
                 trial.estimate = self.raw[(i, k)]
         self.margin = Margin(scaled=not self.direct)
-        typical = sorted(abs(v) for v in self.raw.values())[len(self.raw) // 2]
+        finite = sorted(abs(v) for v in self.raw.values() if math.isfinite(v)) or [0.0]
+        typical = finite[len(finite) // 2]
         self.margin.floor = 1e-3 * typical  # a near-zero estimate is not held to a relative miss
         self.combined_margin = Margin(scaled=False, minimum=1)
         self.combined_margin.floor = self.margin.floor
@@ -241,7 +241,8 @@ class FastChooser:
         first = [(self.raw[(i, 0)], u.trials[0].measured) for i, u in enumerate(self.units)
                  if u.trials[0].measured is not None]
         return {
-            "estimate_seconds": self.est.seconds, "probes": self.probes, "estimate_of": "cosine_to_base",
+            "estimate_seconds": self.est.seconds, "probes": self.estimator.probe.probes,
+            "estimate_of": self.estimator.probe.name,
             "scale": self.margin.scale, "margin": self.margin.width, "combined_margin": self.combined_margin.width,
             "measured": self.measured_why, "combined_checks": len(self.history),
             "checks_skipped": self.skipped_checks,
@@ -249,3 +250,37 @@ class FastChooser:
                                           if len(first) > 2 else None),
         }
 
+
+
+def estimator_for(model, engine, metric: str, ladder: list[str], probes: int = PROBES, seed: int = 0) -> Estimator:
+    probe, _ = probe_for(model, metric)
+    if probe.quadratic:
+        probe = Probe(**{**probe.__dict__, "probes": probes})
+    return Estimator(engine, probe, ladder, seed)
+
+
+def probe_for(model, metric: str):
+    """(probe, differentiable outputs of one batch) for the model and metric: the embeddings for an
+    embedder (cosine to base), the logits for a decoder (KL divergence; perplexity from the NLL). The
+    probe's own metric is estimated in its units, any other through it as a proxy."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        def logits(ids):
+            hidden = decoder.module.model(input_ids=ids, cache=decoder.new_cache(), use_cache=True).last_hidden_state
+            return decoder.head(hidden)
+
+        return (NLL if metric == "perplexity" else KL), logits
+    if model.embed is None or model.batches is None:  # the same refusal as the evaluator's, before any pass
+        raise InvalidArgument(FieldError("model", f"{model.name!r} is not an embedder; the retrieval set "
+                                                  "cannot measure its quality"))
+
+    def embeddings(tokens):
+        return mean_pooled(model.module(**tokens).last_hidden_state, tokens["attention_mask"])
+
+    return COSINE, embeddings
+
+
+def batches_for(sweep: Sweep) -> list:
+    if getattr(sweep.model, "decoder", None) is not None:
+        return sweep.evaluator.batches()
+    return sweep.model.batches(sweep.texts)
