@@ -198,6 +198,9 @@ class FleetService:
         with self._uow() as uow:
             for update in updates:
                 uow.workers.apply(update)
+                if update.last_nack_version:  # rare, and worth a notification: in the audit log
+                    uow.audit.record(update.endpoint, "worker.nack", update.worker_id, update.last_nack_error or "",
+                                     worker=update.worker_id, version=update.last_nack_version)
             for report in reports:
                 uow.reports.add(report)
             uow.commit()

@@ -10,6 +10,7 @@ from controlplane.storage.fleet_repositories import ActivationRepository, Report
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from controlplane.storage.rollout_repository import RolloutRepository
 from controlplane.storage.token_repository import TokenRepository
+from controlplane.storage.webhook_repository import DeliveryRepository, WebhookRepository
 from mixprec.errors import Unavailable
 
 
@@ -22,6 +23,8 @@ class UnitOfWork:
     reports: ReportRepository
     rollouts: RolloutRepository
     tokens: TokenRepository
+    webhooks: WebhookRepository
+    deliveries: DeliveryRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
@@ -36,6 +39,8 @@ class UnitOfWork:
         self.reports = ReportRepository(self.session)
         self.rollouts = RolloutRepository(self.session)
         self.tokens = TokenRepository(self.session)
+        self.webhooks = WebhookRepository(self.session)
+        self.deliveries = DeliveryRepository(self.session)
         return self
 
     def commit(self) -> None:

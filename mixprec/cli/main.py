@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "mixprec.cli.worker_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
+    "mixprec.cli.webhook_cmds",
     "mixprec.cli.token_cmds",
 )
 
