@@ -317,6 +317,10 @@ def test_a_viewer_sees_no_action_buttons_and_a_forged_action_is_refused(secured,
         assert forged.status == 403 and "role viewer" in forged.json()["error"], forged.text()
     assert secured.active() == 2
 
+    secured.plane.tokens.revoke("viewer-token")
+    after = page.request.get(secured.url + "/endpoints/ranker", headers={"Accept": "text/html"})
+    assert re.search(r"/login\?next=/endpoints/ranker$", after.url)  # a revoked token ends its session
+
 
 def test_an_operator_rolls_back_and_the_audit_log_names_the_token(secured, page: Page):
     log_in(page, secured.url, secured.tokens["operator"])

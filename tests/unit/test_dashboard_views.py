@@ -12,6 +12,7 @@ import pytest
 from controlplane import domain
 from controlplane.services.fleet import Target
 from controlplane.web import views
+from controlplane.web.access import SessionStore
 from controlplane.web.live import Live
 from mixprec.errors import NotFound, ResourceExhausted
 
@@ -146,3 +147,17 @@ def test_live_regions_send_only_what_changed_and_are_bounded_in_number():
     assert [(e["event"], e["data"]) for e in events] == [
         ("region", '{"id": "a", "html": "1"}'), ("region", '{"id": "b", "html": "x"}'),
         ("region", '{"id": "a", "html": "2"}'), ("gone", "endpoint 'e' does not exist")]
+
+
+def test_sessions_without_a_token_cannot_evict_logged_in_ones():
+    store = SessionStore(limit=2)
+    logged_in = store.new("mxp_secret")
+    for _ in range(5):
+        store.new()
+    assert store.get(logged_in.id) is logged_in
+    newest = [store.new("t2"), store.new("t3")]
+    assert store.get(logged_in.id) is None and all(store.get(s.id) is s for s in newest)  # oldest goes first
+    store.drop(newest[0])
+    assert store.get(newest[0].id) is None
+    idle = SessionStore(idle_seconds=-1)
+    assert idle.get(idle.new("mxp_secret").id) is None  # idle for longer than allowed
