@@ -249,6 +249,9 @@ def test_every_control_is_reachable_by_keyboard(plane, page: Page):
 
 
 def test_bad_input_gets_a_clear_status_and_writes_nothing(plane, page: Page):
+    page.goto(plane.url + "/endpoints/chat")  # no catalog, no version, no worker yet: says what to do
+    expect(page.locator('[data-region="fleet"]')).to_contain_text("No worker has connected yet")
+    expect(page.locator("#policies")).to_contain_text("mixprec policy create chat")
     page.goto(plane.url + "/endpoints/nope")
     expect(page.locator("main")).to_contain_text("endpoint 'nope' does not exist")
     response = page.request.get(plane.url + "/endpoints/ranker/diff?from=1&to=x")
