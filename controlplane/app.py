@@ -101,6 +101,7 @@ class ControlPlane:
         tls_credentials: grpc.ServerCredentials | None = None,
         http_listen: str | None = None,
         http_tls: tuple[str, str] | None = None,
+        stream_limits: dict | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -113,6 +114,7 @@ class ControlPlane:
         self.rollout_interval = rollout_interval
         self.auth_required = tokens_required(auth, listen)
         self.tls_credentials = tls_credentials
+        self.stream_limits = stream_limits or {}  # hello_timeout, max_streams_per_token (AgentServicer)
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
@@ -146,7 +148,8 @@ class ControlPlane:
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics),
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
+                          **self.stream_limits),
             server,
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)

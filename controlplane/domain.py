@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mixprec.policy import PolicySpec
@@ -126,6 +126,7 @@ class Guardrails:
     bake_seconds: float = 0.0
     max_failed_checks: int = 0
     step_timeout_seconds: float = 300.0
+    max_rise: dict[str, float] = field(default_factory=dict)  # metrics that must not rise (KL, perplexity)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class AgentConfig:
     report_interval: float = 5.0
     token: str | None = None      # an agent token for the control plane (MIXPREC_TOKEN)
     tls_ca: str | None = None     # CA that signed the control plane's certificate (TLS when set)
+    tls_client: tuple[str, str] | None = None  # (certificate, key) shown to the control plane (mutual TLS)
     tls_cert: str | None = None   # TLS for this worker's InferenceService
     tls_key: str | None = None
     client_ca: str | None = None  # mutual TLS on InferenceService
@@ -110,7 +111,7 @@ class WorkerAgent:
             model=self.config.model, hardware=apb.Hardware(**self.runtime.hardware()),
         )
         self.sync = SyncLoop(self.config.server, identity, self._apply, state=state, on_applied=self._after_apply,
-                             token=self.config.token, tls_ca=self.config.tls_ca)
+                             token=self.config.token, tls_ca=self.config.tls_ca, tls_client=self.config.tls_client)
         # The last applied policy is live before the first request is served or the control plane answers.
         restored = await self.sync.restore()
         self.metrics.watch(lambda: self.runtime.version, self.sync.connected.is_set)

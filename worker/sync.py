@@ -79,10 +79,12 @@ class SyncLoop:
         backoff: Backoff | None = None,
         token: str | None = None,
         tls_ca: str | None = None,
+        tls_client: tuple[str, str] | None = None,
     ):
         self.server = server
         self._token = token  # an agent token scoped to this endpoint (MIXPREC_TOKEN)
         self._tls_ca = tls_ca
+        self._tls_client = tls_client or (None, None)  # (certificate, key) for mutual TLS
         self.identity = identity
         self._apply = apply
         self._state = state
@@ -145,7 +147,7 @@ class SyncLoop:
             while True:
                 yield await outbox.get()
 
-        async with transport.aio_channel(self.server, self._tls_ca, options=CHANNEL_OPTIONS) as channel:
+        async with transport.aio_channel(self.server, self._tls_ca, CHANNEL_OPTIONS, *self._tls_client) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect(
                 outgoing(), metadata=transport.token_metadata(self._token))
             self._outbox = outbox

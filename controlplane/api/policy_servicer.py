@@ -49,7 +49,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context) -> pb.ListEndpointsResponse:
         caller = current_principal()
         endpoints = [e for e in await run_blocking(self._service.list_endpoints) if caller.may_see(e.name)]
-        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e) for e in endpoints])
+        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e, with_layers=False) for e in endpoints])
 
     @maps_domain_errors
     async def CreatePolicy(self, request: pb.CreatePolicyRequest, context) -> pb.PolicyVersion:

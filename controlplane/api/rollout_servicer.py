@@ -22,7 +22,7 @@ def guardrails_from_proto(g: rpb.Guardrails) -> domain.Guardrails:
     return domain.Guardrails(
         max_drop=dict(g.max_drop), min_throughput_ratio=g.min_throughput_ratio, reports_per_step=g.reports_per_step,
         bake_seconds=g.bake_seconds, max_failed_checks=g.max_failed_checks,
-        step_timeout_seconds=g.step_timeout_seconds,
+        step_timeout_seconds=g.step_timeout_seconds, max_rise=dict(g.max_rise),
     )
 
 
@@ -35,7 +35,7 @@ def rollout_to_proto(r: domain.Rollout) -> rpb.Rollout:
         guardrails=rpb.Guardrails(
             max_drop=g.max_drop, min_throughput_ratio=g.min_throughput_ratio, reports_per_step=g.reports_per_step,
             bake_seconds=g.bake_seconds, max_failed_checks=g.max_failed_checks,
-            step_timeout_seconds=g.step_timeout_seconds,
+            step_timeout_seconds=g.step_timeout_seconds, max_rise=g.max_rise,
         ),
         state=rpb.RolloutState.Value(r.state), current_step=r.current_step, failed_checks=r.failed_checks,
         message=r.message, new_version_workers=list(r.new_workers),

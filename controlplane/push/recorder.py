@@ -14,7 +14,7 @@ from controlplane import domain
 from controlplane.blocking import run_blocking
 from controlplane.services.fleet import FleetService
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import MixprecError
+from mixprec.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,43 @@ class FleetRecorder:
             self._updates, self._reports = {}, []
             try:
                 await run_blocking(self._fleet.record, list(updates.values()), reports)
-            except MixprecError as err:
+            except Unavailable as err:
                 log.warning("could not record fleet state (%s); keeping %d updates for the next try", err, len(updates))
-                for key, change in updates.items():
-                    newer = self._updates.get(key)
-                    self._updates[key] = change.merged(newer) if newer else change
-                self._reports[:0] = reports
+                self._keep(updates, reports)
+            except Exception:  # noqa: BLE001 - one record the database refuses must not cost the batch
+                log.warning("a fleet batch was refused; writing its %d updates and %d reports one by one",
+                            len(updates), len(reports))
+                await self._one_by_one(updates, reports)
+
+    def _keep(self, updates: dict, reports: list) -> None:
+        for key, change in updates.items():
+            newer = self._updates.get(key)
+            self._updates[key] = change.merged(newer) if newer else change
+        self._reports[:0] = reports
+
+    async def _one_by_one(self, updates: dict, reports: list) -> None:
+        """Each record in its own transaction: only a record that fails alone is dropped (and logged)."""
+        kept_updates, kept_reports = {}, []
+        for key, change in updates.items():
+            if await self._write_alone([change], []) is False:
+                kept_updates[key] = change
+        for record in reports:
+            if await self._write_alone([], [record]) is False:
+                kept_reports.append(record)
+        self._keep(kept_updates, kept_reports)
+
+    async def _write_alone(self, updates: list, reports: list) -> bool | None:
+        """True: written; False: the database is away (keep it); None: refused for good (dropped)."""
+        try:
+            await run_blocking(self._fleet.record, updates, reports)
+            return True
+        except Unavailable:
+            return False
+        except Exception as err:  # noqa: BLE001
+            record = (updates or reports)[0]
+            log.error("dropped a fleet record of worker %s of %s that the database refuses (%s: %s)",
+                      record.worker_id, record.endpoint, type(err).__name__, str(err).splitlines()[0][:200])
+            return None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from typing import Callable, Sequence
@@ -14,10 +16,14 @@ from controlplane.services.rollout_analysis import choose_new_version_workers, q
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
-from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument
+from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument, Unavailable
+from mixprec.metrics import limit_errors
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (domain.RolloutStep(workers=1), domain.RolloutStep(percent=25), domain.RolloutStep(percent=100))
 MAX_STEPS = 20
+MAX_STEP_SECONDS = 7 * 86400
 
 
 def validate_plan(steps: Sequence[domain.RolloutStep], guardrails: domain.Guardrails) -> list[FieldError]:
@@ -32,13 +38,17 @@ def validate_plan(steps: Sequence[domain.RolloutStep], guardrails: domain.Guardr
     if steps and steps[-1] != domain.RolloutStep(percent=100):
         errors.append(FieldError(f"steps[{len(steps) - 1}]",
                                  f"the last step is {steps[-1].label()}; a rollout must end at 100%"))
-    for metric, limit in guardrails.max_drop.items():
-        if not metric or not math.isfinite(limit) or limit < 0:
-            errors.append(FieldError(f"guardrails.max_drop[{metric}]", f"{limit!r} must be a number >= 0"))
+    for word, limits in (("drop", guardrails.max_drop), ("rise", guardrails.max_rise)):
+        for metric, limit in limits.items():
+            if not metric or not math.isfinite(limit) or limit < 0:
+                errors.append(FieldError(f"guardrails.max_{word}[{metric}]", f"{limit!r} must be a number >= 0"))
+        errors += limit_errors(limits, word, "guardrails.max_{word}[{metric}]")
     for name in ("min_throughput_ratio", "bake_seconds", "step_timeout_seconds"):
         value = getattr(guardrails, name)
         if not math.isfinite(value) or value < 0:
             errors.append(FieldError(f"guardrails.{name}", f"{value!r} must be a number >= 0"))
+        elif name.endswith("_seconds") and value > MAX_STEP_SECONDS:
+            errors.append(FieldError(f"guardrails.{name}", f"{value:g} is over the limit of {MAX_STEP_SECONDS} (7 days)"))
     return errors
 
 
@@ -157,9 +167,29 @@ class RolloutService:
             running = uow.rollouts.running()
         changed = []
         for rollout in running:
-            if self._advance(rollout.endpoint):
-                changed.append(rollout.endpoint)
+            # Each rollout on its own: one that cannot be driven is marked FAILED and never stops the others.
+            try:
+                if self._advance(rollout.endpoint):
+                    changed.append(rollout.endpoint)
+            except Unavailable:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever broke, it broke this rollout only
+                incident = uuid.uuid4().hex[:12]
+                log.exception("rollout %d of %s failed (incident %s)", rollout.id, rollout.endpoint, incident)
+                if self._fail(rollout, f"the controller could not drive it ({type(err).__name__}, incident {incident})"):
+                    changed.append(rollout.endpoint)
         return changed
+
+    def _fail(self, rollout: domain.Rollout, reason: str) -> bool:
+        with self._uow() as uow:
+            current = uow.rollouts.open_for(rollout.endpoint)
+            if current is None or current.id != rollout.id:
+                return False
+            if not uow.rollouts.save(replace(current, state="FAILED", message=reason, updated_at=utcnow())):
+                return False
+            uow.audit.record(rollout.endpoint, "rollout.failed", "controller", reason, rollout=rollout.id)
+            uow.commit()
+        return True
 
     def _advance(self, endpoint: str) -> bool:
         with self._uow() as uow:

@@ -35,12 +35,19 @@ def stub(args) -> policy_pb2_grpc.PolicyServiceStub:
     return policy_pb2_grpc.PolicyServiceStub(channel(args))
 
 
+MAX_LAYER_FILE = 1_000_000  # the server's limit on a catalog's total characters
+
+
 def read_layer_file(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = [line.strip() for line in fh]
+            lines = [line.strip() for line in fh.read(MAX_LAYER_FILE + 1).splitlines()]
     except OSError as exc:
         raise InvalidArgument(FieldError("--layers", f"cannot read {path!r}: {exc.strerror}")) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(FieldError("--layers", f"{path!r} is not UTF-8 text (byte {exc.start})")) from None
+    if sum(len(line) + 1 for line in lines) > MAX_LAYER_FILE:
+        raise InvalidArgument(FieldError("--layers", f"{path!r} is larger than the limit of {MAX_LAYER_FILE} characters"))
     layers = [line for line in lines if line and not line.startswith("#")]
     if not layers:
         raise InvalidArgument(FieldError("--layers", f"{path!r} lists no layer names"))
@@ -67,7 +74,7 @@ def _row(e: pb.Endpoint) -> dict:
         "name": e.name,
         "model": e.model or "-",
         "base": e.base_precision,
-        "layers": len(e.layers),
+        "layers": e.layer_count,
         "latest": e.latest_version or "-",
         "active": e.active_version or "-",
         "created": timestamp_text(e.create_time),
