@@ -175,6 +175,15 @@ def test_a_rollback_clicked_with_a_reason_reaches_the_agents(plane, page: Page, 
     assert set(plane.applied().values()) == {1}
     expect(page.locator('[data-region="audit"] tbody tr').first).to_contain_text("p99 doubled after v2")
     expect(page.locator("#notice")).to_contain_text("v2 → v1")
+
+    # A change made elsewhere (the CLI, a pipeline) shows up without a reload, pickers included.
+    plane.fleet.Rollback(apb.RollbackRequest(endpoint="ranker", reason="drill", to_base=True))
+    expect(page.locator("#active-version")).to_have_text("v4", timeout=2000)
+    for row in fleet.all():
+        expect(row.locator("td.applied")).to_have_text("v4", timeout=2000)
+    expect(page.locator("#diff-to option")).to_have_count(4)
+    expect(page.locator('#rollback-target option[value="1"]')).to_have_count(1)
+    expect(page.locator('#rollback-target option[value="4"]')).to_have_count(0)  # active now
     assert all(url.startswith(plane.url) for url in requests_seen), requests_seen
 
 
