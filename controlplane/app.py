@@ -17,13 +17,15 @@ from controlplane.api.fleet_servicer import FleetServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.api.rollout_servicer import RolloutServicer
-from controlplane.push.agent_servicer import AgentServicer
+from controlplane.database_health import DatabaseHealth
+from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
+from controlplane.services.write_requests import RequestLog
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from mixprec.errors import MixprecError
@@ -77,6 +79,7 @@ class ControlPlane:
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
+        self.requests = RequestLog(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
         self.port: int | None = None
@@ -91,13 +94,13 @@ class ControlPlane:
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics)], options=SERVER_OPTIONS)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.requests), server)
+        add_agent_servicer(AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server)
+        agent_pb2_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(self.fleet, self.endpoint_changed, self.requests), server
         )
-        agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
-            RolloutServicer(self.rollouts, self.endpoint_changed), server
+            RolloutServicer(self.rollouts, self.endpoint_changed, self.requests), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -115,6 +118,7 @@ class ControlPlane:
             asyncio.ensure_future(self._feed.run(self.refresh)),
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
+            asyncio.ensure_future(DatabaseHealth(self.engine, self._health, ("", *SERVICE_NAMES)).run()),
         ]
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -132,7 +136,7 @@ class ControlPlane:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.recorder.flush()
+        await self.recorder.flush_before_exit()
         try:  # the streams are gone with this replica: its workers are not connected any more
             await blocking.run_blocking(self.fleet.release_replica, self.replica)
         except MixprecError as err:
@@ -151,15 +155,24 @@ class ControlPlane:
             return
         self.hub.publish(target)
 
-    async def endpoint_changed(self, endpoint: str) -> None:
+    async def endpoint_changed(self, endpoint: str) -> int:
+        """Pushes the endpoint's new target here, tells the other replicas; returns this replica's streams."""
         await self.refresh(endpoint)
         await self._feed.publish(endpoint)
+        return self.hub.connected(endpoint)
 
     async def _poll(self) -> None:
+        passes = 0
         while True:
             await asyncio.sleep(self.poll_interval)
             for endpoint in self.hub.watched():
                 await self.refresh(endpoint)
+            passes += 1
+            if passes % 720 == 1:  # about hourly: request ids older than a day answer no retry any more
+                try:
+                    await blocking.run_blocking(self.requests.forget_old)
+                except MixprecError as err:
+                    log.warning("could not forget old request ids: %s", err)
 
     async def _drive_rollouts(self) -> None:
         """Advance running rollouts; any replica may, the rollout's revision makes sure only one does."""

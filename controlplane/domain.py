@@ -148,6 +148,8 @@ class Rollout:
     created_at: datetime
     step_started_at: datetime
     updated_at: datetime
+    report_round: int = 0                    # bumped to ask the step's workers to send their reports again
+    reports_asked_at: datetime | None = None
 
     @property
     def open(self) -> bool:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from controlplane.api import convert
 from controlplane.api.errors import maps_domain_errors
+from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
 from controlplane.services.policies import PolicyService, resolved_layers
+from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, service: PolicyService):
+    def __init__(self, service: PolicyService, requests: RequestLog | None = None):
         self._service = service
+        self._requests = requests
 
     @maps_domain_errors
+    @write_rpc(pb.Endpoint)
     async def CreateEndpoint(self, request: pb.CreateEndpointRequest, context) -> pb.Endpoint:
         endpoint = await run_blocking(
             self._service.create_endpoint,
@@ -36,6 +40,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e) for e in endpoints])
 
     @maps_domain_errors
+    @write_rpc(pb.PolicyVersion)
     async def CreatePolicy(self, request: pb.CreatePolicyRequest, context) -> pb.PolicyVersion:
         created = await run_blocking(
             self._service.create_policy,

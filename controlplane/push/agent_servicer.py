@@ -39,6 +39,14 @@ class WorkerSession:
     nacked: set[int] = field(default_factory=set)
     pending_nonce: str = ""
     sent_at: float = 0.0
+    report_round: int = 0         # the target's last request for reports this worker has seen
+    outbox: list[bytes] = field(default_factory=list)  # serialized control messages besides assignments
+    wake: asyncio.Event | None = None
+
+    def send_soon(self, message: apb.ControlMessage) -> None:
+        self.outbox.append(message.SerializeToString())
+        if self.wake is not None:
+            self.wake.set()
 
     def next_version(self, target: Target) -> int | None:
         """The version to send this worker now, or None when it has it, refused it, or it is unknown."""
@@ -47,11 +55,22 @@ class WorkerSession:
             return None
         return want
 
-    def sent(self, version: int) -> str:
-        self.current = version
-        self.pending_nonce = uuid.uuid4().hex[:12]
-        self.sent_at = time.perf_counter()
-        return self.pending_nonce
+    def sent(self, version: int, nonce: str) -> None:
+        self.current, self.pending_nonce, self.sent_at = version, nonce, time.perf_counter()
+
+
+def _serialized(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None:
+    """Registers Connect with a serializer that passes bytes through: an assignment is serialized once
+    per version and the same bytes go to every stream."""
+    connect = grpc.stream_stream_rpc_method_handler(
+        servicer.Connect, request_deserializer=apb.AgentMessage.FromString, response_serializer=_serialized,
+    )
+    service = apb.DESCRIPTOR.services_by_name["AgentService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Connect": connect}),))
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -61,7 +80,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._recorder = recorder
         self._replica = replica
         self._ack_latency = ack_latency
-        self._prototypes: dict[tuple[str, int], tuple[Target, apb.Assignment]] = {}
+        # (endpoint, version, reason) -> (the target it was built from, its nonce, the serialized message)
+        self._serialized: dict[tuple[str, int, str], tuple[Target, str, bytes]] = {}
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
         first = await context.read()
@@ -81,6 +101,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
             nacked={state.last_nack_version} if state.last_nack_version else set(),
+            report_round=target.report_round,
         )
         # A NACKed version stays refused only until a newer one exists; the worker runs what it applied.
         session.nacked.discard(hello.running_version)
@@ -89,16 +110,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reader: asyncio.Future | None = None
         try:
             with self._hub.watch(hello.endpoint) as changed:
-                # The reader sets `changed` too when the stream ends, so one wait covers both.
+                # The reader and acknowledged reports set `changed` too, so one wait covers all three.
+                session.wake = changed
                 reader = asyncio.ensure_future(self._read(context, session))
                 reader.add_done_callback(lambda _: changed.set())
                 reason = "connect"
                 while not reader.done():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
-                    assignment = self._assignment(session, latest, reason) if latest else None
-                    if assignment is not None:
-                        await context.write(apb.ControlMessage(assignment=assignment))
+                    if latest is not None:
+                        await self._send_target(context, session, latest, reason)
+                    while session.outbox:
+                        await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
                 reader.result()
@@ -109,23 +132,33 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
             log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
 
-    def _assignment(self, session: WorkerSession, target: Target, reason: str) -> apb.Assignment | None:
+    async def _send_target(self, context, session: WorkerSession, target: Target, reason: str) -> None:
         version = session.next_version(target)
-        if version is None:
-            return None
-        # Every worker of an endpoint gets the same map: build its message once per target.
-        key = (target.endpoint, version)
-        cached = self._prototypes.get(key)
+        if version is not None:
+            nonce, payload = self._assignment(target, version, reason)
+            session.sent(version, nonce)
+            await context.write(payload)
+        if target.report_round > session.report_round:
+            # A rollout step is short of reports: its workers send theirs again (or measure again).
+            session.report_round = target.report_round
+            if session.worker_id in target.overrides:
+                await context.write(apb.ControlMessage(
+                    report_request=apb.ReportRequest(version=target.version_for(session.worker_id))
+                ).SerializeToString())
+
+    def _assignment(self, target: Target, version: int, reason: str) -> tuple[str, bytes]:
+        """The serialized assignment of `version`: built once per target and shared by every stream
+        (the nonce too: it tells one push from the next, not one worker from another)."""
+        key = (target.endpoint, version, reason)
+        cached = self._serialized.get(key)
         if cached is None or cached[0] is not target:
-            prototype = apb.Assignment(
-                version=version,
+            nonce = uuid.uuid4().hex[:12]
+            message = apb.ControlMessage(assignment=apb.Assignment(
+                version=version, nonce=nonce, reason=reason,
                 precision_map=[pb.LayerPrecision(layer=layer, precision=p) for layer, p in target.maps[version]],
-            )
-            self._prototypes[key] = cached = (target, prototype)
-        assignment = apb.Assignment()
-        assignment.CopyFrom(cached[1])
-        assignment.nonce, assignment.reason = session.sent(version), reason
-        return assignment
+            ))
+            self._serialized[key] = cached = (target, nonce, message.SerializeToString())
+        return cached[1], cached[2]
 
     async def _read(self, context: grpc.aio.ServicerContext, session: WorkerSession) -> None:
         while True:
@@ -171,7 +204,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         received = utcnow()
         body = MessageToDict(report, preserving_proto_field_name=True) | {"received_at": received.isoformat()}
+        # Acknowledged once stored: until then the worker sends it again on every reconnect.
+        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version))
         self._recorder.report(domain.ReportRecord(session.endpoint, session.worker_id, report.version, kind, body,
-                                                  received))
+                                                  received),
+                              on_stored=lambda: session.send_soon(acknowledgement))
         field_name = "last_quality" if kind == "quality" else "last_serving"
         self._recorder.update(domain.WorkerUpdate(session.endpoint, session.worker_id, **{field_name: body}))

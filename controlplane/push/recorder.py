@@ -2,13 +2,15 @@
 
 Thousands of agents ACK within milliseconds of a change; writing each ACK in its own transaction
 would put the database on the push path. Updates are merged per worker and written together a few
-times a second; a failed write keeps them for the next try.
+times a second; a failed write keeps them for the next try. A report's `on_stored` runs once it is
+in the database (the stream then acknowledges it to its worker, which stops resending it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from controlplane import domain
 from controlplane.blocking import run_blocking
@@ -25,7 +27,7 @@ class FleetRecorder:
         self._interval = interval
         self._heartbeat = heartbeat
         self._updates: dict[tuple[str, str], domain.WorkerUpdate] = {}
-        self._reports: list[domain.ReportRecord] = []
+        self._reports: list[tuple[domain.ReportRecord, Callable[[], None] | None]] = []
         self._live: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
 
@@ -35,26 +37,41 @@ class FleetRecorder:
         previous = self._updates.get(key)
         self._updates[key] = previous.merged(stamped) if previous else stamped
 
-    def report(self, record: domain.ReportRecord) -> None:
-        self._reports.append(record)
+    def report(self, record: domain.ReportRecord, on_stored: Callable[[], None] | None = None) -> None:
+        self._reports.append((record, on_stored))
 
     def live(self, endpoint: str, worker_id: str, connected: bool) -> None:
         (self._live.add if connected else self._live.discard)((endpoint, worker_id))
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Writes what is buffered; False when the database refused it (it stays buffered)."""
         async with self._lock:
             if not self._updates and not self._reports:
-                return
+                return True
             updates, reports = self._updates, self._reports
             self._updates, self._reports = {}, []
             try:
-                await run_blocking(self._fleet.record, list(updates.values()), reports)
+                await run_blocking(self._fleet.record, list(updates.values()), [record for record, _ in reports])
             except MixprecError as err:
                 log.warning("could not record fleet state (%s); keeping %d updates for the next try", err, len(updates))
                 for key, change in updates.items():
                     newer = self._updates.get(key)
                     self._updates[key] = change.merged(newer) if newer else change
                 self._reports[:0] = reports
+                return False
+        for _, on_stored in reports:
+            if on_stored is not None:
+                on_stored()
+        return True
+
+    async def flush_before_exit(self, attempts: int = 5, pause: float = 0.5) -> None:
+        """At shutdown: a few tries, then say what is lost (agents resend unacknowledged reports)."""
+        for _ in range(attempts):
+            if await self.flush():
+                return
+            await asyncio.sleep(pause)
+        log.error("stopping with %d worker updates and %d reports unrecorded; agents resend their reports",
+                  len(self._updates), len(self._reports))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

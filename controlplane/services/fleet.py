@@ -27,6 +27,7 @@ class Target:
     default_version: int
     maps: dict[int, tuple[tuple[str, str], ...]]  # version -> (layer, precision) in catalog order
     overrides: dict[str, int] = field(default_factory=dict)  # worker_id -> version (rollouts)
+    report_round: int = 0  # raised when a rollout asks its step's workers (the overrides) to report again
 
     def version_for(self, worker_id: str) -> int:
         return self.overrides.get(worker_id, self.default_version)
@@ -164,7 +165,8 @@ class FleetService:
             overrides = {worker: rollout.to_version for worker in rollout.new_workers}
         versions = {current.active_version, *overrides.values()}
         maps = {v: _ordered_map(uow, current, v) for v in versions}
-        return Target(current.name, current.active_version, maps, overrides)
+        return Target(current.name, current.active_version, maps, overrides,
+                      rollout.report_round if rollout is not None else 0)
 
     def worker_connected(
         self, endpoint: str, worker_id: str, layers: list[str], replica: str, running_version: int,
