@@ -156,6 +156,10 @@ class RolloutService:
             updated, target_changed = self._next(uow, rollout, connected, now)
             if updated is None or not uow.rollouts.save(replace(updated, updated_at=now)):
                 return False  # nothing to do, or another replica moved this rollout first
+            if updated.state == "RUNNING" and (updated.current_step != rollout.current_step
+                                               or (updated.new_workers and not rollout.new_workers)):
+                uow.audit.record(endpoint, "rollout.step", "controller", updated.message, rollout=rollout.id,
+                                 step=updated.current_step + 1, workers=len(updated.new_workers))
             if updated.report_round != rollout.report_round:
                 uow.audit.record(endpoint, "rollout.reports_requested", "controller", updated.message,
                                  rollout=rollout.id, step=updated.current_step)
