@@ -406,7 +406,9 @@ async def polling(address: str, n: int, logdir: str, interval: float = 1.0) -> t
 
 def row(label: str, n: int, samples: list[float], note: str = "") -> str:
     ms = [s * 1000 for s in samples]
-    return f"{label:<34} {n:>6} {statistics.median(ms):>9.1f} {percentile(ms, 99):>9.1f} {max(ms):>9.1f}  {note}"
+    line = f"{label:<34} {n:>6} {statistics.median(ms):>9.1f} {percentile(ms, 99):>9.1f} {max(ms):>9.1f}  {note}"
+    progress(line)
+    return line
 
 
 HEADER = f"{'mode':<34} {'agents':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}  note"
@@ -526,19 +528,27 @@ async def replicated(n: int, r: int, rounds: int, window: float, logdir: str, st
                 lines.append(row(f"{r} replicas {label} -> ACK", n, samples, "activate/rollback via replica 1"))
                 summary.append(f"N={n} on {r} replicas {label}: push p99 {percentile(samples, 99) * 1000:.0f} ms")
                 if redis and storm:
-                    lines.append(await reconnect_storm(fleet, replicas, n))
-                    summary.append(f"N={n} storm: {lines[-1].split('  ', 1)[1].strip()}")
+                    line, said = await reconnect_storm(fleet, replicas, n)
+                    lines.append(line)
+                    summary.append(f"N={n} storm: {said}")
             finally:
                 await fleet.stop()
                 await replicas.stop()
-        lines.append(await chaos_rollout(database, n // 10, r, logdir))
-        summary.append(f"rollout under chaos: {lines[-1].split(':', 1)[1].strip()}")
+        line, said = await chaos_rollout(database, max(10, n // 10), r, logdir)
+        lines.append(line)
+        summary.append(f"rollout under chaos: {said}")
     finally:
         database.drop()
     return lines, summary
 
 
-async def reconnect_storm(fleet: Fleet, replicas: Replicas, n: int) -> str:
+async def rollback_to_1(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        await agent_pb2_grpc.FleetServiceStub(channel).Rollback(
+            apb.RollbackRequest(endpoint=ENDPOINT, reason="bench", to_version=1), timeout=60)
+
+
+async def reconnect_storm(fleet: Fleet, replicas: Replicas, n: int) -> tuple[str, str]:
     """SIGKILL the replica holding most agents, activate through another; time until all are back and on it."""
     victim = 0  # agent i lists replica i % R first: replica 1 holds the most (or as many as any)
     progress(f"storm: SIGKILL replica {victim + 1}")
@@ -552,11 +562,14 @@ async def reconnect_storm(fleet: Fleet, replicas: Replicas, n: int) -> str:
     await fleet.until(lambda: fleet.total_connected() >= n, 60, "every agent reconnected")
     reconnected = time.monotonic() - killed
     await replicas.restart(victim)
-    return (f"{'storm: SIGKILL replica 1':<34} {n:>6}  every agent on the new version {converged:.1f}s after "
-            f"the kill; all reconnected within {reconnected:.1f}s")
+    await fleet.round(lambda: rollback_to_1(replicas.addresses[1]), 1)  # the next mode starts from v1
+    said = (f"every agent on the new version {converged:.1f}s after the kill; all reconnected within "
+            f"{reconnected:.1f}s")
+    progress(f"storm: {said}")
+    return f"{'storm: SIGKILL replica 1':<34} {n:>6}  {said}", said
 
 
-async def chaos_rollout(database: Postgres, n: int, r: int, logdir: str) -> str:
+async def chaos_rollout(database: Postgres, n: int, r: int, logdir: str) -> tuple[str, str]:
     """A rollout driven by R replicas while one is SIGKILLed and restarted every few seconds."""
     replicas = Replicas(database.url, logdir, REDIS_URL)
     fleet = Fleet()
@@ -596,8 +609,10 @@ async def chaos_rollout(database: Postgres, n: int, r: int, logdir: str) -> str:
     steps_taken = [d.get("step") for action, d in database.audit() if action == "rollout.step"]
     in_order = steps_taken == list(range(1, len(steps_taken) + 1))
     outcome = rpb.RolloutState.Name(state.state) if state else "unknown"
-    return (f"{'rollout under chaos':<34} {n:>6}  {outcome} in {elapsed:.0f}s with {kills} SIGKILLs; steps advanced "
-            f"{steps_taken} ({'each once, in order' if in_order else 'NOT each once in order'})")
+    said = (f"{outcome} in {elapsed:.0f}s with {kills} SIGKILLs; steps taken {steps_taken} "
+            f"({'each once, in order' if in_order else 'NOT each once in order'})")
+    progress(f"rollout under chaos: {said}")
+    return f"{'rollout under chaos':<34} {n:>6}  {said}", said
 
 
 async def bench(args) -> list[str]:

@@ -179,30 +179,39 @@ class SyncLoop:
             )
         )
 
-        async def outgoing():
-            while True:
-                yield await outbox.get()
-
         async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(outgoing())
-            self._outbox = outbox
-            # The control plane sends its initial metadata once it has accepted the hello; a refused
-            # hello ends the call with an error status, raised by the iteration below.
-            metadata = await call.initial_metadata()
-            if metadata is not None and ACCEPTED_KEY in dict(metadata):
-                self.connected.set()
-                self._backoff.reset()
-                for version in sorted(self._unacked):
-                    outbox.put_nowait(apb.AgentMessage(report=self._quality[version]))
-            async for message in call:
-                kind = message.WhichOneof("message")
-                if kind == "assignment":
-                    await self._handle(message.assignment, outbox)
-                elif kind == "report_ack":
-                    if message.report_ack.kind == apb.Report.QUALITY:
-                        self._unacked.discard(message.report_ack.version)
-                elif kind == "report_request":
-                    self._report_requested(message.report_request.version)
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+            writer = asyncio.ensure_future(self._write(call, outbox))
+            try:
+                await self._converse(call, outbox)
+            finally:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+
+    @staticmethod
+    async def _write(call, outbox: asyncio.Queue) -> None:
+        while True:
+            await call.write(await outbox.get())
+
+    async def _converse(self, call, outbox: asyncio.Queue) -> None:
+        self._outbox = outbox
+        # The control plane sends its initial metadata once it has accepted the hello; a refused
+        # hello ends the call with an error status, raised by the iteration below.
+        metadata = await call.initial_metadata()
+        if metadata is not None and ACCEPTED_KEY in dict(metadata):
+            self.connected.set()
+            self._backoff.reset()
+            for version in sorted(self._unacked):
+                outbox.put_nowait(apb.AgentMessage(report=self._quality[version]))
+        async for message in call:
+            kind = message.WhichOneof("message")
+            if kind == "assignment":
+                await self._handle(message.assignment, outbox)
+            elif kind == "report_ack":
+                if message.report_ack.kind == apb.Report.QUALITY:
+                    self._unacked.discard(message.report_ack.version)
+            elif kind == "report_request":
+                self._report_requested(message.report_request.version)
 
     async def _handle(self, assignment: apb.Assignment, outbox: asyncio.Queue) -> None:
         precision_map = {lp.layer: lp.precision for lp in assignment.precision_map}
