@@ -92,6 +92,19 @@ class WorkerUpdate:
 
 
 @dataclass(frozen=True)
+class WorkerConnect:
+    """A worker's hello, written behind like its ACKs once its endpoint is known to this replica."""
+
+    endpoint: str
+    worker_id: str
+    replica: str
+    running_version: int
+    hardware: dict
+    inference_address: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class ReportRecord:
     endpoint: str
     worker_id: str

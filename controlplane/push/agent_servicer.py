@@ -15,7 +15,7 @@ from controlplane import domain
 from controlplane.blocking import run_blocking
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
-from controlplane.services.fleet import FleetService, Target
+from controlplane.services.fleet import FleetService, Target, check_hello
 from controlplane.storage.repositories import utcnow
 from mixprec.errors import MixprecError, status_code
 from mixprec.v1 import agent_pb2 as apb
@@ -79,6 +79,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._hub = hub
         self._recorder = recorder
         self._replica = replica
+        self._catalogs: dict[str, tuple[str, ...]] = {}  # endpoint -> catalog a hello was accepted with
         self._ack_latency = ack_latency
         # (endpoint, version, reason) -> (the target it was built from, its nonce, the serialized message)
         self._serialized: dict[tuple[str, int, str], tuple[Target, str, bytes]] = {}
@@ -89,19 +90,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be a hello")
         hello = first.hello
         try:
-            state, target = await run_blocking(
-                self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
-                hello.running_version, MessageToDict(hello.hardware, preserving_proto_field_name=True),
-                hello.inference_address,
-            )
+            last_nack, target = await self._register(hello)
         except MixprecError as err:
             await context.abort(status_code(err), str(err))
-        self._hub.publish(target)
         await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
-            nacked={state.last_nack_version} if state.last_nack_version else set(),
-            report_round=target.report_round,
+            nacked={last_nack} if last_nack else set(), report_round=target.report_round,
         )
         # A NACKed version stays refused only until a newer one exists; the worker runs what it applied.
         session.nacked.discard(hello.running_version)
@@ -131,6 +126,32 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._recorder.live(hello.endpoint, hello.worker_id, False)
             self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
             log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
+
+    async def _register(self, hello: apb.Hello) -> tuple[int, Target]:
+        """Accepts a hello: (the version this worker last refused, the endpoint's target).
+
+        Once this replica serves an endpoint with streams (its target kept current by the change feed),
+        a hello with the catalog already accepted is written behind like ACKs: thousands of agents
+        reconnecting at once cost a few batched writes, not a transaction each. (Such a worker's last
+        refusal is not read back: a version it refused may be sent once more, and refused once more.)
+        """
+        hardware = MessageToDict(hello.hardware, preserving_proto_field_name=True)
+        target = self._hub.get(hello.endpoint)
+        if (target is not None and self._hub.connected(hello.endpoint)
+                and self._catalogs.get(hello.endpoint) == tuple(hello.layers)):
+            check_hello(hello.endpoint, hello.worker_id, list(hello.layers))
+            self._recorder.connected(domain.WorkerConnect(
+                hello.endpoint, hello.worker_id, self._replica, hello.running_version, hardware,
+                hello.inference_address, utcnow(),
+            ))
+            return 0, target
+        state, target = await run_blocking(
+            self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
+            hello.running_version, hardware, hello.inference_address,
+        )
+        self._catalogs[hello.endpoint] = tuple(hello.layers)
+        self._hub.publish(target)
+        return state.last_nack_version, target
 
     async def _send_target(self, context, session: WorkerSession, target: Target, reason: str) -> None:
         version = session.next_version(target)

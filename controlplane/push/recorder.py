@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Callable
 
 from controlplane import domain
@@ -28,6 +29,7 @@ class FleetRecorder:
         self._heartbeat = heartbeat
         self._updates: dict[tuple[str, str], domain.WorkerUpdate] = {}
         self._reports: list[tuple[domain.ReportRecord, Callable[[], None] | None]] = []
+        self._connects: dict[tuple[str, str], domain.WorkerConnect] = {}
         self._live: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
 
@@ -36,6 +38,13 @@ class FleetRecorder:
         stamped = change.merged(domain.WorkerUpdate(change.endpoint, change.worker_id, seen_at=utcnow()))
         previous = self._updates.get(key)
         self._updates[key] = previous.merged(stamped) if previous else stamped
+
+    def connected(self, hello: domain.WorkerConnect) -> None:
+        key = (hello.endpoint, hello.worker_id)
+        self._connects[key] = hello
+        pending = self._updates.get(key)
+        if pending is not None and pending.connected is not None:  # an older goodbye must not undo this hello
+            self._updates[key] = replace(pending, connected=None)
 
     def report(self, record: domain.ReportRecord, on_stored: Callable[[], None] | None = None) -> None:
         self._reports.append((record, on_stored))
@@ -46,18 +55,20 @@ class FleetRecorder:
     async def flush(self) -> bool:
         """Writes what is buffered; False when the database refused it (it stays buffered)."""
         async with self._lock:
-            if not self._updates and not self._reports:
+            if not self._updates and not self._reports and not self._connects:
                 return True
-            updates, reports = self._updates, self._reports
-            self._updates, self._reports = {}, []
+            updates, reports, connects = self._updates, self._reports, self._connects
+            self._updates, self._reports, self._connects = {}, [], {}
             try:
-                await run_blocking(self._fleet.record, list(updates.values()), [record for record, _ in reports])
+                await run_blocking(self._fleet.record, list(updates.values()), [record for record, _ in reports],
+                                   list(connects.values()))
             except MixprecError as err:
                 log.warning("could not record fleet state (%s); keeping %d updates for the next try", err, len(updates))
                 for key, change in updates.items():
                     newer = self._updates.get(key)
                     self._updates[key] = change.merged(newer) if newer else change
                 self._reports[:0] = reports
+                self._connects = connects | self._connects
                 return False
         for _, on_stored in reports:
             if on_stored is not None:

@@ -173,12 +173,7 @@ class FleetService:
         hardware: dict, inference_address: str,
     ) -> tuple[domain.WorkerState, Target]:
         """Registers a worker's hello; learns the catalog from the first worker of an endpoint."""
-        check_name(endpoint, "hello.endpoint")
-        if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
-            raise InvalidArgument(FieldError("hello.worker_id", f"{worker_id!r} must be 1-{MAX_WORKER_ID} printable characters"))
-        catalog_errors = lang.catalog_errors(layers, "hello.layers")
-        if catalog_errors or not layers:
-            raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
+        check_hello(endpoint, worker_id, layers)
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint, for_update=True)
             if not current.layers:
@@ -195,12 +190,13 @@ class FleetService:
             uow.commit()
         return state, target
 
-    def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord]) -> None:
-        """Writes what streams learnt (ACKs, NACKs, reports, disconnects) in one transaction."""
+    def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord],
+               connects: Iterable[domain.WorkerConnect] = ()) -> None:
+        """Writes what streams learnt (hellos, ACKs, NACKs, reports, disconnects) in one transaction."""
         with self._uow() as uow:
+            uow.workers.connect_all(sorted(connects, key=lambda c: (c.endpoint, c.worker_id)))
             # One order of row locks for every replica: concurrent flushes wait, never deadlock.
-            for update in sorted(updates, key=lambda u: (u.endpoint, u.worker_id)):
-                uow.workers.apply(update)
+            uow.workers.apply(sorted(updates, key=lambda u: (u.endpoint, u.worker_id)))
             for report in reports:
                 uow.reports.add(report)
             uow.commit()
@@ -209,6 +205,15 @@ class FleetService:
         with self._uow() as uow:
             uow.workers.disconnect_replica(replica)
             uow.commit()
+
+
+def check_hello(endpoint: str, worker_id: str, layers: list[str]) -> None:
+    check_name(endpoint, "hello.endpoint")
+    if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
+        raise InvalidArgument(FieldError("hello.worker_id", f"{worker_id!r} must be 1-{MAX_WORKER_ID} printable characters"))
+    catalog_errors = lang.catalog_errors(layers, "hello.layers")
+    if catalog_errors or not layers:
+        raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
 
 
 def _ordered_map(uow: UnitOfWork, endpoint: domain.Endpoint, version: int) -> tuple[tuple[str, str], ...]:
