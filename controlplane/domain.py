@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mixprec.policy import PolicySpec
@@ -139,6 +139,7 @@ class Guardrails:
     bake_seconds: float = 0.0
     max_failed_checks: int = 0
     step_timeout_seconds: float = 300.0
+    max_rise: dict[str, float] = field(default_factory=dict)  # metrics that must not rise (KL, perplexity)
 
 
 @dataclass(frozen=True)
@@ -167,3 +168,16 @@ class Rollout:
     @property
     def open(self) -> bool:
         return self.state in OPEN_ROLLOUT_STATES
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A bearer token as stored: everything but the secret (only its hash is kept)."""
+
+    name: str
+    role: str
+    endpoint: str | None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None

@@ -50,6 +50,18 @@ class Unavailable(MixprecError):
     """A dependency (the database) cannot be reached; retrying later may succeed."""
 
 
+class Unauthenticated(MixprecError):
+    """The call carries no token, or one that is unknown, expired or revoked."""
+
+
+class PermissionDenied(MixprecError):
+    """The caller is known but its role or endpoint scope does not allow the call."""
+
+
+class ResourceExhausted(MixprecError):
+    """A per-caller or per-request limit was reached (streams per token, message size)."""
+
+
 STATUS_BY_ERROR: dict[type[MixprecError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -57,6 +69,9 @@ STATUS_BY_ERROR: dict[type[MixprecError], grpc.StatusCode] = {
     Conflict: grpc.StatusCode.ABORTED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -7,10 +7,10 @@ import asyncio
 import threading
 import time
 
-import grpc
 import sqlalchemy as sa
 
 from controlplane.storage.database import open_engine
+from mixprec import transport
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -57,12 +57,14 @@ LAYERS = [f"layers.{i}.{g}" for i in range(2) for g in ("attention.q_proj", "mlp
 class LightAgent:
     """A worker without a model: records what it was asked to apply; can refuse versions."""
 
-    def __init__(self, address, endpoint, worker_id, layers=LAYERS, refuse=(), state_dir=None):
+    def __init__(self, address, endpoint, worker_id, layers=LAYERS, refuse=(), state_dir=None, token=None,
+                 tls_ca=None):
         self.applied: list[int] = []
         self.refuse = set(refuse)
         state = StateStore(state_dir, endpoint, worker_id) if state_dir else None
         self.loop = SyncLoop(address, AgentIdentity(endpoint, worker_id, list(layers)), self._apply, state=state,
-                             on_applied=self._report, backoff=Backoff(initial=0.05, maximum=0.2))
+                             on_applied=self._report, backoff=Backoff(initial=0.05, maximum=0.2), token=token,
+                             tls_ca=tls_ca)
         self.task: asyncio.Task | None = None
 
     async def _apply(self, version, precision_map):
@@ -73,7 +75,7 @@ class LightAgent:
     async def _report(self, version, precision_map):
         fp8 = sum(p != "bf16" for p in precision_map.values())
         self.loop.report(apb.Report(kind=apb.Report.QUALITY, version=version, metrics={"cosine_to_base": 1 - fp8 / 1000},
-                                    deltas={"cosine_to_base": -fp8 / 1000}, samples=8))
+                                    deltas={"cosine_to_base": -fp8 / 1000, "kl_divergence": fp8 / 100}, samples=8))
 
     def start(self):
         self.task = asyncio.ensure_future(self.loop.run())
@@ -93,8 +95,8 @@ async def eventually(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def stubs(address):
-    channel = grpc.insecure_channel(address)
+def stubs(address, token=None, tls_ca=None):
+    channel = transport.channel(address, token, tls_ca)
     return policy_pb2_grpc.PolicyServiceStub(channel), agent_pb2_grpc.FleetServiceStub(channel)
 
 

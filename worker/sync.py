@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from mixprec import transport
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from worker.state import AppliedAssignment, StateStore
@@ -39,7 +40,8 @@ CHANNEL_OPTIONS = [
 ACCEPTED_KEY = "mixprec-accepted"
 
 # Codes after which retrying the same hello cannot succeed until someone acts.
-FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+         grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 @dataclass
@@ -81,8 +83,14 @@ class SyncLoop:
         on_applied: AppliedFn | None = None,
         backoff: Backoff | None = None,
         on_report_requested: ReportRequestedFn | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_client: tuple[str, str] | None = None,
     ):
         self.server = server
+        self._token = token  # an agent token scoped to this endpoint (MIXPREC_TOKEN)
+        self._tls_ca = tls_ca
+        self._tls_client = tls_client or (None, None)  # (certificate, key) for mutual TLS
         self.identity = identity
         self._apply = apply
         self._state = state
@@ -179,8 +187,8 @@ class SyncLoop:
             )
         )
 
-        async with grpc.aio.insecure_channel(self.server, options=CHANNEL_OPTIONS) as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+        async with transport.aio_channel(self.server, self._tls_ca, CHANNEL_OPTIONS, *self._tls_client) as channel:
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=transport.token_metadata(self._token))
             writer = asyncio.ensure_future(self._write(call, outbox))
             try:
                 await self._converse(call, outbox)

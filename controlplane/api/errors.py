@@ -25,6 +25,13 @@ def _invalid_argument_status(err: InvalidArgument) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(err), details=[detail])
 
 
+async def abort_with(context: grpc.aio.ServicerContext, err: MixprecError) -> None:
+    """Ends the call with `err`'s status code (and field details for INVALID_ARGUMENT); raises."""
+    if isinstance(err, InvalidArgument):
+        await context.abort_with_status(rpc_status.to_status(_invalid_argument_status(err)))
+    await context.abort(status_code(err), str(err))
+
+
 def maps_domain_errors(method):
     """Turns domain errors raised by a unary servicer method into their status codes."""
 
@@ -32,10 +39,8 @@ def maps_domain_errors(method):
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
-        except InvalidArgument as err:
-            await context.abort_with_status(rpc_status.to_status(_invalid_argument_status(err)))
         except MixprecError as err:
-            await context.abort(status_code(err), str(err))
+            await abort_with(context, err)
 
     return wrapper
 

@@ -8,6 +8,7 @@ from typing import Awaitable, Callable
 from google.protobuf.json_format import ParseDict
 
 from controlplane.api import convert
+from controlplane.api.edge import actor
 from controlplane.api.errors import maps_domain_errors
 from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
@@ -37,7 +38,7 @@ class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
     @write_rpc(apb.ActivationResponse)
     async def Activate(self, request: apb.ActivateRequest, context) -> apb.ActivationResponse:
         result = await run_blocking(
-            self._fleet.activate, request.endpoint, request.version, request.actor, request.reason
+            self._fleet.activate, request.endpoint, request.version, actor(request.actor), request.reason
         )
         return await self._respond(result)
 
@@ -46,7 +47,7 @@ class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
     async def Rollback(self, request: apb.RollbackRequest, context) -> apb.ActivationResponse:
         result = await run_blocking(
             self._fleet.rollback, request.endpoint, request.reason, request.to_version, request.to_base,
-            request.actor,
+            actor(request.actor),
         )
         return await self._respond(result)
 

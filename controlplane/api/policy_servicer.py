@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 from controlplane.api import convert
+from controlplane.api.edge import actor, current_principal
 from controlplane.api.errors import maps_domain_errors
 from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
@@ -12,9 +15,15 @@ from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
 
 
+async def _nothing(endpoint: str) -> None:
+    return None
+
+
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, service: PolicyService, requests: RequestLog | None = None):
+    def __init__(self, service: PolicyService, changed: Callable[[str], Awaitable[None]] | None = None,
+                 requests: RequestLog | None = None):
         self._service = service
+        self._changed = changed or _nothing  # tells the agent streams of a deleted endpoint
         self._requests = requests
 
     @maps_domain_errors
@@ -26,9 +35,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             list(request.layers),
             request.base_precision,
             request.model,
-            request.actor,
+            actor(request.actor),
         )
         return convert.endpoint_to_proto(endpoint)
+
+    @maps_domain_errors
+    async def DeleteEndpoint(self, request: pb.DeleteEndpointRequest, context) -> pb.DeleteEndpointResponse:
+        versions = await run_blocking(self._service.delete_endpoint, request.name, request.reason,
+                                      actor(request.actor))
+        await self._changed(request.name)
+        return pb.DeleteEndpointResponse(name=request.name, policy_versions=versions)
 
     @maps_domain_errors
     async def GetEndpoint(self, request: pb.GetEndpointRequest, context) -> pb.Endpoint:
@@ -36,8 +52,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     @maps_domain_errors
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context) -> pb.ListEndpointsResponse:
-        endpoints = await run_blocking(self._service.list_endpoints)
-        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e) for e in endpoints])
+        caller = current_principal()
+        endpoints = [e for e in await run_blocking(self._service.list_endpoints) if caller.may_see(e.name)]
+        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e, with_layers=False) for e in endpoints])
 
     @maps_domain_errors
     @write_rpc(pb.PolicyVersion)
@@ -47,7 +64,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             request.endpoint,
             request.parent_version,
             convert.spec_from_proto(request.rules, request.kv_cache),
-            request.author,
+            actor(request.author),
             request.message,
             request.artifact_json,
         )

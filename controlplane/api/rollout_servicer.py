@@ -6,6 +6,7 @@ from typing import Awaitable, Callable
 
 from controlplane import domain
 from controlplane.api import convert
+from controlplane.api.edge import actor
 from controlplane.api.errors import maps_domain_errors
 from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
@@ -23,7 +24,7 @@ def guardrails_from_proto(g: rpb.Guardrails) -> domain.Guardrails:
     return domain.Guardrails(
         max_drop=dict(g.max_drop), min_throughput_ratio=g.min_throughput_ratio, reports_per_step=g.reports_per_step,
         bake_seconds=g.bake_seconds, max_failed_checks=g.max_failed_checks,
-        step_timeout_seconds=g.step_timeout_seconds,
+        step_timeout_seconds=g.step_timeout_seconds, max_rise=dict(g.max_rise),
     )
 
 
@@ -36,7 +37,7 @@ def rollout_to_proto(r: domain.Rollout) -> rpb.Rollout:
         guardrails=rpb.Guardrails(
             max_drop=g.max_drop, min_throughput_ratio=g.min_throughput_ratio, reports_per_step=g.reports_per_step,
             bake_seconds=g.bake_seconds, max_failed_checks=g.max_failed_checks,
-            step_timeout_seconds=g.step_timeout_seconds,
+            step_timeout_seconds=g.step_timeout_seconds, max_rise=g.max_rise,
         ),
         state=rpb.RolloutState.Value(r.state), current_step=r.current_step, failed_checks=r.failed_checks,
         message=r.message, new_version_workers=list(r.new_workers),
@@ -62,7 +63,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     async def StartRollout(self, request: rpb.StartRolloutRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(
             self._rollouts.start, request.endpoint, request.version, [step_from_proto(s) for s in request.steps],
-            guardrails_from_proto(request.guardrails), request.actor,
+            guardrails_from_proto(request.guardrails), actor(request.actor),
         )
         return await self._changed_and(rollout)
 
@@ -78,17 +79,22 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     @maps_domain_errors
     @write_rpc(rpb.Rollout)
     async def PauseRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.pause, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.pause, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
     @write_rpc(rpb.Rollout)
     async def ResumeRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.resume, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.resume, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
     @write_rpc(rpb.Rollout)
     async def AbortRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
-        rollout = await run_blocking(self._rollouts.abort, request.endpoint, request.actor, request.reason)
+        rollout = await run_blocking(self._rollouts.abort, request.endpoint, actor(request.actor), request.reason)
+        return await self._changed_and(rollout)
+
+    @maps_domain_errors
+    async def PromoteRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
+        rollout = await run_blocking(self._rollouts.promote, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)

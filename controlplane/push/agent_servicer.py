@@ -12,12 +12,16 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from controlplane import domain
+from controlplane.api.edge import current_principal
+from controlplane.api.errors import abort_with
+from controlplane.api.limits import Undecodable, check_request
+from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService, Target, check_hello
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import MixprecError, status_code
+from mixprec.errors import AlreadyExists, MixprecError
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -26,6 +30,16 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_KEY = "mixprec-accepted"  # initial metadata: the hello was accepted (worker.sync reads it)
 REPORT_KINDS = {apb.Report.QUALITY: "quality", apb.Report.SERVING: "serving"}
+HELLO_TIMEOUT_S = 10.0            # a stream that says nothing is closed (it holds a slot and a task)
+MAX_STREAMS_PER_TOKEN = 1000      # one token's live streams on this replica
+
+
+@dataclass
+class _Holder:
+    """The live stream that holds a worker id, and how to end it when the same token takes over."""
+
+    token: str
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -47,6 +61,7 @@ class WorkerSession:
         self.outbox.append(message.SerializeToString())
         if self.wake is not None:
             self.wake.set()
+    offered: set[int] = field(default_factory=set)  # versions this worker ran at hello or was sent
 
     def next_version(self, target: Target) -> int | None:
         """The version to send this worker now, or None when it has it, refused it, or it is unknown."""
@@ -56,6 +71,7 @@ class WorkerSession:
         return want
 
     def sent(self, version: int, nonce: str) -> None:
+        self.offered.add(version)
         self.current, self.pending_nonce, self.sent_at = version, nonce, time.perf_counter()
 
 
@@ -74,8 +90,15 @@ def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None):
+    def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None,
+                 fleet_metrics=None, hello_timeout: float = HELLO_TIMEOUT_S,
+                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN):
+        self._hello_timeout = hello_timeout
+        self._max_streams = max_streams_per_token
+        self._streams: dict[str, int] = {}  # token name -> live streams on this replica
+        self._holders: dict[tuple[str, str], _Holder] = {}  # (endpoint, worker id) -> its stream
         self._fleet = fleet
+        self._fleet_metrics = fleet_metrics  # propagation times and NACK reasons (controlplane.api.fleet_metrics)
         self._hub = hub
         self._recorder = recorder
         self._replica = replica
@@ -85,14 +108,58 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._serialized: dict[tuple[str, int, str], tuple[Target, str, bytes]] = {}
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
+        token = current_principal().name
+        if self._streams.get(token, 0) >= self._max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"token {token!r} has {self._max_streams} streams open here; the limit is "
+                                f"{self._max_streams} (close some, or give workers their own tokens)")
+        self._streams[token] = self._streams.get(token, 0) + 1
+        try:
+            await self._connect(context, token)
+        finally:
+            self._streams[token] -= 1
+            if not self._streams[token]:
+                del self._streams[token]
+
+    async def _hello(self, context) -> apb.Hello:
+        try:
+            first = await asyncio.wait_for(context.read(), self._hello_timeout)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no hello within {self._hello_timeout:g} s of opening the stream")
+        if first is grpc.aio.EOF or isinstance(first, Undecodable) or first.WhichOneof("message") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be a hello")
-        hello = first.hello
+        try:
+            check_request(first)
+        except MixprecError as err:
+            await abort_with(context, err)
+        return first.hello
+
+    def _bind(self, hello: apb.Hello, token: str) -> _Holder:
+        """A worker id belongs to one live stream. The token that holds it may take it over (a worker
+        restarting before its old stream timed out); any other token is refused."""
+        key = (hello.endpoint, hello.worker_id)
+        holder = self._holders.get(key)
+        if holder is not None:
+            if holder.token != token:
+                raise AlreadyExists(f"worker id {hello.worker_id!r} of endpoint {hello.endpoint!r} is held by a live "
+                                    "stream of another token")
+            holder.replaced.set()
+        self._holders[key] = mine = _Holder(token)
+        return mine
+
+    async def _connect(self, context: grpc.aio.ServicerContext, token: str):
+        hello = await self._hello(context)
+        try:
+            authorize(current_principal(), Action.CONNECT, hello.endpoint)
+            holder = self._bind(hello, token)
+        except MixprecError as err:
+            await abort_with(context, err)
         try:
             last_nack, target = await self._register(hello)
         except MixprecError as err:
-            await context.abort(status_code(err), str(err))
+            self._release(hello, holder)
+            await abort_with(context, err)
         await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
@@ -100,6 +167,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         # A NACKed version stays refused only until a newer one exists; the worker runs what it applied.
         session.nacked.discard(hello.running_version)
+        session.offered.add(hello.running_version)
         log.info("worker %s of %s connected (running v%d)", hello.worker_id, hello.endpoint, hello.running_version)
         self._recorder.live(hello.endpoint, hello.worker_id, True)
         reader: asyncio.Future | None = None
@@ -109,8 +177,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 session.wake = changed
                 reader = asyncio.ensure_future(self._read(context, session))
                 reader.add_done_callback(lambda _: changed.set())
+                replaced = asyncio.ensure_future(holder.replaced.wait())
+                replaced.add_done_callback(lambda _: changed.set())
                 reason = "connect"
-                while not reader.done():
+                while not reader.done() and not holder.replaced.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
                     if latest is not None:
@@ -119,13 +189,25 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
+                replaced.cancel()
+                if holder.replaced.is_set():
+                    await context.abort(grpc.StatusCode.ABORTED, "a new stream of the same token took this worker id over")
                 reader.result()
         finally:
             if reader is not None:
                 reader.cancel()
-            self._recorder.live(hello.endpoint, hello.worker_id, False)
-            self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
-            log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
+            if self._release(hello, holder):
+                self._recorder.live(hello.endpoint, hello.worker_id, False)
+                self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
+                log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
+
+    def _release(self, hello: apb.Hello, holder: _Holder) -> bool:
+        """Lets go of the worker id unless a newer stream took it over; True when this stream held it."""
+        key = (hello.endpoint, hello.worker_id)
+        if self._holders.get(key) is holder:
+            del self._holders[key]
+            return True
+        return False
 
     async def _register(self, hello: apb.Hello) -> tuple[int, Target]:
         """Accepts a hello: (the version this worker last refused, the endpoint's target).
@@ -186,6 +268,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
+            try:  # a record over the limits is refused here; the stream and its other records go on
+                check_request(message)
+            except MixprecError as err:
+                log.warning("worker %s of %s sent a message refused at the edge: %s", session.worker_id,
+                            session.endpoint, err)
+                continue
             kind = message.WhichOneof("message")
             if kind == "ack":
                 self._on_ack(session, message.ack)
@@ -197,11 +285,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 log.warning("worker %s sent an unexpected %s; ignored", session.worker_id, kind)
 
     def _on_ack(self, session: WorkerSession, ack: apb.Ack) -> None:
-        if ack.nonce != session.pending_nonce:
+        if ack.nonce != session.pending_nonce or ack.version != session.current:
             log.debug("stale ACK from %s for v%d ignored", session.worker_id, ack.version)
             return
+        elapsed = time.perf_counter() - session.sent_at
         if self._ack_latency is not None:
-            self._ack_latency.observe(time.perf_counter() - session.sent_at)
+            self._ack_latency.observe(elapsed)
+        if self._fleet_metrics is not None:
+            self._fleet_metrics.acked(session.endpoint, elapsed)
         session.applied = session.current = ack.version
         self._recorder.update(
             domain.WorkerUpdate(session.endpoint, session.worker_id, applied_version=ack.version,
@@ -209,10 +300,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     def _on_nack(self, session: WorkerSession, nack: apb.Nack) -> None:
-        if nack.nonce != session.pending_nonce:
+        if nack.nonce != session.pending_nonce or nack.version != session.current:
             return
         log.warning("worker %s refused v%d: %s", session.worker_id, nack.version, nack.error)
         session.nacked.add(nack.version)
+        if self._fleet_metrics is not None:
+            self._fleet_metrics.nacked(session.endpoint, nack.error)
         session.current = session.applied
         self._recorder.update(
             domain.WorkerUpdate(session.endpoint, session.worker_id, last_nack_version=nack.version,
@@ -222,6 +315,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _on_report(self, session: WorkerSession, report: apb.Report) -> None:
         kind = REPORT_KINDS.get(report.kind)
         if kind is None:
+            return
+        if report.version not in session.offered:  # numbers about a version this worker never ran
+            log.warning("worker %s of %s reported on v%d, which it was never sent; ignored", session.worker_id,
+                        session.endpoint, report.version)
             return
         received = utcnow()
         body = MessageToDict(report, preserving_proto_field_name=True) | {"received_at": received.isoformat()}

@@ -17,7 +17,7 @@ from controlplane import domain
 from controlplane.blocking import run_blocking
 from controlplane.services.fleet import FleetService
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import MixprecError
+from mixprec.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class FleetRecorder:
         (self._live.add if connected else self._live.discard)((endpoint, worker_id))
 
     async def flush(self) -> bool:
-        """Writes what is buffered; False when the database refused it (it stays buffered)."""
+        """Writes what is buffered; False when the database is away (it stays buffered)."""
         async with self._lock:
             if not self._updates and not self._reports and not self._connects:
                 return True
@@ -62,17 +62,15 @@ class FleetRecorder:
             try:
                 await run_blocking(self._fleet.record, list(updates.values()), [record for record, _ in reports],
                                    list(connects.values()))
-            except MixprecError as err:
+            except Unavailable as err:
                 log.warning("could not record fleet state (%s); keeping %d updates for the next try", err, len(updates))
-                for key, change in updates.items():
-                    newer = self._updates.get(key)
-                    self._updates[key] = change.merged(newer) if newer else change
-                self._reports[:0] = reports
-                self._connects = connects | self._connects
+                self._keep(updates, reports, connects)
                 return False
-        for _, on_stored in reports:
-            if on_stored is not None:
-                on_stored()
+            except Exception:  # noqa: BLE001 - one record the database refuses must not cost the batch
+                log.warning("a fleet batch was refused; writing its %d updates and %d reports one by one",
+                            len(updates), len(reports))
+                return await self._one_by_one(updates, reports, connects)
+        _stored(reports)
         return True
 
     async def flush_before_exit(self, attempts: int = 5, pause: float = 0.5) -> None:
@@ -83,6 +81,43 @@ class FleetRecorder:
             await asyncio.sleep(pause)
         log.error("stopping with %d worker updates and %d reports unrecorded; agents resend their reports",
                   len(self._updates), len(self._reports))
+
+    def _keep(self, updates: dict, reports: list, connects: dict) -> None:
+        for key, change in updates.items():
+            newer = self._updates.get(key)
+            self._updates[key] = change.merged(newer) if newer else change
+        self._reports[:0] = reports
+        self._connects = connects | self._connects
+
+    async def _one_by_one(self, updates: dict, reports: list, connects: dict) -> bool:
+        """Each record in its own transaction: only a record that fails alone is dropped (and logged)."""
+        kept_updates, kept_reports, kept_connects = {}, [], {}
+        for key, hello in connects.items():
+            if await self._write_alone(hello, connects=[hello]) is False:
+                kept_connects[key] = hello
+        for key, change in updates.items():
+            if await self._write_alone(change, updates=[change]) is False:
+                kept_updates[key] = change
+        for record, on_stored in reports:
+            written = await self._write_alone(record, reports=[record])
+            if written is False:
+                kept_reports.append((record, on_stored))
+            elif written:
+                _stored([(record, on_stored)])
+        self._keep(kept_updates, kept_reports, kept_connects)
+        return not (kept_updates or kept_reports or kept_connects)
+
+    async def _write_alone(self, record, updates=(), reports=(), connects=()) -> bool | None:
+        """True: written; False: the database is away (keep it); None: refused for good (dropped)."""
+        try:
+            await run_blocking(self._fleet.record, list(updates), list(reports), list(connects))
+            return True
+        except Unavailable:
+            return False
+        except Exception as err:  # noqa: BLE001
+            log.error("dropped a fleet record of worker %s of %s that the database refuses (%s: %s)",
+                      record.worker_id, record.endpoint, type(err).__name__, str(err).splitlines()[0][:200])
+            return None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,3 +132,9 @@ class FleetRecorder:
                 await self.flush()
             except Exception:  # noqa: BLE001 - the recorder must outlive a bad batch
                 log.exception("fleet recorder flush failed")
+
+
+def _stored(reports: list) -> None:
+    for _, on_stored in reports:
+        if on_stored is not None:
+            on_stored()

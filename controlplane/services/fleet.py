@@ -40,6 +40,17 @@ class ActivationResult:
     active_version: int
 
 
+@dataclass(frozen=True)
+class RollbackPreview:
+    endpoint: str
+    from_version: int
+    to_version: int  # 0 with to_base: the rollback would store a new all-base version
+    to_base: bool
+    changes: list[tuple[str, str, str]]  # (layer, precision now, precision after)
+    unchanged: int
+    ends_rollout: str  # the open rollout the rollback would end, described; "" if none
+
+
 class FleetService:
     def __init__(self, uow: Callable[[], UnitOfWork]):
         self._uow = uow
@@ -69,28 +80,46 @@ class FleetService:
     def rollback(
         self, endpoint: str, reason: str, to_version: int = 0, to_base: bool = False, actor: str = ""
     ) -> ActivationResult:
-        check_name(endpoint, "endpoint")
         if not reason.strip():
             raise InvalidArgument(FieldError("reason", "is required: say why, for the audit log"))
-        if to_version and to_base:
-            raise InvalidArgument(FieldError("to_version", f"{to_version} given together with to_base; choose one"))
+        _check_rollback_target(endpoint, to_version, to_base)
         check_text(actor=actor, reason=reason)
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint, for_update=True)
             if to_base:
                 target = self._base_version(uow, current, actor, reason)
-            elif to_version:
-                policy = uow.policies.get(endpoint, to_version)
-                lang.resolve_or_raise(policy.spec, current.layers, current.base_precision)
-                target = to_version
             else:
-                target = self._last_known_good(uow, current)
+                target = self._rollback_target(uow, current, to_version)
             self._end_rollout(uow, endpoint, actor, reason)
             if current.active_version:
                 uow.activations.mark_rolled_back(endpoint, current.active_version)
             self._switch(uow, current, target, "rollback", actor, reason)
             uow.commit()
         return ActivationResult(endpoint, current.active_version, target)
+
+    def preview_rollback(self, endpoint: str, to_version: int = 0, to_base: bool = False) -> RollbackPreview:
+        """What `rollback` with these arguments would change, layer by layer; nothing is written."""
+        _check_rollback_target(endpoint, to_version, to_base)
+        with self._uow() as uow:
+            current = uow.endpoints.get(endpoint)
+            target = 0 if to_base else self._rollback_target(uow, current, to_version)
+            old_map = dict(_ordered_map(uow, current, current.active_version))
+            new_map = dict(_ordered_map(uow, current, target))
+            rollout = uow.rollouts.open_for(endpoint)
+        changes = lang.diff_maps(current.layers, old_map, new_map)
+        return RollbackPreview(
+            endpoint=endpoint, from_version=current.active_version, to_version=target, to_base=to_base,
+            changes=changes, unchanged=len(current.layers) - len(changes),
+            ends_rollout=(f"rollout {rollout.id} ({rollout.state}, v{rollout.from_version} -> v{rollout.to_version})"
+                          if rollout else ""),
+        )
+
+    def _rollback_target(self, uow: UnitOfWork, current: domain.Endpoint, to_version: int) -> int:
+        if not to_version:
+            return self._last_known_good(uow, current)
+        policy = uow.policies.get(current.name, to_version)
+        lang.resolve_or_raise(policy.spec, current.layers, current.base_precision)
+        return to_version
 
     def _switch(self, uow: UnitOfWork, current: domain.Endpoint, version: int, kind: str, actor: str,
                 reason: str) -> None:
@@ -214,6 +243,14 @@ def check_hello(endpoint: str, worker_id: str, layers: list[str]) -> None:
     catalog_errors = lang.catalog_errors(layers, "hello.layers")
     if catalog_errors or not layers:
         raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
+
+
+def _check_rollback_target(endpoint: str, to_version: int, to_base: bool) -> None:
+    check_name(endpoint, "endpoint")
+    if to_version < 0:
+        raise InvalidArgument(FieldError("to_version", f"must be a version number >= 1, got {to_version}"))
+    if to_version and to_base:
+        raise InvalidArgument(FieldError("to_version", f"{to_version} given together with to_base; choose one"))
 
 
 def _ordered_map(uow: UnitOfWork, endpoint: domain.Endpoint, version: int) -> tuple[tuple[str, str], ...]:

@@ -40,6 +40,18 @@ class PolicyService:
             uow.commit()
         return endpoint
 
+    def delete_endpoint(self, name: str, reason: str, actor: str = "") -> int:
+        """Deletes an endpoint with its versions, workers, reports and rollouts; returns the versions deleted."""
+        check_name(name, "name")
+        if not reason.strip():
+            raise InvalidArgument(FieldError("reason", "is required: say why, for the audit log"))
+        check_text(reason=reason, actor=actor)
+        with self._uow() as uow:
+            versions = uow.endpoints.delete(name)
+            uow.audit.record(name, "endpoint.delete", actor, reason, policy_versions=versions)
+            uow.commit()
+        return versions
+
     def get_endpoint(self, name: str) -> domain.Endpoint:
         check_name(name, "name")
         with self._uow() as uow:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controlplane import domain
-from controlplane.storage.tables import AuditRow, EndpointRow, PolicyVersionRow
+from controlplane.storage.tables import AuditRow, Base, EndpointRow, PolicyVersionRow
 from mixprec.errors import AlreadyExists, Conflict, NotFound
 from mixprec.policy import PolicySpec, Rule
 
@@ -99,6 +99,19 @@ class EndpointRepository:
 
     def set_layers(self, name: str, layers: list[str]) -> None:
         self._session.execute(update(EndpointRow).where(EndpointRow.name == name).values(layers=layers))
+
+    def delete(self, name: str) -> int:
+        """Deletes the endpoint and every row that belongs to it (any table with a key to it);
+        returns how many policy versions went with it. The audit log is kept."""
+        row = self._row(name, for_update=True)
+        versions = row.latest_version
+        for table in reversed(Base.metadata.sorted_tables):
+            for fk in table.foreign_keys:
+                if fk.column.table is EndpointRow.__table__:
+                    self._session.execute(delete(table).where(fk.parent == row.id))
+        self._session.delete(row)
+        self._session.flush()
+        return versions
 
 
 def endpoint_missing(name: str) -> NotFound:

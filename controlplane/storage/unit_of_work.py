@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controlplane.storage.fleet_repositories import ActivationRepository, ReportRepository, WorkerRepository
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from controlplane.storage.rollout_repository import RolloutRepository
+from controlplane.storage.token_repository import TokenRepository
 from controlplane.storage.write_requests import WriteRequestRepository, current_scope
 from mixprec.errors import Conflict, Unavailable
 
@@ -21,6 +22,7 @@ class UnitOfWork:
     workers: WorkerRepository
     reports: ReportRepository
     rollouts: RolloutRepository
+    tokens: TokenRepository
     requests: WriteRequestRepository
 
     def __init__(self, sessions: sessionmaker):
@@ -35,6 +37,7 @@ class UnitOfWork:
         self.workers = WorkerRepository(self.session)
         self.reports = ReportRepository(self.session)
         self.rollouts = RolloutRepository(self.session)
+        self.tokens = TokenRepository(self.session)
         self.requests = WriteRequestRepository(self.session)
         return self
 

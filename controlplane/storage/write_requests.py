@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from controlplane.storage.repositories import utcnow
@@ -66,7 +66,7 @@ class WriteRequestRepository:
         self._session = session
 
     def get(self, request_id: str) -> WriteRequest | None:
-        row = self._session.get(WriteRequestRow, request_id)
+        row = self._session.scalars(select(WriteRequestRow).where(WriteRequestRow.request_id == request_id)).first()
         return WriteRequest(row.request_id, row.method, row.response) if row else None
 
     def record(self, scope: WriteScope) -> None:

@@ -2,7 +2,7 @@
 rollout's requests for reports again.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-27
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -31,7 +31,8 @@ END $$
 def upgrade() -> None:
     op.create_table(
         "write_requests",
-        sa.Column("request_id", sa.String(100), primary_key=True),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("request_id", sa.String(100), nullable=False, unique=True),
         sa.Column("method", sa.String(100), nullable=False),
         sa.Column("response", sa.LargeBinary, nullable=True),
         sa.Column("deadline", sa.DateTime(timezone=True), nullable=True),

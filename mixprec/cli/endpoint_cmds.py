@@ -1,4 +1,4 @@
-"""`mixprec endpoint create|list|show`."""
+"""`mixprec endpoint create|list|show|delete`."""
 
 from __future__ import annotations
 
@@ -35,18 +35,30 @@ def register(sub) -> None:
     command(endpoint, "list", "list every endpoint", _list)
     s = command(endpoint, "show", "show one endpoint and its layer catalog", _show)
     s.add_argument("name")
+    d = command(endpoint, "delete", "delete an endpoint with its versions, workers and rollouts (admin)", _delete,
+                description="Delete an endpoint and everything that belongs to it; the audit log keeps its "
+                "history and records who deleted it and why. Needs an admin token.")
+    d.add_argument("name")
+    d.add_argument("--reason", required=True, help="why, for the audit log")
 
 
 def stub(args) -> policy_pb2_grpc.PolicyServiceStub:
     return policy_pb2_grpc.PolicyServiceStub(channel(args))
 
 
+MAX_LAYER_FILE = 1_000_000  # the server's limit on a catalog's total characters
+
+
 def read_layer_file(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = [line.strip() for line in fh]
+            lines = [line.strip() for line in fh.read(MAX_LAYER_FILE + 1).splitlines()]
     except OSError as exc:
         raise InvalidArgument(FieldError("--layers", f"cannot read {path!r}: {exc.strerror}")) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(FieldError("--layers", f"{path!r} is not UTF-8 text (byte {exc.start})")) from None
+    if sum(len(line) + 1 for line in lines) > MAX_LAYER_FILE:
+        raise InvalidArgument(FieldError("--layers", f"{path!r} is larger than the limit of {MAX_LAYER_FILE} characters"))
     layers = [line for line in lines if line and not line.startswith("#")]
     if not layers:
         raise InvalidArgument(FieldError("--layers", f"{path!r} lists no layer names"))
@@ -74,7 +86,7 @@ def _row(e: pb.Endpoint) -> dict:
         "name": e.name,
         "model": e.model or "-",
         "base": e.base_precision,
-        "layers": len(e.layers),
+        "layers": e.layer_count,
         "latest": e.latest_version or "-",
         "active": e.active_version or "-",
         "created": timestamp_text(e.create_time),
@@ -98,4 +110,12 @@ def _show(args) -> int:
         print(f"  {layer}")
     if not e.layers:
         print("  (none yet: the first worker will report it)", file=sys.stdout)
+    return 0
+
+
+def _delete(args) -> int:
+    response = stub(args).DeleteEndpoint(
+        pb.DeleteEndpointRequest(name=args.name, reason=args.reason, actor=actor(args)), timeout=RPC_TIMEOUT_S
+    )
+    print(f"deleted endpoint {response.name} and its {response.policy_versions} policy versions")
     return 0

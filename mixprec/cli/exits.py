@@ -14,6 +14,7 @@ INVALID_INPUT = 2
 NOT_FOUND = 3
 CONFLICT = 4
 UNAVAILABLE = 5
+NOT_ALLOWED = 6  # no valid token, or the token's role or scope does not allow the call
 
 _BY_GRPC_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: INVALID_INPUT,
@@ -24,11 +25,15 @@ _BY_GRPC_CODE = {
     grpc.StatusCode.FAILED_PRECONDITION: CONFLICT,
     grpc.StatusCode.UNAVAILABLE: UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: INVALID_INPUT,
+    grpc.StatusCode.UNAUTHENTICATED: NOT_ALLOWED,
+    grpc.StatusCode.PERMISSION_DENIED: NOT_ALLOWED,
 }
 
 _HINTS = {
     grpc.StatusCode.ABORTED: "re-read the latest version (mixprec policy history) and retry with --parent set to it",
     grpc.StatusCode.UNAVAILABLE: "is the control plane running? (mixprec server, or set --server / MIXPREC_SERVER)",
+    grpc.StatusCode.UNAUTHENTICATED: "pass a token with --token or MIXPREC_TOKEN (made by `mixprec token create`)",
 }
 
 

@@ -11,6 +11,7 @@ from mixprec.cli.common import (
     add_request_id_option,
     channel,
     command,
+    count,
     request_id,
     timestamp_text,
     to_dict,
@@ -22,7 +23,7 @@ from mixprec.v1 import agent_pb2_grpc
 def register(sub) -> None:
     a = command(sub, "activate", "make a policy version active on every worker of an endpoint now", _activate)
     a.add_argument("endpoint")
-    a.add_argument("version", type=int)
+    a.add_argument("version", type=count)
     a.add_argument("--reason", default="", help="why, for the audit log")
     add_request_id_option(a)
 
@@ -33,7 +34,7 @@ def register(sub) -> None:
     r.add_argument("endpoint")
     r.add_argument("--reason", required=True, help="why (kept in the audit log)")
     target = r.add_mutually_exclusive_group()
-    target.add_argument("--to", type=int, default=0, metavar="VERSION", help="roll back to this version")
+    target.add_argument("--to", type=count, default=0, metavar="VERSION", help="roll back to this version")
     target.add_argument("--to-base", action="store_true", help="every layer at the endpoint's base precision")
     add_request_id_option(r)
 
@@ -43,11 +44,11 @@ def register(sub) -> None:
 
     u = command(sub, "audit", "show who changed what on an endpoint, newest first", _audit)
     u.add_argument("endpoint")
-    u.add_argument("--limit", type=int, default=100, help="how many entries, newest first (default 100)")
+    u.add_argument("--limit", type=count, default=100, help="how many entries, newest first (default 100)")
 
 
 # The sharpest signals on a robust model; `--output json` has every metric.
-QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement")
+QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement", "kl_divergence", "top1_agreement", "perplexity")
 
 
 def fleet_stub(args) -> agent_pb2_grpc.FleetServiceStub:
@@ -89,6 +90,12 @@ def _quality_text(report: apb.Report) -> str:
     return f"v{report.version}: {shown}"
 
 
+def _tokens_per_second(report: apb.Report) -> str:
+    """Decoders report prefill and decode tokens per second; embedders neither."""
+    rates = [report.metrics.get(f"{phase}_tokens_per_second") for phase in ("prefill", "decode")]
+    return "-" if rates == [None, None] else "/".join("-" if r is None else f"{r:.1f}" for r in rates)
+
+
 def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
     return [
         {
@@ -101,6 +108,7 @@ def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
             "req/s": f"{w.last_serving.throughput:.1f}" if w.HasField("last_serving") else "-",
             "p50/p99 ms": (f"{w.last_serving.latency_p50_ms:.1f}/{w.last_serving.latency_p99_ms:.1f}"
                            if w.HasField("last_serving") else "-"),
+            "tok/s prefill/decode": _tokens_per_second(w.last_serving) if w.HasField("last_serving") else "-",
             "kernel": w.hardware.kernel or "-",
             "last seen": timestamp_text(w.last_seen),
         }

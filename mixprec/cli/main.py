@@ -25,8 +25,10 @@ COMMAND_MODULES = (
     "mixprec.cli.rollout_cmds",
     "mixprec.cli.model_cmds",
     "mixprec.cli.worker_cmds",
+    "mixprec.cli.generate_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
+    "mixprec.cli.token_cmds",
 )
 
 
@@ -45,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", choices=("table", "json"), default="table", help="tables for people, JSON for scripts"
     )
+    parser.add_argument("--token", default=os.environ.get("MIXPREC_TOKEN") or None,
+                        help="bearer token for the control plane (env MIXPREC_TOKEN; prefer the variable: "
+                        "arguments show in ps)")
+    parser.add_argument("--tls-ca", default=os.environ.get("MIXPREC_TLS_CA") or None, metavar="FILE",
+                        help="CA certificate (PEM) to check the control plane's TLS certificate against "
+                        "(env MIXPREC_TLS_CA; without it the connection is plaintext)")
+    parser.add_argument("--tls-client-cert", default=os.environ.get("MIXPREC_TLS_CLIENT_CERT") or None,
+                        metavar="FILE", help="mutual TLS: this client's certificate (env MIXPREC_TLS_CLIENT_CERT)")
+    parser.add_argument("--tls-client-key", default=os.environ.get("MIXPREC_TLS_CLIENT_KEY") or None,
+                        metavar="FILE", help="mutual TLS: its private key (env MIXPREC_TLS_CLIENT_KEY)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -11,6 +11,7 @@ from mixprec.cli.common import (
     actor,
     add_request_id_option,
     command,
+    count,
     group,
     request_id,
     timestamp_text,
@@ -31,14 +32,14 @@ def register(sub) -> None:
     c.add_argument("endpoint")
     c.add_argument("-f", "--file", required=True, metavar="POLICY.yaml",
                    help="YAML with `rules:` [{match: GLOB, precision: NAME}] and optional `kv_cache:`")
-    c.add_argument("--parent", type=int, required=True, metavar="N", help="the version this edit starts from")
+    c.add_argument("--parent", type=count, required=True, metavar="N", help="the version this edit starts from")
     c.add_argument("-m", "--message", default="", help="why this version exists")
     c.add_argument("--author", default=None, help="who wrote it (default: $MIXPREC_ACTOR or your user name)")
     add_request_id_option(c)
 
     s = command(policy, "show", "show a policy version (default: the latest)", _show)
     s.add_argument("endpoint")
-    s.add_argument("version", nargs="?", type=int, default=0)
+    s.add_argument("version", nargs="?", type=count, default=0)
     s.add_argument("--resolved", action="store_true", help="also show the precision of every layer")
 
     h = command(policy, "history", "list every version of an endpoint's policy", _history)
@@ -46,8 +47,8 @@ def register(sub) -> None:
 
     d = command(policy, "diff", "show the layers whose precision differs between two versions", _diff)
     d.add_argument("endpoint")
-    d.add_argument("v1", type=int)
-    d.add_argument("v2", type=int)
+    d.add_argument("v1", type=count)
+    d.add_argument("v2", type=count)
 
     v = command(policy, "validate", "check a policy file against an endpoint's catalog (nothing is stored)",
                 _validate)

@@ -28,7 +28,7 @@ class LayerPrecision(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., precision: _Optional[str] = ..., rule: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "base_precision", "model", "layers", "create_time", "latest_version", "active_version")
+    __slots__ = ("name", "base_precision", "model", "layers", "create_time", "latest_version", "active_version", "layer_count")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Endpoint(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_precision: str
     model: str
@@ -43,7 +44,8 @@ class Endpoint(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     latest_version: int
     active_version: int
-    def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ..., active_version: _Optional[int] = ...) -> None: ...
+    layer_count: int
+    def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ..., active_version: _Optional[int] = ..., layer_count: _Optional[int] = ...) -> None: ...
 
 class PolicyVersion(_message.Message):
     __slots__ = ("endpoint", "version", "parent_version", "rules", "kv_cache", "author", "message", "create_time", "resolved", "artifact_json", "has_artifact")
@@ -92,6 +94,24 @@ class GetEndpointRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteEndpointRequest(_message.Message):
+    __slots__ = ("name", "reason", "actor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    actor: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class DeleteEndpointResponse(_message.Message):
+    __slots__ = ("name", "policy_versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policy_versions: int
+    def __init__(self, name: _Optional[str] = ..., policy_versions: _Optional[int] = ...) -> None: ...
 
 class ListEndpointsRequest(_message.Message):
     __slots__ = ()

@@ -50,6 +50,11 @@ class PolicyServiceStub:
                 request_serializer=mixprec_dot_v1_dot_policy__pb2.ListEndpointsRequest.SerializeToString,
                 response_deserializer=mixprec_dot_v1_dot_policy__pb2.ListEndpointsResponse.FromString,
                 _registered_method=True)
+        self.DeleteEndpoint = channel.unary_unary(
+                '/mixprec.v1.PolicyService/DeleteEndpoint',
+                request_serializer=mixprec_dot_v1_dot_policy__pb2.DeleteEndpointRequest.SerializeToString,
+                response_deserializer=mixprec_dot_v1_dot_policy__pb2.DeleteEndpointResponse.FromString,
+                _registered_method=True)
         self.CreatePolicy = channel.unary_unary(
                 '/mixprec.v1.PolicyService/CreatePolicy',
                 request_serializer=mixprec_dot_v1_dot_policy__pb2.CreatePolicyRequest.SerializeToString,
@@ -95,6 +100,14 @@ class PolicyServiceServicer:
 
     def ListEndpoints(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEndpoint(self, request, context):
+        """Admin only: removes the endpoint with its versions, workers, reports and rollouts; the audit
+        log keeps its history and records the deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -147,6 +160,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.ListEndpoints,
                     request_deserializer=mixprec_dot_v1_dot_policy__pb2.ListEndpointsRequest.FromString,
                     response_serializer=mixprec_dot_v1_dot_policy__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'DeleteEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEndpoint,
+                    request_deserializer=mixprec_dot_v1_dot_policy__pb2.DeleteEndpointRequest.FromString,
+                    response_serializer=mixprec_dot_v1_dot_policy__pb2.DeleteEndpointResponse.SerializeToString,
             ),
             'CreatePolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePolicy,
@@ -256,6 +274,33 @@ class PolicyService:
             '/mixprec.v1.PolicyService/ListEndpoints',
             mixprec_dot_v1_dot_policy__pb2.ListEndpointsRequest.SerializeToString,
             mixprec_dot_v1_dot_policy__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mixprec.v1.PolicyService/DeleteEndpoint',
+            mixprec_dot_v1_dot_policy__pb2.DeleteEndpointRequest.SerializeToString,
+            mixprec_dot_v1_dot_policy__pb2.DeleteEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,7 +41,7 @@ def test_a_transaction_whose_deadline_passes_before_commit_writes_nothing(db_url
     assert snapshot(db_url) == before
     write_an_endpoint(db_url, WriteScope.open("r-2", "CreateEndpoint", time_remaining=30))
     assert [row[1] for row in snapshot(db_url)["endpoints"]] == ["emb"]
-    assert [row[0] for row in snapshot(db_url)["write_requests"]] == ["r-2"]
+    assert [row[1] for row in snapshot(db_url)["write_requests"]] == ["r-2"]
 
 
 def test_postgres_itself_refuses_a_commit_that_arrives_after_the_deadline(empty_pg_url):
@@ -73,10 +73,10 @@ def test_a_retried_write_with_the_same_request_id_is_applied_once_and_answered_a
         policies.CreatePolicy(create)
     assert conflict.value.code() == grpc.StatusCode.ABORTED
 
-    for bad, why in (("x" * 101, "at most 100"), ("a\x00b", "printable")):
+    for bad in ("x" * 101, "a\x00b"):
         with pytest.raises(grpc.RpcError) as refused:
             fleet.Activate(apb.ActivateRequest(endpoint="emb", version=1, request_id=bad))
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in refused.value.details()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in refused.value.details()
     assert snapshot(db_url)["activations"] == []
 
 

@@ -7,27 +7,16 @@ import sys
 
 import torch
 
-from worker.models.registry import LoadedModel
+from mixprec.families import BERT
+from worker.models.loaded import LoadedModel
 from worker.models.staged import StagedEncoder, mean_pooled
 
 MAX_TOKENS = 256  # the model's sentence-transformers max_seq_length
-_PARTS = {
-    "attention.self.query": "attention.q_proj",
-    "attention.self.key": "attention.k_proj",
-    "attention.self.value": "attention.v_proj",
-    "attention.output.dense": "attention.o_proj",
-    "intermediate.dense": "mlp.up_proj",
-    "output.dense": "mlp.down_proj",
-}
 
 
 def canonical_layer_map(num_layers: int) -> dict[str, str]:
     """layers.{i}.attention.{q,k,v,o}_proj and layers.{i}.mlp.{up,down}_proj -> BERT module paths."""
-    return {
-        f"layers.{i}.{canonical}": f"encoder.layer.{i}.{path}"
-        for i in range(num_layers)
-        for path, canonical in _PARTS.items()
-    }
+    return BERT.layer_map(num_layers)
 
 
 def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
@@ -45,7 +34,6 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
     model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     model.eval()
-    # The pooler is not used by sentence embeddings (mean pooling), so it is not in the catalog.
     layer_map = canonical_layer_map(model.config.num_hidden_layers)
 
     def batches(texts: list[str], batch_size: int = 16):
@@ -64,7 +52,8 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
         return out
 
     return LoadedModel("minilm", model, layer_map, embed=embed, blocks=list(model.encoder.layer),
-                       staged=StagedEncoder(model, model.config.hidden_size), batches=batches)
+                       staged=StagedEncoder(model, model.config.hidden_size), batches=batches,
+                       at_base=dict(BERT.at_base))
 
 
 def token_batches(tokenizer, texts: list[str], batch_size: int, device: str = "cpu") -> list[tuple[list[int], dict]]:

@@ -42,6 +42,10 @@ class ShadowEvaluator:
         self._reference = None if reference is None else self._split(reference)
         self._reference_metrics: dict[str, float] | None = None
 
+    @property
+    def samples(self) -> int:
+        return len(self.pairs)
+
     def embed(self, precision_map: Mapping[str, str], label: str = "candidate", cancelled=None) -> torch.Tensor:
         """Embeddings of `texts` with `precision_map` applied to this pass only (PassCancelled once
         `cancelled()` turns true)."""

@@ -11,7 +11,7 @@ from toy_models import SlowStack, make_mlp
 
 from mixprec.errors import FailedPrecondition, InvalidArgument
 from worker.engine import HybridEngine
-from worker.models.registry import load_factory
+from worker.models.factory import load_factory
 
 
 def toy_engine(**options) -> tuple[HybridEngine, SlowStack]:

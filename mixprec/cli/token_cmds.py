@@ -1,0 +1,118 @@
+"""`mixprec token create|list|revoke`: through the server (admin token), or straight on the database
+with --db (how the first admin token is made; no server needed)."""
+
+from __future__ import annotations
+
+import sys
+
+from mixprec.cli import output
+from mixprec.cli.common import RPC_TIMEOUT_S, channel, command, group, timestamp_text
+
+ROLES = ("viewer", "operator", "admin", "agent")
+
+
+def register(sub) -> None:
+    token = group(sub, "token", "create, list and revoke the bearer tokens of the control plane's callers")
+    db_help = ("database URL: work on the database directly, without a server (how the first admin token is "
+               "made); without it the call goes to --server with an admin --token")
+    c = command(token, "create", "create a token; it is printed this once and only its hash is stored", _create)
+    c.add_argument("name", help="token name, a lowercase DNS label (e.g. ci-deployer); the audit log shows it")
+    c.add_argument("--role", required=True, choices=ROLES,
+                   help="viewer: reads; operator: policies, activate, rollback, rollouts; admin: endpoints "
+                   "and tokens; agent: worker streams only")
+    c.add_argument("--endpoint", default="", help="limit the token to this one endpoint")
+    c.add_argument("--expires", default="", metavar="DURATION", help="e.g. 12h, 30d, 2w (default: never)")
+    c.add_argument("--db", default=None, metavar="URL", help=db_help)
+    ls = command(token, "list", "list tokens (never their secrets)", _list)
+    ls.add_argument("--all", action="store_true", help="include revoked tokens")
+    ls.add_argument("--db", default=None, metavar="URL", help=db_help)
+    r = command(token, "revoke", "revoke a token by name; calls with it fail from then on", _revoke)
+    r.add_argument("name")
+    r.add_argument("--db", default=None, metavar="URL", help=db_help)
+
+
+def _direct(url: str):
+    """A TokenService over the database at `url` (migrating an embedded SQLite file first)."""
+    from controlplane.auth import TokenService
+    from controlplane.storage.database import ensure_schema, open_engine
+    from controlplane.storage.unit_of_work import unit_of_work_factory
+
+    engine = open_engine(url)
+    ensure_schema(engine)
+    return TokenService(unit_of_work_factory(engine))
+
+
+def _stub(args):
+    from mixprec.v1 import auth_pb2_grpc
+
+    return auth_pb2_grpc.TokenServiceStub(channel(args))
+
+
+def _info_row(name, role, endpoint, created_by, created, expires, revoked) -> dict:
+    return {"name": name, "role": role, "endpoint": endpoint or "*", "created_by": created_by or "-",
+            "created": created, "expires": expires or "never", "revoked": revoked or "-"}
+
+
+def _domain_row(info) -> dict:
+    def text(at):
+        return at.strftime("%Y-%m-%d %H:%M:%S") + "Z" if at else ""
+
+    return _info_row(info.name, info.role, info.endpoint, info.created_by, text(info.created_at),
+                     text(info.expires_at), text(info.revoked_at))
+
+
+def _proto_row(t) -> dict:
+    def text(field):
+        return timestamp_text(getattr(t, field)) if t.HasField(field) else ""
+
+    return _info_row(t.name, t.role, t.endpoint, t.created_by, text("create_time"), text("expire_time"),
+                     text("revoke_time"))
+
+
+def _create(args) -> int:
+    from controlplane.auth import parse_duration
+
+    expires = parse_duration(args.expires) if args.expires else None
+    if args.db:
+        secret, info = _direct(args.db).create(args.name, args.role, args.endpoint, expires, created_by="")
+        row = _domain_row(info)
+    else:
+        from mixprec.v1 import auth_pb2
+
+        response = _stub(args).CreateToken(
+            auth_pb2.CreateTokenRequest(name=args.name, role=args.role, endpoint=args.endpoint,
+                                        expires_seconds=int(expires.total_seconds()) if expires else 0),
+            timeout=RPC_TIMEOUT_S,
+        )
+        secret, row = response.secret, _proto_row(response.token)
+    if args.output == "json":
+        output.as_json(row | {"token": secret})
+        return 0
+    scope = f"endpoint {args.endpoint}" if args.endpoint else "every endpoint"
+    print(f"created token {row['name']} (role {row['role']}, {scope}, expires {row['expires']})", file=sys.stderr)
+    print("it is shown only this once; store it now (e.g. export MIXPREC_TOKEN=...):", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def _list(args) -> int:
+    if args.db:
+        rows = [_domain_row(t) for t in _direct(args.db).list(include_revoked=args.all)]
+    else:
+        from mixprec.v1 import auth_pb2
+
+        response = _stub(args).ListTokens(auth_pb2.ListTokensRequest(include_revoked=args.all), timeout=RPC_TIMEOUT_S)
+        rows = [_proto_row(t) for t in response.tokens]
+    output.emit(args, rows)
+    return 0
+
+
+def _revoke(args) -> int:
+    if args.db:
+        _direct(args.db).revoke(args.name)
+    else:
+        from mixprec.v1 import auth_pb2
+
+        _stub(args).RevokeToken(auth_pb2.RevokeTokenRequest(name=args.name), timeout=RPC_TIMEOUT_S)
+    print(f"revoked token {args.name}")
+    return 0
