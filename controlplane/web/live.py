@@ -11,12 +11,16 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from mixprec.errors import MixprecError, Unavailable
+from mixprec.errors import MixprecError, ResourceExhausted, Unavailable
+
+MAX_STREAMS = 200  # each open page re-reads its state twice a second: bound what browsers can ask for
 
 
 class Live:
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, max_streams: int = MAX_STREAMS):
         self.interval = interval
+        self.max_streams = max_streams
+        self.open_streams = 0
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -38,9 +42,23 @@ class Live:
         finally:
             wake.cancel()
 
-    async def regions(self, render: Callable[[], Awaitable[dict[str, str]]]) -> AsyncIterator[dict]:
+    def regions(self, render: Callable[[], Awaitable[dict[str, str]]]) -> AsyncIterator[dict]:
         """SSE events (`region`: {id, html}) for every region whose HTML changed; ends when the dashboard
         stops or `render` fails for a reason the caller caused (the session ended, the endpoint is gone)."""
+        if self.open_streams >= self.max_streams:
+            raise ResourceExhausted(f"{self.open_streams} live pages are open on this replica, the limit; "
+                                    "close some or reload later")
+        return self._regions(render)
+
+    async def _regions(self, render: Callable[[], Awaitable[dict[str, str]]]) -> AsyncIterator[dict]:
+        self.open_streams += 1
+        try:
+            async for event in self._changes(render):
+                yield event
+        finally:
+            self.open_streams -= 1
+
+    async def _changes(self, render: Callable[[], Awaitable[dict[str, str]]]) -> AsyncIterator[dict]:
         shown: dict[str, str] = {}
         while not self._closing.is_set():
             try:

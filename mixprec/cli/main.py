@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "mixprec.cli.rollout_cmds",
     "mixprec.cli.model_cmds",
     "mixprec.cli.worker_cmds",
+    "mixprec.cli.generate_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
     "mixprec.cli.token_cmds",
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except MixprecError as err:
         return exits.report_domain_error(err)
     except grpc.RpcError as err:
-        return exits.report_rpc_error(err, args.server)
+        return exits.report_rpc_error(err, args.server, getattr(args, "request_id", None))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -249,6 +249,9 @@ def test_every_control_is_reachable_by_keyboard(plane, page: Page):
 
 
 def test_bad_input_gets_a_clear_status_and_writes_nothing(plane, page: Page):
+    page.goto(plane.url + "/endpoints/chat")  # no catalog, no version, no worker yet: says what to do
+    expect(page.locator('[data-region="fleet"]')).to_contain_text("No worker has connected yet")
+    expect(page.locator("#policies")).to_contain_text("mixprec policy create chat")
     page.goto(plane.url + "/endpoints/nope")
     expect(page.locator("main")).to_contain_text("endpoint 'nope' does not exist")
     response = page.request.get(plane.url + "/endpoints/ranker/diff?from=1&to=x")
@@ -316,6 +319,10 @@ def test_a_viewer_sees_no_action_buttons_and_a_forged_action_is_refused(secured,
                                    headers={"X-CSRF-Token": csrf, "Accept": "application/json"})
         assert forged.status == 403 and "role viewer" in forged.json()["error"], forged.text()
     assert secured.active() == 2
+
+    secured.plane.tokens.revoke("viewer-token")
+    after = page.request.get(secured.url + "/endpoints/ranker", headers={"Accept": "text/html"})
+    assert re.search(r"/login\?next=/endpoints/ranker$", after.url)  # a revoked token ends its session
 
 
 def test_an_operator_rolls_back_and_the_audit_log_names_the_token(secured, page: Page):

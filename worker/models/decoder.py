@@ -203,10 +203,18 @@ def load_gemma3_270m(dtype: torch.dtype | None = None, device: str = "cpu") -> L
 
 def _dequantize_into(gguf: Path, target: Path) -> None:
     """GGUF -> safetensors directory; written beside `target` and renamed, so a reader never sees half."""
+    from safetensors.torch import save_model
+
     module, tokenizer = _load_gguf(gguf)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    module.save_pretrained(partial)
+    partial.mkdir(parents=True)
+    # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32 by now.
+    config = module.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(partial)
+    save_model(module, str(partial / "model.safetensors"))  # tied embeddings/lm_head are stored once
     tokenizer.save_pretrained(partial)
     try:
         partial.rename(target)
