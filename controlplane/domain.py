@@ -92,6 +92,19 @@ class WorkerUpdate:
 
 
 @dataclass(frozen=True)
+class WorkerConnect:
+    """A worker's hello, written behind like its ACKs once its endpoint is known to this replica."""
+
+    endpoint: str
+    worker_id: str
+    replica: str
+    running_version: int
+    hardware: dict
+    inference_address: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class ReportRecord:
     endpoint: str
     worker_id: str
@@ -149,6 +162,8 @@ class Rollout:
     created_at: datetime
     step_started_at: datetime
     updated_at: datetime
+    report_round: int = 0                    # bumped to ask the step's workers to send their reports again
+    reports_asked_at: datetime | None = None
 
     @property
     def open(self) -> bool:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except MixprecError as err:
         return exits.report_domain_error(err)
     except grpc.RpcError as err:
-        return exits.report_rpc_error(err, args.server)
+        return exits.report_rpc_error(err, args.server, getattr(args, "request_id", None))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

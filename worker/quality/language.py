@@ -82,11 +82,12 @@ class LanguageEvaluator:
         return [(list(range(s, min(s + batch_size, self.samples))), self.texts[s:s + batch_size])
                 for s in range(0, self.samples, batch_size)]
 
-    def embed(self, precision_map: Mapping[str, str], label: str = "candidate") -> torch.Tensor:
-        """Final hidden states of the windows with `precision_map` applied to this thread's passes only."""
+    def embed(self, precision_map: Mapping[str, str], label: str = "candidate", cancelled=None) -> torch.Tensor:
+        """Final hidden states of the windows with `precision_map` applied to this thread's passes only
+        (PassCancelled once `cancelled()` turns true)."""
         if self.progress:
             print(f"{label}: {self.samples} windows of {self.texts.shape[1]} tokens ...", file=sys.stderr)
-        with self.engine.using(precision_map):
+        with self.engine.using(precision_map, cancelled):
             return torch.cat([self.decoder.hidden(ids) for _, ids in self.batches()])
 
     def reference(self) -> torch.Tensor:
@@ -100,14 +101,14 @@ class LanguageEvaluator:
         reference = self._base_metrics()
         return EvalResult(metrics, reference, {m: metrics[m] - reference[m] for m in metrics}, self.samples)
 
-    def evaluate(self, precision_map: Mapping[str, str]) -> EvalResult:
-        result = self.compare(self.embed(precision_map))
+    def evaluate(self, precision_map: Mapping[str, str], cancelled=None) -> EvalResult:
+        result = self.compare(self.embed(precision_map, cancelled=cancelled))
         if not self.prompts:
             return result
         if self._base_greedy is None:
             with self.engine.using({}):
                 self._base_greedy = self._greedy("greedy at base")
-        with self.engine.using(precision_map):
+        with self.engine.using(precision_map, cancelled):
             match = self._greedy_match(self._greedy(f"greedy ({len(self.prompts)} prompts)"))
         metrics = {**result.metrics, "greedy_match": match}
         return EvalResult(metrics, result.reference, {**result.deltas, "greedy_match": match - 1.0}, result.samples)
