@@ -131,7 +131,7 @@ LLAMA = Family(
     fused=(("attention.q_proj", "attention.k_proj", "attention.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
     at_base=MappingProxyType({
         "model.embed_tokens": "token embeddings",
-        "lm_head": "output head (the full-vocabulary logits; FP8 there hurts every token)",
+        "lm_head": "the full-vocabulary output head: FP8 there would touch every token's logits",
     }),
     kv_cache="self_attn",
 )
@@ -139,7 +139,7 @@ LLAMA = Family(
 FAMILIES: dict[str, Family] = {family.name: family for family in (BERT, LLAMA)}
 
 # Named models and the family each belongs to; `hf:PATH` is any local Llama-style causal LM.
-MODELS: dict[str, str] = {"minilm": BERT.name, "gemma3-270m": LLAMA.name}
+MODELS: dict[str, str] = {"minilm": BERT.name, "gemma3-270m": LLAMA.name, "tiny-llama": LLAMA.name}
 HF_PREFIX = "hf:"
 # Architectures whose blocks use the Llama-style names, as transformers and GGUF files spell them.
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",

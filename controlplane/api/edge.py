@@ -55,7 +55,7 @@ RPC_RULES: dict[str, Rule] = {
     **_rules("FleetService", Action.ROLLBACK, "endpoint", "Rollback"),
     **_rules("FleetService", Action.READ, "endpoint", "GetFleet", "ListAudit"),
     **_rules("RolloutService", Action.ROLLOUT, "endpoint", "StartRollout", "PauseRollout", "ResumeRollout",
-             "AbortRollout"),
+             "AbortRollout", "PromoteRollout"),
     **_rules("RolloutService", Action.READ, "endpoint", "GetRollout", "ListRollouts"),
     # The hello names the endpoint; AgentServicer checks the scope there.
     **_rules("AgentService", Action.CONNECT, None, "Connect"),

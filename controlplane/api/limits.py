@@ -41,6 +41,7 @@ NUMBER_LIMITS: dict[str, tuple[float, float]] = {
     "step_timeout_seconds": (0.0, 7 * 86400.0),
     "min_throughput_ratio": (0.0, 1000.0),
     "max_drop": (0.0, 1e6),
+    "max_rise": (0.0, 1e6),
     "window_seconds": (0.0, 366 * 86400.0),
 }
 MAX_JSON_DEPTH = 32

@@ -23,7 +23,7 @@ class Action(enum.Enum):
     WRITE_POLICY = "write policy versions"
     ACTIVATE = "activate a policy version"
     ROLLBACK = "roll back"
-    ROLLOUT = "start, pause, resume or abort rollouts"
+    ROLLOUT = "start, pause, resume, abort or promote rollouts"
     ADMIN_ENDPOINTS = "create or delete endpoints"
     ADMIN_TOKENS = "create, list or revoke tokens"
     CONNECT = "connect a worker agent"

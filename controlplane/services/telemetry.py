@@ -57,7 +57,7 @@ def endpoint_telemetry(endpoint: domain.Endpoint, workers: list[domain.WorkerSta
     guardrails = {}
     if rollout is not None and rollout.open:
         latest = {w.worker_id: (w.last_quality or {}) for w in workers if w.worker_id in rollout.new_workers}
-        for metric, limit in rollout.guardrails.max_drop.items():
+        for metric, limit in {**rollout.guardrails.max_drop, **rollout.guardrails.max_rise}.items():
             measured = [worsening_of(metric, float(q["deltas"][metric])) for q in latest.values()
                         if int(q.get("version", 0) or 0) == rollout.to_version and metric in (q.get("deltas") or {})]
             if measured:

@@ -33,6 +33,9 @@ def register(sub) -> None:
                    help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9464 in a pod)")
     p.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                    help="plaintext gRPC health only, for probes when --listen uses TLS")
+    p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
+                   help="serve the web dashboard on HOST:PORT, e.g. 127.0.0.1:8080 (default: no dashboard); "
+                   "it takes the same tokens and, with --tls-cert/--tls-key, serves HTTPS")
     p.add_argument("--auth", choices=("required", "off"), default="auto",
                    help="require a bearer token on every call (default: required unless --listen is loopback; "
                    "off is refused beyond loopback)")
@@ -54,7 +57,8 @@ def _server(args) -> int:
     )
     credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
     asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth,
-                      tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen))
+                      tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen,
+                      http_listen=args.http_listen, http_tls=(args.tls_cert, args.tls_key) if args.tls_cert else None))
     return 0
 
 

@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command, count
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write; MAP.json and MAP.png go beside it (default sweep.yaml)")
     add_kernel_option(p)
     p.add_argument("--propose", metavar="ENDPOINT", help="store the policy as the endpoint's next version")
-    p.add_argument("--parent", type=int, default=None,
+    p.add_argument("--parent", type=count, default=None,
                    help="version the proposal builds on (default: the latest when the sweep starts)")
 
 
