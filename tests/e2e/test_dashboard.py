@@ -227,8 +227,12 @@ def test_rollout_buttons_pause_resume_and_promote(plane, page: Page):
 
     rollout.get_by_role("button", name="Pause").click()
     page.locator("#confirm-reason").fill("watching the canary")
-    page.locator("dialog#confirm").get_by_role("button", name="Pause").click()
+    page.keyboard.press("Enter")  # the keyboard confirms
     expect(rollout.locator(".badge").first).to_contain_text("paused", timeout=2000)
+    rollout.get_by_role("button", name="Resume").click()
+    page.keyboard.press("Escape")  # and Esc cancels: still paused
+    expect(page.locator("dialog#confirm")).to_be_hidden()
+    expect(rollout.locator(".badge").first).to_contain_text("paused")
     rollout.get_by_role("button", name="Resume").click()
     page.locator("dialog#confirm").get_by_role("button", name="Resume").click()
     expect(rollout.locator(".badge").first).to_contain_text("running", timeout=2000)
