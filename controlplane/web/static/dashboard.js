@@ -84,6 +84,8 @@
   }
 
   const dialog = document.getElementById("confirm");
+  // Enter in the dialog's reason field confirms (the form's only submit button); Cancel and Esc do not.
+  if (dialog) document.getElementById("confirm-cancel").addEventListener("click", () => dialog.close("cancel"));
 
   // Shows the confirmation dialog; resolves with the reason typed there, or null when cancelled.
   function confirmDialog(title, bodyHtml, okText, askReason) {
