@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.metrics import WINDOW_TOKENS
 from worker.engine import HybridEngine
+from worker.engine.engine import PassCancelled
 from worker.quality.docstrings import build_pairs
 from worker.quality.shadow import EvalResult
 
@@ -89,12 +90,18 @@ class LanguageEvaluator:
     def batches(self) -> list[tuple[list[int], torch.Tensor]]:
         return self.model.batches(self.texts)
 
-    def embed(self, precision_map: Mapping[str, str], label: str = "candidate") -> torch.Tensor:
-        """Final hidden states of the windows with `precision_map` applied to this thread's passes only."""
+    def embed(self, precision_map: Mapping[str, str], label: str = "candidate", cancelled=None) -> torch.Tensor:
+        """Final hidden states of the windows with `precision_map` applied to this thread's passes only
+        (PassCancelled once `cancelled()` turns true)."""
         if self.progress:
             print(f"{label}: {self.samples} windows of {self.texts.shape[1]} tokens ...", file=sys.stderr)
-        with self.engine.using(precision_map):
-            return torch.cat([self.decoder.hidden(ids) for _, ids in self.batches()])
+        hidden = []
+        with self.engine.using(precision_map, cancelled):
+            for _, ids in self.batches():  # the decoder runs its inner model, past the engine's forward check
+                if cancelled is not None and cancelled():
+                    raise PassCancelled("the evaluation was cancelled before its next batch")
+                hidden.append(self.decoder.hidden(ids))
+        return torch.cat(hidden)
 
     def use_reference(self, hidden: torch.Tensor) -> None:
         """Base hidden states of the windows that a caller already computed (the sweep's capture pass)."""
@@ -111,14 +118,14 @@ class LanguageEvaluator:
         reference = self._base_metrics()
         return EvalResult(metrics, reference, {m: metrics[m] - reference[m] for m in metrics}, self.samples)
 
-    def evaluate(self, precision_map: Mapping[str, str]) -> EvalResult:
-        result = self.compare(self.embed(precision_map))
+    def evaluate(self, precision_map: Mapping[str, str], cancelled=None) -> EvalResult:
+        result = self.compare(self.embed(precision_map, cancelled=cancelled))
         if not self.prompts:
             return result
         if self._base_greedy is None:
             with self.engine.using({}):
                 self._base_greedy = self._greedy("greedy at base")
-        with self.engine.using(precision_map):
+        with self.engine.using(precision_map, cancelled):
             match = self._greedy_match(self._greedy(f"greedy ({len(self.prompts)} prompts)"))
         metrics = {**result.metrics, "greedy_match": match}
         return EvalResult(metrics, result.reference, {**result.deltas, "greedy_match": match - 1.0}, result.samples)
