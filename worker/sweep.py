@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from mixprec import metrics as directions
 from mixprec import policy as lang
+from mixprec.families import fused_unit_name
 from worker.engine import HybridEngine
 from worker.engine.methods import METHODS
 from worker.models import LoadedModel
 from worker.quality.docstrings import Pair
-from worker.quality.shadow import METRICS, ShadowEvaluator
+from worker.quality.evaluators import evaluator_for
 
 # Agreement with the base reference separates layers far better than label metrics on a robust model.
 DEFAULT_METRIC = "cosine_to_base"
@@ -78,8 +80,13 @@ SILENT = SweepProgress()
 def units_for(catalog: list[str], granularity: str) -> list[Unit]:
     if granularity == "layer":
         return [Unit(layer, [layer]) for layer in catalog]
+    if granularity == "fused":  # q/k/v of a block share one decision, gate/up another (serving engines fuse them)
+        fused: dict[str, list[str]] = {}
+        for layer in catalog:
+            fused.setdefault(fused_unit_name(layer), []).append(layer)
+        return [Unit(name, layers) for name, layers in fused.items()]
     if granularity != "group":
-        raise ValueError(f"granularity {granularity!r} is neither 'layer' nor 'group'")
+        raise ValueError(f"granularity {granularity!r} is none of 'layer', 'fused', 'group'")
     groups: dict[str, list[str]] = {}
     for layer in catalog:
         m = re.match(r"^layers\.\d+\.(.+)$", layer)
@@ -89,27 +96,29 @@ def units_for(catalog: list[str], granularity: str) -> list[Unit]:
 
 class Sweep:
     def __init__(self, model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
-                 metric: str = DEFAULT_METRIC, precision: str = "fp8", strategy: str = "staged",
+                 metric: str | None = DEFAULT_METRIC, precision: str = "fp8", strategy: str = "staged",
                  pack: bool = True):
-        if metric not in METRICS:
-            raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+        # Embedders: agreement on the docstring pairs; decoders: LLM metrics on token windows of their text.
+        self.evaluator = evaluator_for(engine, model, pairs)
+        metric = metric or self.evaluator.default_metric
+        if metric not in self.evaluator.metrics:
+            raise ValueError(f"metric {metric!r} is not one of {', '.join(self.evaluator.metrics)}")
         if precision not in lang.PRECISIONS or precision == lang.BASE_PRECISION:
             raise ValueError(f"precision {precision!r}: sweep toward one of fp8, fp8-tensor, fp8-weight-only")
         if strategy == "staged" and (model.staged is None or model.batches is None):
             strategy = "naive"  # the model has no way to start mid-network
         self.model, self.engine, self.pairs = model, engine, pairs
         self.metric, self.precision, self.strategy = metric, precision, strategy
-        texts = [p.query for p in pairs] + [p.document for p in pairs]
-        self._captured, reference = None, None
+        texts = self.evaluator.texts
+        self._captured = None
         if strategy == "staged":
             # Padding rows are skipped unless the precision's scales look across rows (per tensor). The
             # pass that keeps the activations also gives the base reference.
             packed = pack and METHODS[precision].token_wise
             with engine.using({}):
                 reference, self._captured = model.staged.capture(model.batches(texts), packed=packed)
-        # Refuses a model that is not an embedder; computes the reference if the capture did not.
-        self.evaluator = ShadowEvaluator(engine, model, pairs, reference=reference)
-        self.evaluator.reference()
+            self.evaluator.use_reference(reference)
+        self.evaluator.reference()  # computed here if the capture did not
 
     def work(self, unit: Unit) -> float:
         """Estimated cost of measuring `unit`, in full forward passes (the progress bar's ETA)."""
@@ -143,7 +152,7 @@ class Sweep:
         for unit, cost in zip(units, work, strict=True):
             unit.deltas = self.deltas(self._embed_unit(unit))
             unit.delta = unit.deltas[self.metric]
-            unit.drop = -unit.delta
+            unit.drop = directions.worsening(self.metric, unit.delta)
             progress.measured(unit, cost)
         return units
 
@@ -167,7 +176,7 @@ class Sweep:
                     vectors, cache = self.model.staged.capture_from(cache, *start)
                 cache_map = precision_map
                 deltas = self.deltas(vectors)
-            measured, predicted = -deltas[self.metric], sum(u.drop for u in chosen)
+            measured, predicted = directions.worsening(self.metric, deltas[self.metric]), sum(u.drop for u in chosen)
             history.append({"units": [u.name for u in chosen], "predicted_drop": predicted, "measured_drop": measured,
                             "deltas": deltas})
             if measured <= max_drop:
@@ -181,7 +190,7 @@ class Sweep:
         return {layer: self.precision for u in chosen for layer in u.layers}, history
 
 
-def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str = DEFAULT_METRIC,
+def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str | None = DEFAULT_METRIC,
               precision: str = "fp8", granularity: str = "layer", max_drop: float = 0.001, strategy: str = "staged",
               progress: SweepProgress = SILENT) -> SweepResult:
     started = time.perf_counter()
@@ -191,5 +200,6 @@ def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
     sweep.measure(units, progress)
     fp8_map, history = sweep.choose(units, max_drop, progress)
     precision_map = {layer: fp8_map.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}
-    return SweepResult(model.name, metric, precision, granularity, max_drop, len(pairs), units, history,
+    return SweepResult(model.name, sweep.metric, precision, granularity, max_drop, sweep.evaluator.samples, units,
+                       history,
                        precision_map, time.perf_counter() - started, sweep.strategy)

@@ -12,10 +12,14 @@ from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command,
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
+from mixprec.families import LLAMA, family_of
+from mixprec.metrics import limit_word
 from mixprec.policy import PRECISIONS, compact_rules
 from mixprec.v1 import policy_pb2 as pb
 
-METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1")
+METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1", "kl_divergence", "top1_agreement", "perplexity")
+# The budget when none is given: how much worse the sweep's metric may get.
+DEFAULT_BUDGET = {"kl_divergence": 0.02, "perplexity": 0.5, "top1_agreement": 0.01}
 
 
 def register(sub) -> None:
@@ -26,16 +30,20 @@ def register(sub) -> None:
                 "budget). Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
     p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
-    p.add_argument("--model", help="the text embedder to sweep: minilm")
+    p.add_argument("--model", help="the model to sweep: minilm, gemma3-270m, tiny-llama or hf:PATH")
     p.add_argument("--precision", default="fp8", choices=[x for x in PRECISIONS if x != "bf16"],
                    help="what each layer is tried at (default fp8: FP8 weights per channel, activations per token)")
-    p.add_argument("--granularity", default="layer", choices=("layer", "group"),
-                   help="one layer at a time, or one layer kind across every block")
-    p.add_argument("--metric", default="cosine_to_base", choices=METRICS,
-                   help="cosine_to_base and top10_agreement (agreement with BF16) separate layers far better than "
-                   "the label metrics on a robust model (default cosine_to_base)")
-    p.add_argument("--max-drop", type=float, default=0.001, help="quality budget: largest drop of the metric "
-                   "(0 keeps everything at base, inf allows everything; default 0.001)")
+    p.add_argument("--granularity", default="layer", choices=("layer", "fused", "group"),
+                   help="one layer at a time; fused: q/k/v of a block as one unit and gate/up as one (what serving "
+                   "engines can load); or one layer kind across every block")
+    p.add_argument("--metric", default=None, choices=METRICS,
+                   help="embedders: cosine_to_base and top10_agreement (agreement with BF16) separate layers far "
+                   "better than the label metrics (default cosine_to_base); decoders: kl_divergence (default), "
+                   "top1_agreement, perplexity")
+    p.add_argument("--max-drop", type=float, default=None, help="quality budget for a metric that must not drop: "
+                   "its largest drop (0 keeps everything at base, inf allows everything; default 0.001)")
+    p.add_argument("--max-rise", type=float, default=None, help="quality budget for a metric that must not rise "
+                   "(kl_divergence, perplexity): its largest rise (default 0.02 for kl_divergence)")
     p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each), 2 to 796; more is "
                    "slower (default 64: under a minute on 2 cores)")
     p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write; MAP.json and MAP.png go beside it (default sweep.yaml)")
@@ -52,8 +60,12 @@ def _sweep(args) -> int:
         raise InvalidArgument(FieldError("--model", "is required (e.g. --model minilm)"))
     if args.samples < 2:
         raise InvalidArgument(FieldError("--samples", f"must be >= 2, got {args.samples}"))
-    if math.isnan(args.max_drop) or args.max_drop < 0:
-        raise InvalidArgument(FieldError("--max-drop", f"must be >= 0 (or inf), got {args.max_drop}"))
+    for option in ("max_drop", "max_rise"):
+        value = getattr(args, option)
+        if value is not None and (math.isnan(value) or value < 0):
+            raise InvalidArgument(FieldError(f"--{option.replace('_', '-')}", f"must be >= 0 (or inf), got {value}"))
+    args.metric = args.metric or ("kl_divergence" if family_of(args.model) is LLAMA else "cosine_to_base")
+    budget = _budget(args)
     out = pathlib.Path(args.out)
     if out.suffix not in (".yaml", ".yml") or not out.parent.is_dir():
         raise InvalidArgument(FieldError("-o", f"{args.out!r} must be a .yaml file in an existing directory"))
@@ -74,23 +86,35 @@ def _sweep(args) -> int:
         print(f"--samples {args.samples}: the calibration set has {len(pairs)} pairs; using all of them",
               file=sys.stderr)
     result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
-                       granularity=args.granularity, max_drop=args.max_drop,
+                       granularity=args.granularity, max_drop=budget,
                        progress=SweepBar(args.metric, sys.stderr))
     json_path, png_path = write_artifacts(result, out)
     chosen = sum(p != "bf16" for p in result.precision_map.values())
+    word = limit_word(args.metric)
     last = result.combined[-1] if result.combined else {"predicted_drop": 0.0, "measured_drop": 0.0}
     if args.output == "json":
         output.as_json({**result.to_json(), "files": [str(out), str(json_path), str(png_path)]})
     else:
         output.table(sweep_table(result.to_json()))
-        print(f"\n{chosen} of {len(result.precision_map)} layers at {args.precision}; combined {args.metric} drop: "
-              f"predicted {last['predicted_drop']:.6f} (sum of single-layer drops), measured "
-              f"{last['measured_drop']:.6f}, budget {args.max_drop:g}; {len(result.combined)} combined check(s); "
-              f"{result.seconds:.0f}s on {result.samples} pairs")
+        print(f"\n{chosen} of {len(result.precision_map)} layers at {args.precision}; combined {args.metric} {word}: "
+              f"predicted {last['predicted_drop']:.6f} (sum of single-layer {word}s), measured "
+              f"{last['measured_drop']:.6f}, budget {budget:g}; {len(result.combined)} combined check(s); "
+              f"{result.seconds:.0f}s on {result.samples} {'token windows' if model.decoder is not None else 'pairs'}")
         print(f"wrote {out} (policy), {json_path} (measurements), {png_path} (chart)")
     if args.propose:
         return _propose(args, result, parent)
     return 0
+
+
+def _budget(args) -> float:
+    """The budget of the sweep's metric, given on the side that is worse for it (mixprec.metrics)."""
+    word = limit_word(args.metric)
+    wrong = args.max_rise if word == "drop" else args.max_drop
+    if wrong is not None:
+        option = "--max-rise" if word == "drop" else "--max-drop"
+        raise InvalidArgument(FieldError(option, f"{args.metric} must not {word}; give its budget with --max-{word}"))
+    given = args.max_drop if word == "drop" else args.max_rise
+    return given if given is not None else DEFAULT_BUDGET.get(args.metric, 0.001)
 
 
 def _check_endpoint(args, catalog: list[str]) -> int:
@@ -107,7 +131,7 @@ def _propose(args, result, parent: int) -> int:
     created = policy_stub(args).CreatePolicy(
         pb.CreatePolicyRequest(
             endpoint=args.propose, parent_version=parent, rules=rules_proto(spec), author=actor(args),
-            message=f"sensitivity sweep: {result.metric} drop <= {result.max_drop:g}, "
+            message=f"sensitivity sweep: {result.metric} {limit_word(result.metric)} <= {result.max_drop:g}, "
                     f"{sum(p != 'bf16' for p in result.precision_map.values())}/{len(result.precision_map)} "
                     f"layers {result.precision}",
             artifact_json=json.dumps(result.to_json(), default=str),
