@@ -16,19 +16,24 @@ from controlplane import blocking
 from controlplane.api.edge import EdgeInterceptor
 from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
+from controlplane.api.notification_servicer import NotificationServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.api.rollout_servicer import RolloutServicer
 from controlplane.api.token_servicer import TokenServicer
 from controlplane.auth import Authenticator, TokenService
-from controlplane.push.agent_servicer import AgentServicer
+from controlplane.database_health import DatabaseHealth
+from controlplane.notifier import Notifier
+from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
+from controlplane.services.notifications import NotificationService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
 from controlplane.services.telemetry import TelemetryService
+from controlplane.services.write_requests import RequestLog
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from controlplane.web.pages import Pages
@@ -41,6 +46,8 @@ from mixprec.v1 import (
     agent_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    notify_pb2,
+    notify_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     rollout_pb2,
@@ -55,6 +62,7 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    notify_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
 )
 
 # Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
@@ -97,6 +105,7 @@ class ControlPlane:
         metrics_listen: str | None = None,
         health_listen: str | None = None,
         metrics_interval: float = 5.0,
+        notifier: dict | None = None,  # Notifier's keywords (interval, attempts, backoff, timeout)
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
         http_listen: str | None = None,
@@ -122,6 +131,9 @@ class ControlPlane:
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
+        self.notifications = NotificationService(uow)
+        self.notifier = Notifier(self.notifications, self.replica, **(notifier or {}))
+        self.requests = RequestLog(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
         self.authenticator = Authenticator(uow)
@@ -146,17 +158,22 @@ class ControlPlane:
         self.fleet_metrics = FleetMetrics(self.registry, TelemetryService(self._uow), self.metrics_interval)
         edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(
+            PolicyServicer(self.policies, self.endpoint_changed, self.requests), server
+        )
+        add_agent_servicer(
             AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
                           **self.stream_limits),
             server,
         )
-        agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
+        agent_pb2_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(self.fleet, self.endpoint_changed, self.requests), server
+        )
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
-            RolloutServicer(self.rollouts, self.endpoint_changed), server
+            RolloutServicer(self.rollouts, self.endpoint_changed, self.requests), server
         )
         auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens), server)
+        notify_pb2_grpc.add_NotificationServiceServicer_to_server(NotificationServicer(self.notifications), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -174,6 +191,8 @@ class ControlPlane:
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
             asyncio.ensure_future(self.fleet_metrics.run()),
+            asyncio.ensure_future(self.notifier.run()),
+            asyncio.ensure_future(DatabaseHealth(self.engine, self._health, ("", *SERVICE_NAMES)).run()),
         ]
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -199,7 +218,7 @@ class ControlPlane:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.recorder.flush()
+        await self.recorder.flush_before_exit()
         try:  # the streams are gone with this replica: its workers are not connected any more
             await blocking.run_blocking(self.fleet.release_replica, self.replica)
         except MixprecError as err:
@@ -218,15 +237,24 @@ class ControlPlane:
             return
         self.hub.publish(target)
 
-    async def endpoint_changed(self, endpoint: str) -> None:
+    async def endpoint_changed(self, endpoint: str) -> int:
+        """Pushes the endpoint's new target here, tells the other replicas; returns this replica's streams."""
         await self.refresh(endpoint)
         await self._feed.publish(endpoint)
+        return self.hub.connected(endpoint)
 
     async def _poll(self) -> None:
+        passes = 0
         while True:
             await asyncio.sleep(self.poll_interval)
             for endpoint in self.hub.watched():
                 await self.refresh(endpoint)
+            passes += 1
+            if passes % 720 == 1:  # about hourly: request ids older than a day answer no retry any more
+                try:
+                    await blocking.run_blocking(self.requests.forget_old)
+                except MixprecError as err:
+                    log.warning("could not forget old request ids: %s", err)
 
     async def _drive_rollouts(self) -> None:
         """Advance running rollouts; any replica may, the rollout's revision makes sure only one does."""

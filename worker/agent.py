@@ -17,6 +17,7 @@ from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, server_credentials
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import inference_pb2_grpc
+from worker.engine import PassCancelled
 from worker.serving import InferenceServicer, ServingStats
 from worker.state import StateStore
 from worker.sync import AgentIdentity, SyncLoop
@@ -52,10 +53,13 @@ class WorkerAgent:
         self.config = config
         self.runtime = runtime
         self.worker_id = config.resolved_worker_id()
-        # One thread for precision changes and evaluation, a few for inference: applying a map never
-        # waits behind a queue of requests, and requests keep flowing while an evaluation runs.
+        # One thread for precision changes, one for shadow evaluation, a few for inference: applying a
+        # map never waits behind requests or an evaluation, and an evaluation of a map that is no longer
+        # applied stops at its next batch.
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixprec-control")
+        self._evaluation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixprec-evaluation")
         self._inference = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mixprec-inference")
+        self._evaluations: set[asyncio.Task] = set()
         self.stats = ServingStats()
         self.metrics = WorkerMetrics(config.endpoint, self.worker_id)
         self.inference_port: int | None = None
@@ -68,13 +72,37 @@ class WorkerAgent:
         await asyncio.get_running_loop().run_in_executor(self._control, self.runtime.apply, version, precision_map)
 
     async def _after_apply(self, version: int, precision_map: dict[str, str]) -> None:
-        """Shadow evaluation of the applied map against the resident base weights, reported upstream."""
+        self._evaluate_soon(version)
+
+    def _evaluate_soon(self, version: int) -> None:
+        """Starts the shadow evaluation of the applied map apart from the apply path; never waits for it."""
+        task = asyncio.ensure_future(self._evaluate(version, dict(self.sync.precision_map or {})))
+        self._evaluations.add(task)
+        task.add_done_callback(self._evaluations.discard)
+
+    async def _evaluate(self, version: int, precision_map: dict[str, str]) -> None:
+        """Shadow evaluation of an applied map against the resident base weights, reported upstream.
+
+        Stops (or its result is dropped) as soon as another map is applied: nobody needs that number.
+        """
+        def stale() -> bool:
+            return self.sync.version != version
+
+        if stale():
+            return
+        log.info("evaluating v%d", version)
         try:
             metrics, deltas, samples = await asyncio.get_running_loop().run_in_executor(
-                self._control, self.runtime.evaluate, precision_map
+                self._evaluation, self.runtime.evaluate, precision_map, stale
             )
+        except PassCancelled:
+            log.info("evaluation of v%d cancelled: v%d is applied now", version, self.sync.version)
+            return
         except Exception:  # noqa: BLE001 - a failed evaluation must not take the worker down
             log.exception("shadow evaluation of v%d failed", version)
+            return
+        if stale():
+            log.info("evaluation of v%d discarded: v%d is applied now", version, self.sync.version)
             return
         log.info("v%d quality: %s", version, " ".join(f"{k}={v:+.5f}" for k, v in sorted(deltas.items())))
         self.sync.report(apb.Report(kind=apb.Report.QUALITY, version=version, metrics=metrics, deltas=deltas,
@@ -111,6 +139,7 @@ class WorkerAgent:
             model=self.config.model, hardware=apb.Hardware(**self.runtime.hardware()),
         )
         self.sync = SyncLoop(self.config.server, identity, self._apply, state=state, on_applied=self._after_apply,
+                             on_report_requested=self._evaluate_soon,
                              token=self.config.token, tls_ca=self.config.tls_ca, tls_client=self.config.tls_client)
         # The last applied policy is live before the first request is served or the control plane answers.
         restored = await self.sync.restore()
@@ -126,15 +155,16 @@ class WorkerAgent:
         try:
             await stop.wait()
         finally:
-            for task in tasks:
+            for task in (*tasks, *self._evaluations):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._evaluations, return_exceptions=True)
             await self._server.stop(grace=5)
             if self._health_server is not None:
                 await self._health_server.stop(0)
             if self._metrics_http is not None:
                 self._metrics_http[0].shutdown()
             self._control.shutdown(wait=False, cancel_futures=True)
+            self._evaluation.shutdown(wait=False, cancel_futures=True)
             self._inference.shutdown(wait=False, cancel_futures=True)
 
 

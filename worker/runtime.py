@@ -68,12 +68,14 @@ class EmbedderRuntime:
     def decode(self, tokens: list[int]) -> str:
         return self.model.decoder.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def evaluate(self, precision_map: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float], int]:
+    def evaluate(self, precision_map: Mapping[str, str],
+                 cancelled=None) -> tuple[dict[str, float], dict[str, float], int]:
+        """Shadow evaluation of a map; raises PassCancelled at the next batch once `cancelled()` is true."""
         if self.evaluator is None:
             return {}, {}, 0
         key = frozenset(precision_map.items())
         if key not in self._evaluations:
-            result = self.evaluator.evaluate(precision_map)
+            result = self.evaluator.evaluate(precision_map, cancelled)
             self._evaluations[key] = (result.metrics, result.deltas, result.samples)
         return self._evaluations[key]
 

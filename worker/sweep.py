@@ -25,11 +25,12 @@ import torch
 
 from mixprec import metrics as directions
 from mixprec import policy as lang
+from mixprec.families import fused_unit_name
 from worker.engine import HybridEngine
 from worker.engine.methods import METHODS
 from worker.models import LoadedModel
 from worker.quality.docstrings import Pair
-from worker.quality.shadow import METRICS, ShadowEvaluator
+from worker.quality.evaluators import evaluator_for
 
 # Agreement with the base reference separates layers far better than label metrics on a robust model.
 DEFAULT_METRIC = "cosine_to_base"
@@ -119,8 +120,13 @@ SILENT = SweepProgress()
 def units_for(catalog: list[str], granularity: str) -> list[Unit]:
     if granularity == "layer":
         return [Unit(layer, [layer]) for layer in catalog]
+    if granularity == "fused":  # q/k/v of a block share one decision, gate/up another (serving engines fuse them)
+        fused: dict[str, list[str]] = {}
+        for layer in catalog:
+            fused.setdefault(fused_unit_name(layer), []).append(layer)
+        return [Unit(name, layers) for name, layers in fused.items()]
     if granularity != "group":
-        raise ValueError(f"granularity {granularity!r} is neither 'layer' nor 'group'")
+        raise ValueError(f"granularity {granularity!r} is none of 'layer', 'fused', 'group'")
     groups: dict[str, list[str]] = {}
     for layer in catalog:
         m = re.match(r"^layers\.\d+\.(.+)$", layer)
@@ -143,19 +149,22 @@ class Sweep:
     """The measurements a sweep makes: one unit alone at one precision, or a whole map (a combined check)."""
 
     def __init__(self, model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
-                 metric: str = DEFAULT_METRIC, precision: str | list[str] = "fp8", strategy: str = "staged",
+                 metric: str | None = DEFAULT_METRIC, precision: str | list[str] = "fp8", strategy: str = "staged",
                  pack: bool = True, estimator=None):
         """`estimator` (worker.sweep_estimate.Estimator): records the fast sweep's estimates during the
         reference pass, where the staged runner can (`estimator.items` stays 0 where it cannot)."""
-        if metric not in METRICS:
-            raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+        # Embedders: agreement on the docstring pairs; decoders: LLM metrics on token windows of their text.
+        self.evaluator = evaluator_for(engine, model, pairs)
+        metric = metric or self.evaluator.default_metric
+        if metric not in self.evaluator.metrics:
+            raise ValueError(f"metric {metric!r} is not one of {', '.join(self.evaluator.metrics)}")
         self.ladder = ladder_of(precision)
         if strategy == "staged" and (model.staged is None or model.batches is None):
             strategy = "naive"  # the model has no way to start mid-network
         self.model, self.engine, self.pairs = model, engine, pairs
         self.metric, self.precision, self.strategy = metric, self.ladder[0], strategy
-        self.texts = [p.query for p in pairs] + [p.document for p in pairs]
-        self._captured, reference = None, None
+        self.texts = self.evaluator.texts
+        self._captured = None
         if strategy == "staged":
             # Padding rows are skipped unless a precision's scales look across rows (per tensor). The
             # pass that keeps the activations also gives the base reference.
@@ -167,9 +176,8 @@ class Sweep:
                         reference, self._captured = model.staged.capture(batches, packed=packed, during=estimator.batch)
                 else:
                     reference, self._captured = model.staged.capture(batches, packed=packed)
-        # Refuses a model that is not an embedder; computes the reference if the capture did not.
-        self.evaluator = ShadowEvaluator(engine, model, pairs, reference=reference)
-        self.evaluator.reference()
+            self.evaluator.use_reference(reference)
+        self.evaluator.reference()  # computed here if the capture did not
         self._check_cache, self._check_map = self._captured, {}
 
     def worsening(self, deltas: dict[str, float]) -> float:
@@ -301,7 +309,7 @@ def settle(units: list[Unit], rungs: dict[int, int | None], ladder: list[str]) -
     return assignment_of(units, rungs, ladder)
 
 
-def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str = DEFAULT_METRIC,
+def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str | None = DEFAULT_METRIC,
               precision: str | list[str] = "fp8", granularity: str = "layer", max_drop: float = 0.001,
               strategy: str = "staged", algorithm: str = "fast", holdout: tuple[Pair, ...] = (),
               progress: SweepProgress = SILENT) -> SweepResult:
@@ -325,13 +333,13 @@ def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
         chosen, history = chooser.choose(units, max_drop)
         account = chooser.account()
     precision_map = {layer: chosen.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}
-    result = SweepResult(model.name, metric, ",".join(sweep.ladder), granularity, max_drop, len(pairs), units,
+    result = SweepResult(model.name, sweep.metric, ",".join(sweep.ladder), granularity, max_drop, sweep.evaluator.samples, units,
                          history, precision_map, 0.0, sweep.strategy, algorithm,
                          calibration_drop=final_drop(history), fast=account)
     result.seconds = time.perf_counter() - started
     if holdout:
-        deltas = ShadowEvaluator(engine, model, holdout).evaluate(chosen).deltas
-        result.holdout = {"pairs": len(holdout), "drop": directions.worsening(metric, deltas[metric]), "deltas": deltas}
+        deltas = evaluator_for(engine, model, holdout).evaluate(chosen).deltas
+        result.holdout = {"pairs": len(holdout), "drop": sweep.worsening(deltas), "deltas": deltas}
         progress.holdout(result)
     return result
 

@@ -19,7 +19,7 @@ from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
-from controlplane.services.fleet import FleetService, Target
+from controlplane.services.fleet import FleetService, Target, check_hello
 from controlplane.storage.repositories import utcnow
 from mixprec.errors import AlreadyExists, MixprecError
 from mixprec.v1 import agent_pb2 as apb
@@ -53,6 +53,14 @@ class WorkerSession:
     nacked: set[int] = field(default_factory=set)
     pending_nonce: str = ""
     sent_at: float = 0.0
+    report_round: int = 0         # the target's last request for reports this worker has seen
+    outbox: list[bytes] = field(default_factory=list)  # serialized control messages besides assignments
+    wake: asyncio.Event | None = None
+
+    def send_soon(self, message: apb.ControlMessage) -> None:
+        self.outbox.append(message.SerializeToString())
+        if self.wake is not None:
+            self.wake.set()
     offered: set[int] = field(default_factory=set)  # versions this worker ran at hello or was sent
 
     def next_version(self, target: Target) -> int | None:
@@ -62,12 +70,23 @@ class WorkerSession:
             return None
         return want
 
-    def sent(self, version: int) -> str:
+    def sent(self, version: int, nonce: str) -> None:
         self.offered.add(version)
-        self.current = version
-        self.pending_nonce = uuid.uuid4().hex[:12]
-        self.sent_at = time.perf_counter()
-        return self.pending_nonce
+        self.current, self.pending_nonce, self.sent_at = version, nonce, time.perf_counter()
+
+
+def _serialized(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None:
+    """Registers Connect with a serializer that passes bytes through: an assignment is serialized once
+    per version and the same bytes go to every stream."""
+    connect = grpc.stream_stream_rpc_method_handler(
+        servicer.Connect, request_deserializer=apb.AgentMessage.FromString, response_serializer=_serialized,
+    )
+    service = apb.DESCRIPTOR.services_by_name["AgentService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Connect": connect}),))
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -83,8 +102,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._hub = hub
         self._recorder = recorder
         self._replica = replica
+        self._catalogs: dict[str, tuple[str, ...]] = {}  # endpoint -> catalog a hello was accepted with
         self._ack_latency = ack_latency
-        self._prototypes: dict[tuple[str, int], tuple[Target, apb.Assignment]] = {}
+        # (endpoint, version, reason) -> (the target it was built from, its nonce, the serialized message)
+        self._serialized: dict[tuple[str, int, str], tuple[Target, str, bytes]] = {}
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
         token = current_principal().name
@@ -135,19 +156,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         except MixprecError as err:
             await abort_with(context, err)
         try:
-            state, target = await run_blocking(
-                self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
-                hello.running_version, MessageToDict(hello.hardware, preserving_proto_field_name=True),
-                hello.inference_address,
-            )
+            last_nack, target = await self._register(hello)
         except MixprecError as err:
             self._release(hello, holder)
             await abort_with(context, err)
-        self._hub.publish(target)
         await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
-            nacked={state.last_nack_version} if state.last_nack_version else set(),
+            nacked={last_nack} if last_nack else set(), report_round=target.report_round,
         )
         # A NACKed version stays refused only until a newer one exists; the worker runs what it applied.
         session.nacked.discard(hello.running_version)
@@ -157,7 +173,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reader: asyncio.Future | None = None
         try:
             with self._hub.watch(hello.endpoint) as changed:
-                # The reader sets `changed` too when the stream ends, so one wait covers both.
+                # The reader and acknowledged reports set `changed` too, so one wait covers all three.
+                session.wake = changed
                 reader = asyncio.ensure_future(self._read(context, session))
                 reader.add_done_callback(lambda _: changed.set())
                 replaced = asyncio.ensure_future(holder.replaced.wait())
@@ -166,9 +183,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 while not reader.done() and not holder.replaced.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
-                    assignment = self._assignment(session, latest, reason) if latest else None
-                    if assignment is not None:
-                        await context.write(apb.ControlMessage(assignment=assignment))
+                    if latest is not None:
+                        await self._send_target(context, session, latest, reason)
+                    while session.outbox:
+                        await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
                 replaced.cancel()
@@ -191,23 +209,59 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return True
         return False
 
-    def _assignment(self, session: WorkerSession, target: Target, reason: str) -> apb.Assignment | None:
+    async def _register(self, hello: apb.Hello) -> tuple[int, Target]:
+        """Accepts a hello: (the version this worker last refused, the endpoint's target).
+
+        Once this replica serves an endpoint with streams (its target kept current by the change feed),
+        a hello with the catalog already accepted is written behind like ACKs: thousands of agents
+        reconnecting at once cost a few batched writes, not a transaction each. (Such a worker's last
+        refusal is not read back: a version it refused may be sent once more, and refused once more.)
+        """
+        hardware = MessageToDict(hello.hardware, preserving_proto_field_name=True)
+        target = self._hub.get(hello.endpoint)
+        if (target is not None and self._hub.connected(hello.endpoint)
+                and self._catalogs.get(hello.endpoint) == tuple(hello.layers)):
+            check_hello(hello.endpoint, hello.worker_id, list(hello.layers))
+            self._recorder.connected(domain.WorkerConnect(
+                hello.endpoint, hello.worker_id, self._replica, hello.running_version, hardware,
+                hello.inference_address, utcnow(),
+            ))
+            return 0, target
+        state, target = await run_blocking(
+            self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
+            hello.running_version, hardware, hello.inference_address,
+        )
+        self._catalogs[hello.endpoint] = tuple(hello.layers)
+        self._hub.publish(target)
+        return state.last_nack_version, target
+
+    async def _send_target(self, context, session: WorkerSession, target: Target, reason: str) -> None:
         version = session.next_version(target)
-        if version is None:
-            return None
-        # Every worker of an endpoint gets the same map: build its message once per target.
-        key = (target.endpoint, version)
-        cached = self._prototypes.get(key)
+        if version is not None:
+            nonce, payload = self._assignment(target, version, reason)
+            session.sent(version, nonce)
+            await context.write(payload)
+        if target.report_round > session.report_round:
+            # A rollout step is short of reports: its workers send theirs again (or measure again).
+            session.report_round = target.report_round
+            if session.worker_id in target.overrides:
+                await context.write(apb.ControlMessage(
+                    report_request=apb.ReportRequest(version=target.version_for(session.worker_id))
+                ).SerializeToString())
+
+    def _assignment(self, target: Target, version: int, reason: str) -> tuple[str, bytes]:
+        """The serialized assignment of `version`: built once per target and shared by every stream
+        (the nonce too: it tells one push from the next, not one worker from another)."""
+        key = (target.endpoint, version, reason)
+        cached = self._serialized.get(key)
         if cached is None or cached[0] is not target:
-            prototype = apb.Assignment(
-                version=version,
+            nonce = uuid.uuid4().hex[:12]
+            message = apb.ControlMessage(assignment=apb.Assignment(
+                version=version, nonce=nonce, reason=reason,
                 precision_map=[pb.LayerPrecision(layer=layer, precision=p) for layer, p in target.maps[version]],
-            )
-            self._prototypes[key] = cached = (target, prototype)
-        assignment = apb.Assignment()
-        assignment.CopyFrom(cached[1])
-        assignment.nonce, assignment.reason = session.sent(version), reason
-        return assignment
+            ))
+            self._serialized[key] = cached = (target, nonce, message.SerializeToString())
+        return cached[1], cached[2]
 
     async def _read(self, context: grpc.aio.ServicerContext, session: WorkerSession) -> None:
         while True:
@@ -268,7 +322,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         received = utcnow()
         body = MessageToDict(report, preserving_proto_field_name=True) | {"received_at": received.isoformat()}
+        # Acknowledged once stored: until then the worker sends it again on every reconnect.
+        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version))
         self._recorder.report(domain.ReportRecord(session.endpoint, session.worker_id, report.version, kind, body,
-                                                  received))
+                                                  received),
+                              on_stored=lambda: session.send_soon(acknowledgement))
         field_name = "last_quality" if kind == "quality" else "last_serving"
         self._recorder.update(domain.WorkerUpdate(session.endpoint, session.worker_id, **{field_name: body}))

@@ -42,3 +42,7 @@ class TargetHub:
 
     def watched(self) -> list[str]:
         return list(self._watchers)
+
+    def connected(self, endpoint: str) -> int:
+        """Streams of this replica that watch `endpoint` (its connected workers)."""
+        return len(self._watchers.get(endpoint, ()))

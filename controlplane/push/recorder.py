@@ -2,19 +2,22 @@
 
 Thousands of agents ACK within milliseconds of a change; writing each ACK in its own transaction
 would put the database on the push path. Updates are merged per worker and written together a few
-times a second; a failed write keeps them for the next try.
+times a second; a failed write keeps them for the next try. A report's `on_stored` runs once it is
+in the database (the stream then acknowledges it to its worker, which stops resending it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
+from typing import Callable
 
 from controlplane import domain
 from controlplane.blocking import run_blocking
 from controlplane.services.fleet import FleetService
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import Unavailable
+from mixprec.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,8 @@ class FleetRecorder:
         self._interval = interval
         self._heartbeat = heartbeat
         self._updates: dict[tuple[str, str], domain.WorkerUpdate] = {}
-        self._reports: list[domain.ReportRecord] = []
+        self._reports: list[tuple[domain.ReportRecord, Callable[[], None] | None]] = []
+        self._connects: dict[tuple[str, str], domain.WorkerConnect] = {}
         self._live: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
 
@@ -35,54 +39,84 @@ class FleetRecorder:
         previous = self._updates.get(key)
         self._updates[key] = previous.merged(stamped) if previous else stamped
 
-    def report(self, record: domain.ReportRecord) -> None:
-        self._reports.append(record)
+    def connected(self, hello: domain.WorkerConnect) -> None:
+        key = (hello.endpoint, hello.worker_id)
+        self._connects[key] = hello
+        pending = self._updates.get(key)
+        if pending is not None and pending.connected is not None:  # an older goodbye must not undo this hello
+            self._updates[key] = replace(pending, connected=None)
+
+    def report(self, record: domain.ReportRecord, on_stored: Callable[[], None] | None = None) -> None:
+        self._reports.append((record, on_stored))
 
     def live(self, endpoint: str, worker_id: str, connected: bool) -> None:
         (self._live.add if connected else self._live.discard)((endpoint, worker_id))
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Writes what is buffered; False when the database is away (it stays buffered)."""
         async with self._lock:
-            if not self._updates and not self._reports:
-                return
-            updates, reports = self._updates, self._reports
-            self._updates, self._reports = {}, []
+            if not self._updates and not self._reports and not self._connects:
+                return True
+            updates, reports, connects = self._updates, self._reports, self._connects
+            self._updates, self._reports, self._connects = {}, [], {}
             try:
-                await run_blocking(self._fleet.record, list(updates.values()), reports)
+                await run_blocking(self._fleet.record, list(updates.values()), [record for record, _ in reports],
+                                   list(connects.values()))
             except Unavailable as err:
                 log.warning("could not record fleet state (%s); keeping %d updates for the next try", err, len(updates))
-                self._keep(updates, reports)
+                self._keep(updates, reports, connects)
+                return False
             except Exception:  # noqa: BLE001 - one record the database refuses must not cost the batch
                 log.warning("a fleet batch was refused; writing its %d updates and %d reports one by one",
                             len(updates), len(reports))
-                await self._one_by_one(updates, reports)
+                return await self._one_by_one(updates, reports, connects)
+        _stored(reports)
+        return True
 
-    def _keep(self, updates: dict, reports: list) -> None:
+    async def flush_before_exit(self, attempts: int = 5, pause: float = 0.5) -> None:
+        """At shutdown: a few tries, then say what is lost (agents resend unacknowledged reports)."""
+        for _ in range(attempts):
+            if await self.flush():
+                return
+            await asyncio.sleep(pause)
+        log.error("stopping with %d worker updates and %d reports unrecorded; agents resend their reports",
+                  len(self._updates), len(self._reports))
+
+    def _keep(self, updates: dict, reports: list, connects: dict) -> None:
         for key, change in updates.items():
             newer = self._updates.get(key)
             self._updates[key] = change.merged(newer) if newer else change
         self._reports[:0] = reports
+        self._connects = connects | self._connects
 
-    async def _one_by_one(self, updates: dict, reports: list) -> None:
+    async def _one_by_one(self, updates: dict, reports: list, connects: dict) -> bool:
         """Each record in its own transaction: only a record that fails alone is dropped (and logged)."""
-        kept_updates, kept_reports = {}, []
+        kept_updates, kept_reports, kept_connects = {}, [], {}
+        for key, hello in connects.items():
+            if await self._write_alone(hello, connects=[hello]) is False:
+                kept_connects[key] = hello
         for key, change in updates.items():
-            if await self._write_alone([change], []) is False:
+            if await self._write_alone(change, updates=[change]) is False:
                 kept_updates[key] = change
-        for record in reports:
-            if await self._write_alone([], [record]) is False:
-                kept_reports.append(record)
-        self._keep(kept_updates, kept_reports)
+        for record, on_stored in reports:
+            written = await self._write_alone(record, reports=[record])
+            if written is False:
+                kept_reports.append((record, on_stored))
+            elif written:
+                _stored([(record, on_stored)])
+        self._keep(kept_updates, kept_reports, kept_connects)
+        return not (kept_updates or kept_reports or kept_connects)
 
-    async def _write_alone(self, updates: list, reports: list) -> bool | None:
+    async def _write_alone(self, record, updates=(), reports=(), connects=()) -> bool | None:
         """True: written; False: the database is away (keep it); None: refused for good (dropped)."""
         try:
-            await run_blocking(self._fleet.record, updates, reports)
+            await run_blocking(self._fleet.record, list(updates), list(reports), list(connects))
             return True
         except Unavailable:
             return False
         except Exception as err:  # noqa: BLE001
-            record = (updates or reports)[0]
+            if isinstance(err, NotFound):  # its endpoint was deleted: stop the heartbeats that would retry it
+                self._live.discard((record.endpoint, record.worker_id))
             log.error("dropped a fleet record of worker %s of %s that the database refuses (%s: %s)",
                       record.worker_id, record.endpoint, type(err).__name__, str(err).splitlines()[0][:200])
             return None
@@ -100,3 +134,9 @@ class FleetRecorder:
                 await self.flush()
             except Exception:  # noqa: BLE001 - the recorder must outlive a bad batch
                 log.exception("fleet recorder flush failed")
+
+
+def _stored(reports: list) -> None:
+    for _, on_stored in reports:
+        if on_stored is not None:
+            on_stored()

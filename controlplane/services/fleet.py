@@ -27,6 +27,7 @@ class Target:
     default_version: int
     maps: dict[int, tuple[tuple[str, str], ...]]  # version -> (layer, precision) in catalog order
     overrides: dict[str, int] = field(default_factory=dict)  # worker_id -> version (rollouts)
+    report_round: int = 0  # raised when a rollout asks its step's workers (the overrides) to report again
 
     def version_for(self, worker_id: str) -> int:
         return self.overrides.get(worker_id, self.default_version)
@@ -193,19 +194,15 @@ class FleetService:
             overrides = {worker: rollout.to_version for worker in rollout.new_workers}
         versions = {current.active_version, *overrides.values()}
         maps = {v: _ordered_map(uow, current, v) for v in versions}
-        return Target(current.name, current.active_version, maps, overrides)
+        return Target(current.name, current.active_version, maps, overrides,
+                      rollout.report_round if rollout is not None else 0)
 
     def worker_connected(
         self, endpoint: str, worker_id: str, layers: list[str], replica: str, running_version: int,
         hardware: dict, inference_address: str,
     ) -> tuple[domain.WorkerState, Target]:
         """Registers a worker's hello; learns the catalog from the first worker of an endpoint."""
-        check_name(endpoint, "hello.endpoint")
-        if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
-            raise InvalidArgument(FieldError("hello.worker_id", f"{worker_id!r} must be 1-{MAX_WORKER_ID} printable characters"))
-        catalog_errors = lang.catalog_errors(layers, "hello.layers")
-        if catalog_errors or not layers:
-            raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
+        check_hello(endpoint, worker_id, layers)
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint, for_update=True)
             if not current.layers:
@@ -222,11 +219,18 @@ class FleetService:
             uow.commit()
         return state, target
 
-    def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord]) -> None:
-        """Writes what streams learnt (ACKs, NACKs, reports, disconnects) in one transaction."""
+    def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord],
+               connects: Iterable[domain.WorkerConnect] = ()) -> None:
+        """Writes what streams learnt (hellos, ACKs, NACKs, reports, disconnects) in one transaction."""
         with self._uow() as uow:
-            for update in updates:
-                uow.workers.apply(update)
+            uow.workers.connect_all(sorted(connects, key=lambda c: (c.endpoint, c.worker_id)))
+            # One order of row locks for every replica: concurrent flushes wait, never deadlock.
+            ordered = sorted(updates, key=lambda u: (u.endpoint, u.worker_id))
+            uow.workers.apply(ordered)
+            for update in ordered:
+                if update.last_nack_version:  # rare, and worth a notification: in the audit log
+                    uow.audit.record(update.endpoint, "worker.nack", update.worker_id, update.last_nack_error or "",
+                                     worker=update.worker_id, version=update.last_nack_version)
             for report in reports:
                 uow.reports.add(report)
             uow.commit()
@@ -235,6 +239,15 @@ class FleetService:
         with self._uow() as uow:
             uow.workers.disconnect_replica(replica)
             uow.commit()
+
+
+def check_hello(endpoint: str, worker_id: str, layers: list[str]) -> None:
+    check_name(endpoint, "hello.endpoint")
+    if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
+        raise InvalidArgument(FieldError("hello.worker_id", f"{worker_id!r} must be 1-{MAX_WORKER_ID} printable characters"))
+    catalog_errors = lang.catalog_errors(layers, "hello.layers")
+    if catalog_errors or not layers:
+        raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
 
 
 def _check_rollback_target(endpoint: str, to_version: int, to_base: bool) -> None:

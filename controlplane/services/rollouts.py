@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (domain.RolloutStep(workers=1), domain.RolloutStep(percent=25), domain.RolloutStep(percent=100))
 MAX_STEPS = 20
+# A step short of reports at its timeout asks its workers to report again, and waits this long more.
+ASK_AGAIN_GRACE = timedelta(seconds=30)
 MAX_STEP_SECONDS = 7 * 86400
 
 
@@ -112,9 +114,10 @@ class RolloutService:
         return self._transition(endpoint, ("RUNNING",), "PAUSED", actor, reason or "paused by an operator")
 
     def resume(self, endpoint: str, actor: str = "", reason: str = "") -> domain.Rollout:
-        # The step's clock starts again: an inconclusive step gets a full timeout to gather reports.
+        # The step's clock starts again and its workers are asked to report again: an inconclusive
+        # step gets a full timeout to gather reports, including those lost on the way.
         return self._transition(endpoint, ("PAUSED",), "RUNNING", actor, reason or "resumed by an operator",
-                                step_started_at=utcnow())
+                                ask_reports=True, step_started_at=utcnow())
 
     def abort(self, endpoint: str, actor: str = "", reason: str = "") -> domain.Rollout:
         return self._transition(endpoint, domain.OPEN_ROLLOUT_STATES, "ABORTED", actor,
@@ -142,7 +145,7 @@ class RolloutService:
         return replace(updated, revision=rollout.revision + 1)
 
     def _transition(self, endpoint: str, allowed: Sequence[str], state: str, actor: str, message: str,
-                    **changes) -> domain.Rollout:
+                    ask_reports: bool = False, **changes) -> domain.Rollout:
         check_name(endpoint, "endpoint")
         check_text(actor=actor, reason=message)
         with self._uow() as uow:
@@ -152,6 +155,8 @@ class RolloutService:
                 now_state = rollout.state if rollout else "no open rollout"
                 raise FailedPrecondition(f"endpoint {endpoint!r} has {now_state}; this needs a rollout that is "
                                          f"{' or '.join(allowed)}")
+            if ask_reports:
+                changes.update(report_round=rollout.report_round + 1, reports_asked_at=utcnow())
             updated = replace(rollout, state=state, message=message, updated_at=utcnow(), **changes)
             if not uow.rollouts.save(updated):
                 raise FailedPrecondition(f"rollout {rollout.id} changed meanwhile; look again and retry")
@@ -202,6 +207,13 @@ class RolloutService:
             updated, target_changed = self._next(uow, rollout, connected, now)
             if updated is None or not uow.rollouts.save(replace(updated, updated_at=now)):
                 return False  # nothing to do, or another replica moved this rollout first
+            if updated.state == "RUNNING" and (updated.current_step != rollout.current_step
+                                               or (updated.new_workers and not rollout.new_workers)):
+                uow.audit.record(endpoint, "rollout.step", "controller", updated.message, rollout=rollout.id,
+                                 step=updated.current_step + 1, workers=len(updated.new_workers))
+            if updated.report_round != rollout.report_round:
+                uow.audit.record(endpoint, "rollout.reports_requested", "controller", updated.message,
+                                 rollout=rollout.id, step=updated.current_step)
             if updated.state != rollout.state:
                 uow.audit.record(endpoint, f"rollout.{updated.state.lower()}", "controller", updated.message,
                                  rollout=rollout.id, step=updated.current_step)
@@ -216,7 +228,7 @@ class RolloutService:
         if not rollout.new_workers:
             chosen = choose_new_version_workers(connected, step)
             if not chosen:
-                return self._maybe_inconclusive(rollout, now, "no connected worker to take the new version"), False
+                return self._inconclusive(rollout, now, "no connected worker to take the new version")
             return replace(rollout, new_workers=chosen,
                            message=f"step {rollout.current_step + 1}/{len(rollout.steps)} ({step.label()}): "
                                    f"{len(chosen)} worker(s) on v{rollout.to_version}"), True
@@ -265,21 +277,31 @@ class RolloutService:
             return replace(rollout, current_step=following, new_workers=chosen, step_started_at=now,
                            message=f"step {following + 1}/{len(rollout.steps)} ({rollout.steps[following].label()}): "
                                    f"{len(chosen)} worker(s) on v{rollout.to_version}"), True
-        waiting = self._maybe_inconclusive(
+        waiting, asked = self._inconclusive(
             rollout, now, f"only {len(passing)} of {g.reports_per_step} passing quality report(s) from "
                           f"new-version workers")
         if waiting is not None:
-            return waiting, False
+            return waiting, asked
         return (rollout if (fresh or failures) else None), False
 
     @staticmethod
-    def _maybe_inconclusive(rollout: domain.Rollout, now, why: str) -> domain.Rollout | None:
+    def _inconclusive(rollout: domain.Rollout, now, why: str) -> tuple[domain.Rollout | None, bool]:
+        """At the step's timeout: first ask the step's workers to report again (a report may have been
+        lost with a replica), then, after a grace period, pause. Returns (new state, asked now)."""
         timeout = timedelta(seconds=rollout.guardrails.step_timeout_seconds)
         if now - rollout.step_started_at < timeout:
-            return None
+            return None, False
+        asked = rollout.reports_asked_at
+        if asked is None or asked < rollout.step_started_at:
+            return replace(rollout, report_round=rollout.report_round + 1, reports_asked_at=now,
+                           message=f"step {rollout.current_step + 1}: {why} after {timeout.total_seconds():g}s; "
+                                   "asked the step's workers to report again"), True
+        if now - asked < min(ASK_AGAIN_GRACE, timeout):
+            return None, False
         return replace(rollout, state="PAUSED",
                        message=f"inconclusive at step {rollout.current_step + 1}: {why} after "
-                               f"{timeout.total_seconds():g}s; resume to wait again, or abort")
+                               f"{timeout.total_seconds():g}s and a request to report again; resume to wait "
+                               "again, or abort"), False
 
 
 def _activate_new_version(uow: UnitOfWork, rollout: domain.Rollout, actor: str, reason: str) -> None:

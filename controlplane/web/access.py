@@ -40,34 +40,40 @@ class Session:
 
 
 class SessionStore:
-    """Sessions of this replica, oldest evicted first; an idle session expires."""
+    """Sessions of this replica, oldest evicted first; an idle session expires. Sessions without a token
+    (a login form's CSRF token, auth off) are kept apart, so that a flood of them evicts no logged-in one."""
 
     def __init__(self, idle_seconds: float = SESSION_IDLE_S, limit: int = MAX_SESSIONS):
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._logged_in: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
         self._idle = idle_seconds
         self._limit = limit
 
+    def _shelf(self, session: Session) -> OrderedDict[str, Session]:
+        return self._anonymous if session.token is None else self._logged_in
+
     def new(self, token: str | None = None) -> Session:
         session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), token, time.monotonic())
-        self._sessions[session.id] = session
-        while len(self._sessions) > self._limit:
-            self._sessions.popitem(last=False)
+        shelf = self._shelf(session)
+        shelf[session.id] = session
+        while len(shelf) > self._limit:
+            shelf.popitem(last=False)
         return session
 
     def get(self, session_id: str | None) -> Session | None:
-        session = self._sessions.get(session_id or "")
+        session = self._logged_in.get(session_id or "") or self._anonymous.get(session_id or "")
         if session is None:
             return None
         now = time.monotonic()
         if now - session.last_used > self._idle:
-            del self._sessions[session.id]
+            self.drop(session)
             return None
         session.last_used = now
-        self._sessions.move_to_end(session.id)
+        self._shelf(session).move_to_end(session.id)
         return session
 
     def drop(self, session: Session) -> None:
-        self._sessions.pop(session.id, None)
+        self._shelf(session).pop(session.id, None)
 
 
 class Access:

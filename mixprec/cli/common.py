@@ -41,6 +41,21 @@ def add_log_level_option(parser: argparse.ArgumentParser) -> None:
                         help="least severe log records written to stderr (default INFO)")
 
 
+def add_request_id_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--request-id", default=None, metavar="ID",
+                        help="idempotency key: a call retried with the same id is applied once (default: a new "
+                        "random id, printed when the outcome is unknown)")
+
+
+def request_id(args) -> str:
+    """The call's idempotency key; generated once per command, so the error message can name it."""
+    if not getattr(args, "request_id", None):
+        import uuid
+
+        args.request_id = f"cli-{uuid.uuid4().hex}"
+    return args.request_id
+
+
 def add_tls_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", default=None, metavar="FILE",
                         help="serve TLS with this certificate (PEM); without it the listener is plaintext")

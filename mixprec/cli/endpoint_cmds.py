@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
@@ -21,6 +31,7 @@ def register(sub) -> None:
                    "without it the first worker reports the catalog")
     p.add_argument("--base", default="bf16", help="precision of layers no rule matches (default bf16)")
     p.add_argument("--model", default="", help="model name, e.g. minilm")
+    add_request_id_option(p)
     command(endpoint, "list", "list every endpoint", _list)
     s = command(endpoint, "show", "show one endpoint and its layer catalog", _show)
     s.add_argument("name")
@@ -58,7 +69,8 @@ def _create(args) -> int:
     layers = read_layer_file(args.layers) if args.layers else []
     endpoint = stub(args).CreateEndpoint(
         pb.CreateEndpointRequest(
-            name=args.name, base_precision=args.base, model=args.model, layers=layers, actor=actor(args)
+            name=args.name, base_precision=args.base, model=args.model, layers=layers, actor=actor(args),
+            request_id=request_id(args),
         ),
         timeout=RPC_TIMEOUT_S,
     )

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, count, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    count,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 
@@ -15,6 +25,7 @@ def register(sub) -> None:
     a.add_argument("endpoint")
     a.add_argument("version", type=count)
     a.add_argument("--reason", default="", help="why, for the audit log")
+    add_request_id_option(a)
 
     r = command(sub, "rollback", "return an endpoint to its last known-good version everywhere, in one call",
                 _rollback,
@@ -25,6 +36,7 @@ def register(sub) -> None:
     target = r.add_mutually_exclusive_group()
     target.add_argument("--to", type=count, default=0, metavar="VERSION", help="roll back to this version")
     target.add_argument("--to-base", action="store_true", help="every layer at the endpoint's base precision")
+    add_request_id_option(r)
 
     f = command(sub, "fleet", "show every worker of an endpoint: connected, applied version, last ACK/NACK, reports",
                 _fleet)
@@ -53,7 +65,8 @@ def _print_activation(args, response: apb.ActivationResponse, verb: str) -> None
 
 def _activate(args) -> int:
     response = fleet_stub(args).Activate(
-        apb.ActivateRequest(endpoint=args.endpoint, version=args.version, actor=actor(args), reason=args.reason),
+        apb.ActivateRequest(endpoint=args.endpoint, version=args.version, actor=actor(args), reason=args.reason,
+                            request_id=request_id(args)),
         timeout=RPC_TIMEOUT_S,
     )
     _print_activation(args, response, "activated")
@@ -63,7 +76,7 @@ def _activate(args) -> int:
 def _rollback(args) -> int:
     response = fleet_stub(args).Rollback(
         apb.RollbackRequest(endpoint=args.endpoint, reason=args.reason, to_version=args.to, to_base=args.to_base,
-                            actor=actor(args)),
+                            actor=actor(args), request_id=request_id(args)),
         timeout=RPC_TIMEOUT_S,
     )
     _print_activation(args, response, "rolled back")

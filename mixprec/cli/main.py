@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "mixprec.cli.generate_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
+    "mixprec.cli.webhook_cmds",
+    "mixprec.cli.export_cmds",
     "mixprec.cli.token_cmds",
 )
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except MixprecError as err:
         return exits.report_domain_error(err)
     except grpc.RpcError as err:
-        return exits.report_rpc_error(err, args.server)
+        return exits.report_rpc_error(err, args.server, getattr(args, "request_id", None))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -6,7 +6,17 @@ import sys
 from collections import Counter
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, command, count, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    command,
+    count,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.cli.endpoint_cmds import stub
 from mixprec.cli.exits import INVALID_INPUT
 from mixprec.policy import PolicySpec, load_policy_file
@@ -25,6 +35,7 @@ def register(sub) -> None:
     c.add_argument("--parent", type=count, required=True, metavar="N", help="the version this edit starts from")
     c.add_argument("-m", "--message", default="", help="why this version exists")
     c.add_argument("--author", default=None, help="who wrote it (default: $MIXPREC_ACTOR or your user name)")
+    add_request_id_option(c)
 
     s = command(policy, "show", "show a policy version (default: the latest)", _show)
     s.add_argument("endpoint")
@@ -59,6 +70,7 @@ def _create(args) -> int:
             kv_cache=spec.kv_cache,
             author=actor(args),
             message=args.message,
+            request_id=request_id(args),
         ),
         timeout=RPC_TIMEOUT_S,
     )

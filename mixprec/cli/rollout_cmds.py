@@ -7,7 +7,18 @@ import sys
 import time
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, count, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    count,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.fleet_cmds import fleet_stub, worker_rows
 from mixprec.cli.policy_cmds import rules_proto
@@ -54,6 +65,7 @@ def register(sub) -> None:
     s.add_argument("--bake", type=float, default=10.0, help="seconds a step must stay healthy")
     s.add_argument("--max-failed-checks", type=count, default=0, help="failed checks tolerated before rollback")
     s.add_argument("--step-timeout", type=float, default=300.0, help="seconds to gather reports before pausing")
+    add_request_id_option(s)
 
     st = command(rollout, "status", "show the endpoint's rollout: step, workers, their latest numbers", _status)
     st.add_argument("endpoint")
@@ -66,6 +78,7 @@ def register(sub) -> None:
         a = command(rollout, name, f"{verb} the endpoint's rollout", _action(name))
         a.add_argument("endpoint")
         a.add_argument("--reason", default="", help="why, for the audit log")
+        add_request_id_option(a)
 
     ls = command(rollout, "list", "list every rollout of an endpoint", _list)
     ls.add_argument("endpoint")
@@ -151,6 +164,7 @@ def _start(args) -> int:
     rollout = rollout_stub(args).StartRollout(
         rpb.StartRolloutRequest(
             endpoint=args.endpoint, version=args.version, steps=parse_steps(args.steps), actor=actor(args),
+            request_id=request_id(args),
             guardrails=rpb.Guardrails(
                 max_drop=max_drop, max_rise=max_rise, min_throughput_ratio=args.min_throughput_ratio,
                 reports_per_step=args.reports, bake_seconds=args.bake, max_failed_checks=args.max_failed_checks,
@@ -210,7 +224,8 @@ def _action(name: str):
 
     def run(args) -> int:
         rollout = getattr(rollout_stub(args), method)(
-            rpb.RolloutActionRequest(endpoint=args.endpoint, actor=actor(args), reason=args.reason),
+            rpb.RolloutActionRequest(endpoint=args.endpoint, actor=actor(args), reason=args.reason,
+                                     request_id=request_id(args)),
             timeout=RPC_TIMEOUT_S,
         )
         if args.output == "json":

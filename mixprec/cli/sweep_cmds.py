@@ -12,12 +12,15 @@ from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command,
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
+from mixprec.families import LLAMA, family_of
 from mixprec.metrics import METRICS as KNOWN_METRICS
 from mixprec.metrics import limit_word
 from mixprec.policy import PRECISIONS, compact_rules
 from mixprec.v1 import policy_pb2 as pb
 
-METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1")
+METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1", "kl_divergence", "top1_agreement", "perplexity")
+# The budget when none is given: how much worse the sweep's metric may get.
+DEFAULT_BUDGET = {"kl_divergence": 0.02, "perplexity": 0.5, "top1_agreement": 0.01}
 
 
 def register(sub) -> None:
@@ -31,18 +34,22 @@ def register(sub) -> None:
                 "never saw. Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
     p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
-    p.add_argument("--model", help="the text embedder to sweep: minilm")
+    p.add_argument("--model", help="the model to sweep: minilm, gemma3-270m, tiny-llama or hf:PATH")
     p.add_argument("--precision", default="fp8", metavar="P[,P...]",
                    help="what each unit is tried at, in order: it gets the first it can take within the budget "
                    f"(one or more of {', '.join(x for x in PRECISIONS if x != 'bf16')}, e.g. fp8,fp8-weight-only; "
                    "default fp8: FP8 weights per channel, activations per token)")
-    p.add_argument("--granularity", default="layer", choices=("layer", "group"),
-                   help="one layer at a time, or one layer kind across every block")
-    p.add_argument("--metric", default="cosine_to_base", choices=METRICS,
-                   help="cosine_to_base and top10_agreement (agreement with BF16) separate layers far better than "
-                   "the label metrics on a robust model (default cosine_to_base)")
-    p.add_argument("--max-drop", type=float, default=0.001, help="quality budget: largest drop of the metric "
-                   "(0 keeps everything at base, inf allows everything; default 0.001)")
+    p.add_argument("--granularity", default="layer", choices=("layer", "fused", "group"),
+                   help="one layer at a time; fused: q/k/v of a block as one unit and gate/up as one (what serving "
+                   "engines can load); or one layer kind across every block")
+    p.add_argument("--metric", default=None, choices=METRICS,
+                   help="embedders: cosine_to_base and top10_agreement (agreement with BF16) separate layers far "
+                   "better than the label metrics (default cosine_to_base); decoders: kl_divergence (default), "
+                   "top1_agreement, perplexity")
+    p.add_argument("--max-drop", type=float, default=None, help="quality budget for a metric that must not drop: "
+                   "its largest drop (0 keeps everything at base, inf allows everything; default 0.001)")
+    p.add_argument("--max-rise", type=float, default=None, help="quality budget for a metric that must not rise "
+                   "(kl_divergence, perplexity): its largest rise (default 0.02 for kl_divergence)")
     p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each), 2 to 796; more is "
                    "slower (default 64: under a minute on 2 cores)")
     p.add_argument("--holdout", type=int, default=None, metavar="N",
@@ -64,8 +71,12 @@ def _sweep(args) -> int:
         raise InvalidArgument(FieldError("--model", "is required (e.g. --model minilm)"))
     if args.samples < 2:
         raise InvalidArgument(FieldError("--samples", f"must be >= 2, got {args.samples}"))
-    if math.isnan(args.max_drop) or args.max_drop < 0:
-        raise InvalidArgument(FieldError("--max-drop", f"must be >= 0 (or inf), got {args.max_drop}"))
+    for option in ("max_drop", "max_rise"):
+        value = getattr(args, option)
+        if value is not None and (math.isnan(value) or value < 0):
+            raise InvalidArgument(FieldError(f"--{option.replace('_', '-')}", f"must be >= 0 (or inf), got {value}"))
+    args.metric = args.metric or ("kl_divergence" if family_of(args.model) is LLAMA else "cosine_to_base")
+    budget = _budget(args)
     ladder = _ladder(args.precision)
     holdout = max(2, round(args.samples / 5)) if args.holdout is None else args.holdout
     if holdout < 0 or holdout == 1:
@@ -90,7 +101,7 @@ def _sweep(args) -> int:
         print(f"--samples {args.samples} --holdout {holdout}: the set has {len(pairs) + len(held)} pairs; "
               f"sweeping {len(pairs)}, holding out {len(held)}", file=sys.stderr)
     result = run_sweep(model, engine, pairs, metric=args.metric, precision=ladder,
-                       granularity=args.granularity, max_drop=args.max_drop, holdout=held,
+                       granularity=args.granularity, max_drop=budget, holdout=held,
                        algorithm="exact" if args.exact else "fast", progress=SweepBar(args.metric, sys.stderr))
     json_path, png_path = write_artifacts(result, out)
     if args.output == "json":
@@ -101,11 +112,23 @@ def _sweep(args) -> int:
         print()
         for line in summary_lines(data):
             print(line)
-        print(f"{result.seconds:.0f}s on {result.samples} pairs ({result.algorithm} sweep)")
+        print(f"{result.seconds:.0f}s on {result.samples} {'token windows' if model.decoder is not None else 'pairs'} "
+              f"({result.algorithm} sweep)")
         print(f"wrote {out} (policy), {json_path} (measurements), {png_path} (chart)")
     if args.propose:
         return _propose(args, result, parent)
     return 0
+
+
+def _budget(args) -> float:
+    """The budget of the sweep's metric, given on the side that is worse for it (mixprec.metrics)."""
+    word = limit_word(args.metric)
+    wrong = args.max_rise if word == "drop" else args.max_drop
+    if wrong is not None:
+        option = "--max-rise" if word == "drop" else "--max-drop"
+        raise InvalidArgument(FieldError(option, f"{args.metric} must not {word}; give its budget with --max-{word}"))
+    given = args.max_drop if word == "drop" else args.max_rise
+    return given if given is not None else DEFAULT_BUDGET.get(args.metric, 0.001)
 
 
 def _check_endpoint(args, catalog: list[str]) -> int:
@@ -122,7 +145,7 @@ def _propose(args, result, parent: int) -> int:
     created = policy_stub(args).CreatePolicy(
         pb.CreatePolicyRequest(
             endpoint=args.propose, parent_version=parent, rules=rules_proto(spec), author=actor(args),
-            message=f"sensitivity sweep: {result.metric} drop <= {result.max_drop:g}, "
+            message=f"sensitivity sweep: {result.metric} {limit_word(result.metric)} <= {result.max_drop:g}, "
                     f"{sum(p != 'bf16' for p in result.precision_map.values())}/{len(result.precision_map)} "
                     f"layers {result.precision}",
             artifact_json=json.dumps(result.to_json(), default=str),

@@ -118,18 +118,20 @@ class Rollout(_message.Message):
     def __init__(self, id: _Optional[int] = ..., endpoint: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., current_step: _Optional[int] = ..., failed_checks: _Optional[int] = ..., message: _Optional[str] = ..., new_version_workers: _Optional[_Iterable[str]] = ..., last_checks: _Optional[_Iterable[_Union[GuardrailCheck, _Mapping]]] = ..., actor: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("endpoint", "version", "steps", "guardrails", "actor")
+    __slots__ = ("endpoint", "version", "steps", "guardrails", "actor", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     version: int
     steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
     guardrails: Guardrails
     actor: str
-    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., actor: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetRolloutRequest(_message.Message):
     __slots__ = ("endpoint", "id")
@@ -152,11 +154,13 @@ class ListRolloutsResponse(_message.Message):
     def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
 
 class RolloutActionRequest(_message.Message):
-    __slots__ = ("endpoint", "actor", "reason")
+    __slots__ = ("endpoint", "actor", "reason", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     actor: str
     reason: str
-    def __init__(self, endpoint: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

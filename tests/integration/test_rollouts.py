@@ -275,3 +275,21 @@ def test_two_replicas_never_advance_the_same_rollout_twice(empty_pg_url):
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_step_short_of_reports_asks_its_workers_to_report_again_before_pausing(plane):
+    async def scenario():
+        # Their first reports were lost (say, with a replica): they apply and ACK, but report only when asked.
+        agents = await fleet_up(plane, quiet=WORKERS)
+        for agent in agents:
+            agent.loop._on_report_requested = (
+                lambda version, a=agent: asyncio.ensure_future(a._report(version, dict.fromkeys(LAYERS, "fp8"))))
+        start(plane, steps=(1, 100.0), step_timeout_seconds=0.3)
+        await eventually(lambda: state_of(plane).state == rpb.SUCCEEDED, timeout=30, what="success")
+        actions = [e.action for e in plane.fleet.ListAudit(apb.ListAuditRequest(endpoint="emb")).entries]
+        assert actions.count("rollout.reports_requested") == 2  # once per step
+        assert "rollout.paused" not in actions
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())

@@ -3,12 +3,18 @@ the rollout timeline, the sweep chart."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime, timezone
+
+import pytest
 
 from controlplane import domain
 from controlplane.services.fleet import Target
 from controlplane.web import views
+from controlplane.web.access import SessionStore
+from controlplane.web.live import Live
+from mixprec.errors import NotFound, ResourceExhausted
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -113,3 +119,45 @@ def test_sweep_view_scales_bars_to_the_largest_drop_or_the_budget():
     assert view.budget_x == views.CHART_WIDTH / 2 and view.chosen == 1
     assert view.combined == ["combined check of 1 unit(s): predicted drop 0.001000, measured 0.001200"]
     assert views.sweep_view(3, {"max_drop": "inf", "units": []}).budget is None
+
+
+def test_live_regions_send_only_what_changed_and_are_bounded_in_number():
+    pages = [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}, NotFound("endpoint 'e' does not exist")]
+
+    async def render():
+        page = pages.pop(0)
+        if isinstance(page, Exception):
+            raise page
+        return page
+
+    async def scenario():
+        live = Live(interval=0.01, max_streams=1)
+        stream = live.regions(render)
+        events = [await anext(stream), await anext(stream)]
+        with pytest.raises(ResourceExhausted):
+            live.regions(render)
+        events.append(await anext(stream))  # region a changed; b did not
+        events.append(await anext(stream))  # the endpoint is gone: the stream says so and ends
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+        assert live.open_streams == 0
+        return events
+
+    events = asyncio.run(scenario())
+    assert [(e["event"], e["data"]) for e in events] == [
+        ("region", '{"id": "a", "html": "1"}'), ("region", '{"id": "b", "html": "x"}'),
+        ("region", '{"id": "a", "html": "2"}'), ("gone", "endpoint 'e' does not exist")]
+
+
+def test_sessions_without_a_token_cannot_evict_logged_in_ones():
+    store = SessionStore(limit=2)
+    logged_in = store.new("mxp_secret")
+    for _ in range(5):
+        store.new()
+    assert store.get(logged_in.id) is logged_in
+    newest = [store.new("t2"), store.new("t3")]
+    assert store.get(logged_in.id) is None and all(store.get(s.id) is s for s in newest)  # oldest goes first
+    store.drop(newest[0])
+    assert store.get(newest[0].id) is None
+    idle = SessionStore(idle_seconds=-1)
+    assert idle.get(idle.new("mxp_secret").id) is None  # idle for longer than allowed

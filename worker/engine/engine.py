@@ -22,6 +22,10 @@ from worker.engine.methods import BASE, METHODS
 RESIDENCIES = ("both", "fp8-only")
 
 
+class PassCancelled(Exception):
+    """A shadow pass stopped before its next forward because its caller no longer wants the result."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One precision map as the forward passes see it; replaced whole, never edited."""
@@ -90,6 +94,9 @@ class HybridEngine:
 
         @functools.wraps(forward)
         def pinned_forward(*args, **kwargs):
+            cancelled = getattr(self._local, "cancelled", None)
+            if cancelled is not None and cancelled():
+                raise PassCancelled("the pass was cancelled before its next forward")
             with self.pinned():
                 return forward(*args, **kwargs)
 
@@ -115,11 +122,12 @@ class HybridEngine:
             yield snapshot
 
     @contextmanager
-    def using(self, precision_map: Mapping[str, str]) -> Iterator[Snapshot]:
+    def using(self, precision_map: Mapping[str, str], cancelled=None) -> Iterator[Snapshot]:
         """Run this thread's passes at another map without changing what everyone else runs (shadow eval).
 
         With residency "fp8-only" the base copies this map needs come back for the block and leave again
-        after it.
+        after it. `cancelled()` is asked before each forward of the block; once true the next forward
+        raises PassCancelled (a long evaluation stops at the next batch).
         """
         methods = self._validated(precision_map)
         snapshot = Snapshot(-1, MappingProxyType(methods))
@@ -129,8 +137,12 @@ class HybridEngine:
                     self._ready(layer, precision)
                 with self._pins_changed:
                     self._pin(snapshot)
-            with self._running(snapshot):
-                yield snapshot
+            outer_cancelled, self._local.cancelled = getattr(self._local, "cancelled", None), cancelled
+            try:
+                with self._running(snapshot):
+                    yield snapshot
+            finally:
+                self._local.cancelled = outer_cancelled
         finally:  # also when preparing failed half-way (NaN weights): no base copy stays behind
             if self.residency == "fp8-only":
                 with self._apply_lock:
