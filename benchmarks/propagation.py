@@ -315,7 +315,7 @@ async def start_server(db: str, logdir: str, name: str, redis: str | None = None
                        extra_env: dict | None = None) -> tuple[Child, str]:
     port = port or free_port()
     argv = [sys.executable, "-m", "mixprec.cli.main", "server", "--db", db, "--listen", f"127.0.0.1:{port}",
-            "--log-level", "WARNING"]
+            "--log-level", "WARNING", "--max-streams-per-token", "100000"]
     if redis:
         argv += ["--redis", redis]
     child = await Child.start(argv, os.path.join(logdir, f"{name}.log"))
