@@ -44,6 +44,7 @@ bench: setup
 	$(PY) benchmarks/toggle.py
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/fp8_gemm.py
+	$(PY) benchmarks/dashboard.py
 	$(PY) benchmarks/security.py
 
 clean:

@@ -16,17 +16,20 @@ from controlplane import blocking
 from controlplane.api.edge import EdgeInterceptor
 from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
+from controlplane.api.notification_servicer import NotificationServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.api.rollout_servicer import RolloutServicer
 from controlplane.api.token_servicer import TokenServicer
 from controlplane.auth import Authenticator, TokenService
 from controlplane.database_health import DatabaseHealth
+from controlplane.notifier import Notifier
 from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
+from controlplane.services.notifications import NotificationService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
 from controlplane.services.telemetry import TelemetryService
@@ -35,7 +38,7 @@ from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from controlplane.web.pages import Pages
 from controlplane.web.server import DashboardServer
-from mixprec.errors import FieldError, InvalidArgument, MixprecError
+from mixprec.errors import FieldError, InvalidArgument, MixprecError, NotFound
 from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, is_loopback
 from mixprec.v1 import (
@@ -43,6 +46,8 @@ from mixprec.v1 import (
     agent_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    notify_pb2,
+    notify_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     rollout_pb2,
@@ -57,6 +62,7 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    notify_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
 )
 
 # Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
@@ -99,6 +105,7 @@ class ControlPlane:
         metrics_listen: str | None = None,
         health_listen: str | None = None,
         metrics_interval: float = 5.0,
+        notifier: dict | None = None,  # Notifier's keywords (interval, attempts, backoff, timeout)
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
         http_listen: str | None = None,
@@ -124,6 +131,8 @@ class ControlPlane:
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
+        self.notifications = NotificationService(uow)
+        self.notifier = Notifier(self.notifications, self.replica, **(notifier or {}))
         self.requests = RequestLog(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
@@ -164,6 +173,7 @@ class ControlPlane:
             RolloutServicer(self.rollouts, self.endpoint_changed, self.requests), server
         )
         auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens), server)
+        notify_pb2_grpc.add_NotificationServiceServicer_to_server(NotificationServicer(self.notifications), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -181,6 +191,7 @@ class ControlPlane:
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
             asyncio.ensure_future(self.fleet_metrics.run()),
+            asyncio.ensure_future(self.notifier.run()),
             asyncio.ensure_future(DatabaseHealth(self.engine, self._health, ("", *SERVICE_NAMES)).run()),
         ]
         for name in ("", *SERVICE_NAMES):
@@ -221,6 +232,9 @@ class ControlPlane:
         """Re-read an endpoint's target and push it to the streams of this replica."""
         try:
             target = await blocking.run_blocking(self.fleet.target, endpoint)
+        except NotFound:
+            self.hub.forget(endpoint)
+            return
         except MixprecError as err:
             log.warning("cannot refresh %s: %s", endpoint, err)
             return

@@ -181,3 +181,32 @@ class TokenInfo:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    endpoint: str
+    name: str
+    url: str
+    events: tuple[str, ...]
+    created_by: str
+    created_at: datetime
+    id: int = 0
+    last_audit_id: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    endpoint: str
+    webhook: str
+    url: str
+    audit_id: int
+    event: str
+    payload: dict
+    state: str
+    attempts: int
+    status_code: int
+    error: str
+    created_at: datetime
+    finished_at: datetime | None = None

@@ -84,6 +84,22 @@ class Family:
         return (layer,)
 
 
+# Canonical parts that every family's serving engines fuse (a family's `fused` is a subset), and the name
+# of the fused unit: layers.3.attention.{q,k,v}_proj -> layers.3.attention.qkv_proj.
+FUSED_UNITS = {("attention.q_proj", "attention.k_proj", "attention.v_proj"): "attention.qkv_proj",
+               ("mlp.gate_proj", "mlp.up_proj"): "mlp.gate_up_proj"}
+
+
+def fused_unit_name(layer: str) -> str:
+    """The fused unit a canonical layer belongs to (e.g. 'layers.3.mlp.gate_up_proj'), or the layer itself."""
+    match = _BLOCK_LAYER.fullmatch(layer)
+    if match:
+        for parts, name in FUSED_UNITS.items():
+            if match.group(2) in parts:
+                return f"layers.{match.group(1)}.{name}"
+    return layer
+
+
 def is_kv_cache(layer: str) -> bool:
     return layer.endswith("." + KV_CACHE)
 
@@ -145,6 +161,7 @@ HF_PREFIX = "hf:"
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                        "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 LLAMA_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+LLAMA_MODEL_TYPES = (*LLAMA_GGUF_ARCHITECTURES, "gemma3_text")  # config.json's model_type, where architectures is empty
 
 
 def family_of(model: str) -> Family | None:

@@ -95,6 +95,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         return await self._changed_and(rollout)
 
     @maps_domain_errors
+    @write_rpc(rpb.Rollout)
     async def PromoteRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(self._rollouts.promote, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)

@@ -27,6 +27,7 @@ class Action(enum.Enum):
     ADMIN_ENDPOINTS = "create or delete endpoints"
     ADMIN_TOKENS = "create, list or revoke tokens"
     CONNECT = "connect a worker agent"
+    NOTIFICATIONS = "configure an endpoint's webhooks"  # admin: a webhook makes the server call out
 
 
 _OPERATOR = frozenset({Action.READ, Action.WRITE_POLICY, Action.ACTIVATE, Action.ROLLBACK, Action.ROLLOUT})

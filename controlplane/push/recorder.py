@@ -19,7 +19,7 @@ from controlplane import domain
 from controlplane.blocking import run_blocking
 from controlplane.services.fleet import FleetService
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import Unavailable
+from mixprec.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class FleetRecorder:
         except Unavailable:
             return False
         except Exception as err:  # noqa: BLE001
+            if isinstance(err, NotFound):  # its endpoint was deleted: stop the heartbeats that would retry it
+                self._live.discard((record.endpoint, record.worker_id))
             log.error("dropped a fleet record of worker %s of %s that the database refuses (%s: %s)",
                       record.worker_id, record.endpoint, type(err).__name__, str(err).splitlines()[0][:200])
             return None

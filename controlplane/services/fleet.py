@@ -225,7 +225,12 @@ class FleetService:
         with self._uow() as uow:
             uow.workers.connect_all(sorted(connects, key=lambda c: (c.endpoint, c.worker_id)))
             # One order of row locks for every replica: concurrent flushes wait, never deadlock.
-            uow.workers.apply(sorted(updates, key=lambda u: (u.endpoint, u.worker_id)))
+            ordered = sorted(updates, key=lambda u: (u.endpoint, u.worker_id))
+            uow.workers.apply(ordered)
+            for update in ordered:
+                if update.last_nack_version:  # rare, and worth a notification: in the audit log
+                    uow.audit.record(update.endpoint, "worker.nack", update.worker_id, update.last_nack_error or "",
+                                     worker=update.worker_id, version=update.last_nack_version)
             for report in reports:
                 uow.reports.add(report)
             uow.commit()

@@ -10,6 +10,7 @@ from controlplane.storage.fleet_repositories import ActivationRepository, Report
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from controlplane.storage.rollout_repository import RolloutRepository
 from controlplane.storage.token_repository import TokenRepository
+from controlplane.storage.webhook_repository import DeliveryRepository, WebhookRepository
 from controlplane.storage.write_requests import WriteRequestRepository, current_scope
 from mixprec.errors import Conflict, Unavailable
 
@@ -24,6 +25,8 @@ class UnitOfWork:
     rollouts: RolloutRepository
     tokens: TokenRepository
     requests: WriteRequestRepository
+    webhooks: WebhookRepository
+    deliveries: DeliveryRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
@@ -39,6 +42,8 @@ class UnitOfWork:
         self.rollouts = RolloutRepository(self.session)
         self.tokens = TokenRepository(self.session)
         self.requests = WriteRequestRepository(self.session)
+        self.webhooks = WebhookRepository(self.session)
+        self.deliveries = DeliveryRepository(self.session)
         return self
 
     def commit(self) -> None:

@@ -144,31 +144,25 @@ class Dashboard:
                 status: int = 200, **context) -> Response:
         fresh = session is None
         session = session or self.access.sessions.new()  # auth off: a session only for the CSRF token
-        endpoint = context.get("endpoint_name")
         response = self.templates.TemplateResponse(request, template, status_code=status, context={
-            "principal": principal, "csrf": session.csrf, "auth_required": self.access.required,
-            "can_rollback": may(principal, Action.ROLLBACK, endpoint),
-            "can_rollout": may(principal, Action.ROLLOUT, endpoint), **context,
+            "auth_required": self.access.required, **_seen_by(principal, session, context.get("endpoint_name")),
+            **context,
         })
         if fresh:
             set_cookie(response, request, session)
         return response
 
     def _fragment(self, template: str, principal: Principal, session: Session | None, **context) -> str:
-        endpoint = context.get("endpoint_name")
         return self.templates.get_template(template).render(
-            principal=principal, csrf=session.csrf if session else "",
-            can_rollback=may(principal, Action.ROLLBACK, endpoint),
-            can_rollout=may(principal, Action.ROLLOUT, endpoint), **context,
-        )
+            **_seen_by(principal, session, context.get("endpoint_name")), **context)
 
     async def error(self, request: Request, err: MixprecError) -> Response:
         status = HTTP_STATUS.get(status_code(err), 500)
-        if isinstance(err, Unauthenticated) and request.method == "GET" and "text/html" in request.headers.get(
-                "accept", ""):
+        navigating = (request.method == "GET" and "text/html" in request.headers.get("accept", "")
+                      and not request.headers.get("x-fragment"))
+        if isinstance(err, Unauthenticated) and navigating:
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
-        navigating = request.method == "GET" and "text/html" in request.headers.get("accept", "")
-        if not navigating or request.headers.get("x-fragment"):
+        if not navigating:
             return JSONResponse({"error": str(err)}, status_code=status)
         return self.templates.TemplateResponse(request, "error.html", status_code=status,
                                                context={"message": str(err), "status": status, "principal": None})
@@ -317,6 +311,13 @@ class Dashboard:
         rollout = await run_blocking(getattr(self.pages.rollouts, verb), name, principal.name, form.get("reason", ""))
         await self.changed(name)
         return self._done(request, name, f"rollout {rollout.id} of {name} {ROLLOUT_VERBS[verb]}: {rollout.message}")
+
+
+def _seen_by(principal: Principal, session: Session | None, endpoint: str | None) -> dict:
+    """What every template knows of its viewer: who, the CSRF token, which action buttons to show."""
+    return {"principal": principal, "csrf": session.csrf if session else "",
+            "can_rollback": may(principal, Action.ROLLBACK, endpoint),
+            "can_rollout": may(principal, Action.ROLLOUT, endpoint)}
 
 
 def _previous(versions: list[int], version: int) -> int:

@@ -1,18 +1,20 @@
 """Live regions: a page's parts re-rendered on the server and sent as server-sent events when they change.
 
 Each open page holds one event stream. The stream re-reads its page's state every `interval` seconds,
-and at once when an action went through this dashboard or the control plane pushed a change, and
-sends only the regions whose HTML differs from what the page already shows.
+and at once (then every 0.1 s for 2 s) after an action went through this dashboard, and sends only the
+regions whose HTML differs from what the page already shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from mixprec.errors import MixprecError, ResourceExhausted, Unavailable
 
+QUICK_SECONDS, QUICK_INTERVAL = 2.0, 0.1  # after an action: look every 0.1 s for 2 s
 MAX_STREAMS = 200  # each open page re-reads its state twice a second: bound what browsers can ask for
 
 
@@ -21,11 +23,14 @@ class Live:
         self.interval = interval
         self.max_streams = max_streams
         self.open_streams = 0
+        self._quick_until = 0.0
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
 
     def poke(self) -> None:
-        """Something changed: every stream looks again now instead of at its next tick."""
+        """Something changed: every stream looks again now, and often for a moment, since the workers'
+        answers to a change arrive over the next few hundred milliseconds."""
+        self._quick_until = time.monotonic() + QUICK_SECONDS
         self._wake.set()
         self._wake = asyncio.Event()
 
@@ -34,9 +39,10 @@ class Live:
         self.poke()
 
     async def _tick(self) -> None:
+        interval = min(self.interval, QUICK_INTERVAL) if time.monotonic() < self._quick_until else self.interval
         wake = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(wake), self.interval)
+            await asyncio.wait_for(asyncio.shield(wake), interval)
         except asyncio.TimeoutError:
             pass
         finally:

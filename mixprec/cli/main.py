@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "mixprec.cli.generate_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
+    "mixprec.cli.webhook_cmds",
+    "mixprec.cli.export_cmds",
     "mixprec.cli.token_cmds",
 )
 

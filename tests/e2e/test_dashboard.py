@@ -175,6 +175,15 @@ def test_a_rollback_clicked_with_a_reason_reaches_the_agents(plane, page: Page, 
     assert set(plane.applied().values()) == {1}
     expect(page.locator('[data-region="audit"] tbody tr').first).to_contain_text("p99 doubled after v2")
     expect(page.locator("#notice")).to_contain_text("v2 → v1")
+
+    # A change made elsewhere (the CLI, a pipeline) shows up without a reload, pickers included.
+    plane.fleet.Rollback(apb.RollbackRequest(endpoint="ranker", reason="drill", to_base=True))
+    expect(page.locator("#active-version")).to_have_text("v4", timeout=2000)
+    for row in fleet.all():
+        expect(row.locator("td.applied")).to_have_text("v4", timeout=2000)
+    expect(page.locator("#diff-to option")).to_have_count(4)
+    expect(page.locator('#rollback-target option[value="1"]')).to_have_count(1)
+    expect(page.locator('#rollback-target option[value="4"]')).to_have_count(0)  # active now
     assert all(url.startswith(plane.url) for url in requests_seen), requests_seen
 
 
@@ -218,8 +227,12 @@ def test_rollout_buttons_pause_resume_and_promote(plane, page: Page):
 
     rollout.get_by_role("button", name="Pause").click()
     page.locator("#confirm-reason").fill("watching the canary")
-    page.locator("dialog#confirm").get_by_role("button", name="Pause").click()
+    page.keyboard.press("Enter")  # the keyboard confirms
     expect(rollout.locator(".badge").first).to_contain_text("paused", timeout=2000)
+    rollout.get_by_role("button", name="Resume").click()
+    page.keyboard.press("Escape")  # and Esc cancels: still paused
+    expect(page.locator("dialog#confirm")).to_be_hidden()
+    expect(rollout.locator(".badge").first).to_contain_text("paused")
     rollout.get_by_role("button", name="Resume").click()
     page.locator("dialog#confirm").get_by_role("button", name="Resume").click()
     expect(rollout.locator(".badge").first).to_contain_text("running", timeout=2000)
@@ -280,6 +293,8 @@ def secured(tmp_path_factory):
     for parent, spec in enumerate((("layers.*.mlp.*", "fp8"), ("layers.*", "fp8"))):
         policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="ranker", parent_version=parent, rules=rules(spec)))
         fleet.Activate(apb.ActivateRequest(endpoint="ranker", version=parent + 1))
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="search", layers=CATALOG))
+    tokens["scoped"] = running.plane.tokens.create("search-viewer", "viewer", endpoint="search")[0]
     running.url = f"http://127.0.0.1:{running.plane.dashboard.http.port}"
     running.tokens = tokens
     running.active = lambda: policies.GetEndpoint(pb.GetEndpointRequest(name="ranker")).active_version
@@ -338,3 +353,14 @@ def test_an_operator_rolls_back_and_the_audit_log_names_the_token(secured, page:
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login"))
     assert page.request.get(secured.url + "/events").status == 401
+
+
+def test_a_token_scoped_to_one_endpoint_sees_what_the_api_shows_it(secured, page: Page):
+    page.goto(secured.url + "/login")
+    page.get_by_label("API token").fill(secured.tokens["scoped"])
+    page.get_by_role("button", name="Log in").click()
+    listed = stubs(secured.address, secured.tokens["scoped"])[0].ListEndpoints(pb.ListEndpointsRequest()).endpoints
+    assert [e.name for e in listed] == ["search"]
+    expect(page.locator("table.endpoints tbody th a")).to_have_text(["search"])
+    page.goto(secured.url + "/endpoints/ranker")
+    expect(page.locator("main")).to_contain_text("limited to endpoint 'search'")

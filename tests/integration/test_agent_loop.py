@@ -199,7 +199,8 @@ def test_fleet_cli_activate_rollback_fleet_audit(control_plane, capsys):
     asyncio.run(scenario())
     code, out, _ = cli("audit", "emb", "--output", "json")
     entries = json.loads(out)
-    assert [e["action"] for e in entries][:3] == ["rollback", "policy.create", "activate"]
+    assert [e["action"] for e in entries][:4] == ["rollback", "policy.create", "worker.nack", "activate"]
+    assert entries[2]["actor"] == "w1" and entries[2]["detail"] == {"worker": "w1", "version": 2}
     assert entries[0]["reason"] == "incident 42" and entries[0]["detail"]["version"] == 3
     # Bad input through the fleet commands: codes and messages.
     assert cli("activate", "emb", "9")[0] == 3

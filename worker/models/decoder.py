@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mixprec.errors import FieldError, InvalidArgument
-from mixprec.families import KV_CACHE, LLAMA, LLAMA_ARCHITECTURES, LLAMA_GGUF_ARCHITECTURES
+from mixprec.families import KV_CACHE, LLAMA, LLAMA_ARCHITECTURES, LLAMA_GGUF_ARCHITECTURES, LLAMA_MODEL_TYPES
 from worker.engine.kv_cache import PrecisionCache
 from worker.engine.methods import BASE
 from worker.models.loaded import LoadedModel
@@ -164,7 +164,13 @@ def decoder_model(name: str, module: nn.Module, tokenizer, dtype: torch.dtype | 
         raise InvalidArgument(FieldError("--model", f"{name}: no Llama-style linear layer at {missing[0]} "
                                                     f"({len(missing)} missing); this is not a supported decoder"))
     return LoadedModel(name, module, layer_map, blocks=decoder.layers, staged=StagedDecoder(decoder),
-                       batches=None, at_base=dict(LLAMA.at_base), decoder=decoder)
+                       batches=window_batches, at_base=dict(LLAMA.at_base), decoder=decoder)
+
+
+def window_batches(windows: torch.Tensor, batch_size: int = 4) -> list[tuple[list[int], torch.Tensor]]:
+    """(texts, tokens) token windows -> [(positions in windows, their ids)], for StagedDecoder.capture."""
+    return [(list(range(start, min(start + batch_size, len(windows)))), windows[start:start + batch_size])
+            for start in range(0, len(windows), batch_size)]
 
 
 def _submodule(module: nn.Module, path: str):
@@ -213,6 +219,7 @@ def _dequantize_into(gguf: Path, target: Path) -> None:
     config = module.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    config.architectures = [type(module).__name__]  # GGUF configs leave it empty
     config.save_pretrained(partial)
     save_model(module, str(partial / "model.safetensors"))  # tied embeddings/lm_head are stored once
     tokenizer.save_pretrained(partial)
@@ -271,10 +278,11 @@ def load_hf(path: str, dtype: torch.dtype | None = None, device: str = "cpu", na
         raise InvalidArgument(FieldError("--model", f"{name}: {location} has no config.json; not a Hugging Face "
                                                     "model directory"))
     try:
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        config = json.loads(config_file.read_text())
+        architectures = config.get("architectures") or [config.get("model_type")]
     except (ValueError, AttributeError):
         raise InvalidArgument(FieldError("--model", f"{name}: {config_file} is not a JSON object")) from None
-    if not any(a in LLAMA_ARCHITECTURES for a in architectures):
+    if not any(a in LLAMA_ARCHITECTURES or a in LLAMA_MODEL_TYPES for a in architectures):
         raise InvalidArgument(FieldError("--model", f"{name}: architecture {architectures or 'unknown'} is not a "
                                                     f"supported causal LM; supported: {', '.join(LLAMA_ARCHITECTURES)}"))
     _quiet_transformers()

@@ -16,8 +16,7 @@ import torch
 from mixprec.errors import InvalidArgument
 from mixprec.families import split_block_layer
 
-# Share of a full pass's FLOPs spent in the blocks (the rest: the output head over the vocabulary, which
-# every run pays). Gemma 3 270M: the 262k-token head is about 60 %; read from the model when it is built.
+# What a block is called with besides its input: masks, rotary embeddings, positions (kept from the capture).
 _KWARGS = ("attention_mask", "position_embeddings", "position_ids")
 
 
@@ -40,7 +39,12 @@ class StagedDecoder:
             config.num_attention_heads * decoder.head_dim * 2 + config.num_key_value_heads * decoder.head_dim * 2
         ) + 3 * 2 * config.hidden_size * config.intermediate_size
         head = 2 * config.hidden_size * config.vocab_size
+        # Every run pays the output head (Gemma 3 270M: the 262k-token head is about 60 % of a pass).
         self._block_share = per_block * decoder.num_layers / (per_block * decoder.num_layers + head)
+
+    @property
+    def blocks(self) -> list:
+        return self.decoder.layers
 
     def stage_of(self, layer: str) -> tuple[int, int] | None:
         try:

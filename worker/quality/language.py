@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.metrics import WINDOW_TOKENS
 from worker.engine import HybridEngine
+from worker.engine.engine import PassCancelled
 from worker.quality.docstrings import build_pairs
 from worker.quality.shadow import EvalResult
 
@@ -33,18 +34,23 @@ POSITIONS_PER_CHUNK = 64  # rows of full-vocabulary logits held at once
 KEEP_REFERENCE_ELEMENTS = 64 * 2**20  # keep base log-probs (<= 256 MB) rather than recompute the head
 
 
-def text_windows(tokenizer, samples: int, tokens: int = WINDOW_TOKENS) -> torch.Tensor:
-    """`samples` windows of `tokens` token ids, spread over the docstring corpus (no padding anywhere)."""
+def text_windows(tokenizer, samples: int, tokens: int = WINDOW_TOKENS, pairs=None) -> torch.Tensor:
+    """`samples` windows of `tokens` token ids, spread over the docstring corpus (or over `pairs`), each
+    opening with the model's BOS token where it has one, as every document the model saw did; no padding."""
     if samples < 1:
         raise InvalidArgument(FieldError("samples", f"must be >= 1, got {samples}"))
-    text = "\n\n".join(f"{p.query}\n{p.document}" for p in build_pairs())
-    ids = tokenizer(text)["input_ids"]
-    available = len(ids) // tokens
-    if samples > available:
+    text = "\n\n".join(f"{p.query}\n{p.document}" for p in (build_pairs() if pairs is None else pairs))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    body = tokens - len(bos)
+    available = len(ids) // body
+    if pairs is not None:  # as many windows as the given pairs' text holds, up to one per pair
+        samples = min(samples, available)
+    if samples > available or samples < 1:
         raise InvalidArgument(FieldError("samples", f"{samples} windows of {tokens} tokens; the text set has "
                                                     f"{available}"))
     step = available // samples
-    return torch.tensor([ids[i * step * tokens:(i * step + 1) * tokens] for i in range(samples)])
+    return torch.tensor([bos + ids[i * step * body:(i * step + 1) * body] for i in range(samples)])
 
 
 def greedy_prompts(tokenizer, count: int) -> list[list[int]]:
@@ -60,6 +66,9 @@ class LanguageEvaluator:
     The sweep drives it like the embedder's ShadowEvaluator: `embed(map)` and the staged runner give
     final hidden states of `texts` (here: the token windows), `compare(hidden)` scores them.
     """
+
+    metrics = TEACHER_FORCED  # what `compare` gives, so what a sweep can budget
+    default_metric = "kl_divergence"  # the sharpest: it sees the whole distribution, not only the argmax
 
     def __init__(self, engine: HybridEngine, model, windows: torch.Tensor, prompts: list[list[int]] = (),
                  greedy_tokens: int = GREEDY_TOKENS, progress: bool = False, reference: torch.Tensor | None = None):
@@ -78,17 +87,25 @@ class LanguageEvaluator:
     def samples(self) -> int:
         return self.texts.shape[0]
 
-    def batches(self, batch_size: int = 4) -> list[tuple[list[int], torch.Tensor]]:
-        return [(list(range(s, min(s + batch_size, self.samples))), self.texts[s:s + batch_size])
-                for s in range(0, self.samples, batch_size)]
+    def batches(self) -> list[tuple[list[int], torch.Tensor]]:
+        return self.model.batches(self.texts)
 
     def embed(self, precision_map: Mapping[str, str], label: str = "candidate", cancelled=None) -> torch.Tensor:
         """Final hidden states of the windows with `precision_map` applied to this thread's passes only
         (PassCancelled once `cancelled()` turns true)."""
         if self.progress:
             print(f"{label}: {self.samples} windows of {self.texts.shape[1]} tokens ...", file=sys.stderr)
+        hidden = []
         with self.engine.using(precision_map, cancelled):
-            return torch.cat([self.decoder.hidden(ids) for _, ids in self.batches()])
+            for _, ids in self.batches():  # the decoder runs its inner model, past the engine's forward check
+                if cancelled is not None and cancelled():
+                    raise PassCancelled("the evaluation was cancelled before its next batch")
+                hidden.append(self.decoder.hidden(ids))
+        return torch.cat(hidden)
+
+    def use_reference(self, hidden: torch.Tensor) -> None:
+        """Base hidden states of the windows that a caller already computed (the sweep's capture pass)."""
+        self._reference = hidden
 
     def reference(self) -> torch.Tensor:
         if self._reference is None:

@@ -42,9 +42,16 @@ class ShadowEvaluator:
         self._reference = None if reference is None else self._split(reference)
         self._reference_metrics: dict[str, float] | None = None
 
+    metrics = METRICS
+    default_metric = "cosine_to_base"  # agreement with base separates layers far better than label metrics
+
     @property
     def samples(self) -> int:
         return len(self.pairs)
+
+    def use_reference(self, vectors: torch.Tensor) -> None:
+        """Base embeddings of `texts` that a caller already computed (the sweep's capture pass)."""
+        self._reference = self._split(vectors)
 
     def embed(self, precision_map: Mapping[str, str], label: str = "candidate", cancelled=None) -> torch.Tensor:
         """Embeddings of `texts` with `precision_map` applied to this pass only (PassCancelled once

@@ -30,6 +30,30 @@
     }, 0);
   });
 
+  // New policy versions (a proposal, a rollback to base) join the version pickers without a reload.
+  function refreshVersionPickers() {
+    const rows = [...document.querySelectorAll('[data-region="policies"] tr[data-version]')];
+    if (!rows.length) return;
+    const option = (value, text) => { const o = document.createElement("option"); o.value = value; o.textContent = text; return o; };
+    for (const id of ["diff-from", "diff-to"]) {
+      const select = document.getElementById(id);
+      if (!select || document.activeElement === select) continue;
+      const chosen = select.value;
+      select.replaceChildren(...rows.map((r) => option(r.dataset.version, "v" + r.dataset.version)));
+      select.value = chosen;
+    }
+    const target = document.getElementById("rollback-target");
+    if (target && document.activeElement !== target) {
+      const chosen = target.value;
+      const first = target.querySelector('option[value="last-good"]');
+      const last = target.querySelector('option[value="base"]');
+      const versions = rows.filter((r) => !("active" in r.dataset)).map((r) =>
+        option(r.dataset.version, "v" + r.dataset.version + (r.dataset.message ? ": " + r.dataset.message : "")));
+      target.replaceChildren(first, ...versions, last);
+      target.value = [...target.options].some((o) => o.value === chosen) ? chosen : "last-good";
+    }
+  }
+
   function connect(url) {
     const source = new EventSource(url);
     source.addEventListener("open", () => { live.hidden = false; live.className = "live on"; live.textContent = "live"; });
@@ -38,6 +62,7 @@
       const data = JSON.parse(event.data);
       const region = document.querySelector('[data-region="' + data.id + '"]');
       if (region) swap(region, data.html);
+      if (data.id === "policies") refreshVersionPickers();
     });
     source.addEventListener("trouble", (event) => say(event.data, "bad"));
     source.addEventListener("gone", (event) => { say(event.data, "bad"); source.close(); });
@@ -59,6 +84,8 @@
   }
 
   const dialog = document.getElementById("confirm");
+  // Enter in the dialog's reason field confirms (the form's only submit button); Cancel and Esc do not.
+  if (dialog) document.getElementById("confirm-cancel").addEventListener("click", () => dialog.close("cancel"));
 
   // Shows the confirmation dialog; resolves with the reason typed there, or null when cancelled.
   function confirmDialog(title, bodyHtml, okText, askReason) {
