@@ -1,4 +1,4 @@
-"""The mixprec story on an LLM (Gemma 3 270M): catalog, sweep with the KV cache and fused groups, a guarded
+"""The mixprec story on an LLM (Gemma 3 270M): catalog, sweep with the KV cache by layer kind, a guarded
 rollout read in LLM metrics while Generate traffic flows, an automatic rollback, a one-call rollback."""
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class GenerateTraffic(threading.Thread):
             except grpc.RpcError:
                 self.failed += 1
             i += 1
+            self.stop.wait(1.0)  # steady, not saturating: on 2 cores the sweep and the evaluations need them too
 
 
 class LlmDemo:
@@ -94,8 +95,8 @@ class LlmDemo:
         stack.callback(self.traffic.stop.set)
 
     def sweep_and_propose(self) -> int:
-        step(f"sensitivity sweep, fused granularity (q/k/v as one unit, gate/up as one, KV caches included): "
-             f"budget KL rise <= {SWEEP_BUDGET}")
+        step(f"sensitivity sweep by layer kind across the 18 blocks (KV caches included; `mixprec sweep "
+             f"--granularity fused` measures each block's units): budget KL rise <= {SWEEP_BUDGET}")
         from worker.engine import HybridEngine
         from worker.models import load_model
         from worker.quality.docstrings import load_pairs
@@ -104,7 +105,7 @@ class LlmDemo:
 
         model = load_model(MODEL)
         engine = HybridEngine(model.module, model.layer_map)
-        result = run_sweep(model, engine, load_pairs(self.windows), metric=None, granularity="fused",
+        result = run_sweep(model, engine, load_pairs(self.windows), metric=None, granularity="group",
                            max_drop=SWEEP_BUDGET, progress=SweepBar("kl_divergence", sys.stdout, indent="    "))
         ranked = sorted(result.units, key=lambda u: u.drop)
         chosen = sum(p != "bf16" for p in result.precision_map.values())

@@ -15,7 +15,7 @@ def register(sub) -> None:
                 "sweep the model, propose its policy, roll it out step by step under quality guardrails, roll out an "
                 "over-aggressive policy that is rolled back automatically, roll back in one call, and print a "
                 "summary. MiniLM (default): three workers, a few minutes on 2 cores. gemma3-270m: two LLM workers, "
-                "Generate traffic, KV cache and fused q/k/v and gate/up in the sweep, guardrails on KL and top-1 "
+                "Generate traffic, a sweep by layer kind with the KV cache, guardrails on KL and top-1 "
                 "agreement (see the README for how long it takes). Needs the worker extra (torch).")
     p.add_argument("--model", default="minilm", choices=DEMO_MODELS, help="the model to tell it on (default minilm)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory with logs and the database")
