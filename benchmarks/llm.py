@@ -75,7 +75,7 @@ def main() -> int:
     sweep_map = None
     if not args.skip_sweep:
         print(f"sweeping {len(catalog)} units on {args.sweep_windows} windows ...", file=log)
-        result = run_sweep(model, engine, load_pairs(args.sweep_windows), metric=None, max_drop=0.02)
+        result = run_sweep(model, engine, load_pairs(args.sweep_windows), metric=None, max_drop=0.02, algorithm="exact")
         sweep_map = {layer: p for layer, p in result.precision_map.items() if p != "bf16"}
         units = [model.staged.work(*model.staged.stage_of(u.layers[0])) for u in result.units]
         print(f"\nsweep: {len(result.units)} units, {len(sweep_map)} chosen, {len(result.combined)} combined "

@@ -105,7 +105,7 @@ class LlmDemo:
 
         model = load_model(MODEL)
         engine = HybridEngine(model.module, model.layer_map)
-        result = run_sweep(model, engine, load_pairs(self.windows), metric=None, granularity="group",
+        result = run_sweep(model, engine, load_pairs(self.windows), metric=None, granularity="group", algorithm="exact",
                            max_drop=SWEEP_BUDGET, progress=SweepBar("kl_divergence", sys.stdout, indent="    "))
         ranked = sorted(result.units, key=lambda u: u.drop)
         chosen = sum(p != "bf16" for p in result.precision_map.values())

@@ -13,6 +13,7 @@ from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.families import LLAMA, family_of
+from mixprec.metrics import METRICS as KNOWN_METRICS
 from mixprec.metrics import limit_word
 from mixprec.policy import PRECISIONS, compact_rules
 from mixprec.v1 import policy_pb2 as pb
@@ -25,14 +26,19 @@ DEFAULT_BUDGET = {"kl_divergence": 0.02, "perplexity": 0.5, "top1_agreement": 0.
 def register(sub) -> None:
     p = command(sub, "sweep", "measure each layer alone in FP8 and propose which layers can run it", _sweep,
                 description="Sensitivity sweep: each layer (or layer group) alone at --precision, everything else "
-                "at base, measured against base on the calibration set; layers whose drop fits --max-drop are "
-                "chosen, then checked together (the most sensitive returns to base while the combined drop is over "
-                "budget). Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
+                "at base, against base on the calibration set; each unit gets the first precision of the list whose "
+                "drop fits --max-drop, then the chosen map is checked together (the most sensitive unit moves down "
+                "the list, then to base, while the combined drop is over budget). By default every unit's drop is "
+                "estimated from one forward and backward pass and only the units a decision depends on are measured "
+                "exactly (--exact measures every unit). The chosen map is then measured on --holdout pairs the sweep "
+                "never saw. Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
     p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
     p.add_argument("--model", help="the model to sweep: minilm, gemma3-270m, tiny-llama or hf:PATH")
-    p.add_argument("--precision", default="fp8", choices=[x for x in PRECISIONS if x != "bf16"],
-                   help="what each layer is tried at (default fp8: FP8 weights per channel, activations per token)")
+    p.add_argument("--precision", default="fp8", metavar="P[,P...]",
+                   help="what each unit is tried at, in order: it gets the first it can take within the budget "
+                   f"(one or more of {', '.join(x for x in PRECISIONS if x != 'bf16')}, e.g. fp8,fp8-weight-only; "
+                   "default fp8: FP8 weights per channel, activations per token)")
     p.add_argument("--granularity", default="layer", choices=("layer", "fused", "group"),
                    help="one layer at a time; fused: q/k/v of a block as one unit and gate/up as one (what serving "
                    "engines can load); or one layer kind across every block")
@@ -47,6 +53,11 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=None, help="calibration pairs (2 texts each) for embedders, 2 to "
                    "796 (default 64: under a minute on 2 cores); for decoders, 64-token windows of their text "
                    "(default 4: every unit of Gemma 3 270M costs a pass over the 262k-token head)")
+    p.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="pairs kept out of the sweep, on which the chosen map's drop is measured too (default a fifth "
+                   "of --samples, at least 2; 0: none)")
+    p.add_argument("--exact", action="store_true", help="measure every unit exactly instead of estimating first "
+                   "(slower; the same decisions unless an estimate misses by more than its learned margin)")
     p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write; MAP.json and MAP.png go beside it (default sweep.yaml)")
     add_kernel_option(p)
     p.add_argument("--propose", metavar="ENDPOINT", help="store the policy as the endpoint's next version")
@@ -69,6 +80,10 @@ def _sweep(args) -> int:
             raise InvalidArgument(FieldError(f"--{option.replace('_', '-')}", f"must be >= 0 (or inf), got {value}"))
     args.metric = args.metric or ("kl_divergence" if decoder else "cosine_to_base")
     budget = _budget(args)
+    ladder = _ladder(args.precision)
+    holdout = max(2, round(args.samples / 5)) if args.holdout is None else args.holdout
+    if holdout < 0 or holdout == 1:
+        raise InvalidArgument(FieldError("--holdout", f"must be 0 or >= 2, got {holdout}"))
     out = pathlib.Path(args.out)
     if out.suffix not in (".yaml", ".yml") or not out.parent.is_dir():
         raise InvalidArgument(FieldError("-o", f"{args.out!r} must be a .yaml file in an existing directory"))
@@ -76,7 +91,7 @@ def _sweep(args) -> int:
     from worker.engine import HybridEngine
     from worker.models import load_model
     from worker.quality.docstrings import load_pairs
-    from worker.sweep import run_sweep
+    from worker.sweep import run_sweep, split_holdout
     from worker.sweep_progress import SweepBar
     from worker.sweep_report import write_artifacts
 
@@ -84,25 +99,24 @@ def _sweep(args) -> int:
     model = load_model(args.model)
     parent = _check_endpoint(args, model.catalog) if args.propose else None
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
-    pairs = load_pairs(args.samples)
+    pairs, held = split_holdout(load_pairs(args.samples + holdout), holdout)
     if len(pairs) < args.samples:
-        print(f"--samples {args.samples}: the calibration set has {len(pairs)} pairs; using all of them",
-              file=sys.stderr)
-    result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
-                       granularity=args.granularity, max_drop=budget,
-                       progress=SweepBar(args.metric, sys.stderr))
+        print(f"--samples {args.samples} --holdout {holdout}: the set has {len(pairs) + len(held)} pairs; "
+              f"sweeping {len(pairs)}, holding out {len(held)}", file=sys.stderr)
+    result = run_sweep(model, engine, pairs, metric=args.metric, precision=ladder,
+                       granularity=args.granularity, max_drop=budget, holdout=held,
+                       algorithm="exact" if args.exact else "fast", progress=SweepBar(args.metric, sys.stderr))
     json_path, png_path = write_artifacts(result, out)
-    chosen = sum(p != "bf16" for p in result.precision_map.values())
-    word = limit_word(args.metric)
-    last = result.combined[-1] if result.combined else {"predicted_drop": 0.0, "measured_drop": 0.0}
     if args.output == "json":
         output.as_json({**result.to_json(), "files": [str(out), str(json_path), str(png_path)]})
     else:
-        output.table(sweep_table(result.to_json()))
-        print(f"\n{chosen} of {len(result.precision_map)} layers at {args.precision}; combined {args.metric} {word}: "
-              f"predicted {last['predicted_drop']:.6f} (sum of single-layer {word}s), measured "
-              f"{last['measured_drop']:.6f}, budget {budget:g}; {len(result.combined)} combined check(s); "
-              f"{result.seconds:.0f}s on {result.samples} {'token windows' if model.decoder is not None else 'pairs'}")
+        data = result.to_json()
+        output.table(sweep_table(data))
+        print()
+        for line in summary_lines(data):
+            print(line)
+        print(f"{result.seconds:.0f}s on {result.samples} {'token windows' if model.decoder is not None else 'pairs'} "
+              f"({result.algorithm} sweep)")
         print(f"wrote {out} (policy), {json_path} (measurements), {png_path} (chart)")
     if args.propose:
         return _propose(args, result, parent)
@@ -146,14 +160,59 @@ def _propose(args, result, parent: int) -> int:
     return 0
 
 
+def _ladder(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",")]
+    allowed = [x for x in PRECISIONS if x != "bf16"]
+    for name in names:
+        if name not in allowed:
+            raise InvalidArgument(FieldError("--precision", f"{name!r} is not one of {', '.join(allowed)}"))
+    if len(set(names)) != len(names):
+        raise InvalidArgument(FieldError("--precision", f"{text!r} names a precision twice"))
+    return names
+
+
 def sweep_table(data: dict) -> list[dict]:
-    """A sweep's JSON as rows, least sensitive first: unit, its delta, what it got."""
+    """A sweep's JSON as rows, least sensitive first: unit, its worsening (measured, or ~estimated), what it got."""
     rows = []
+    word = limit_word(data["metric"]) if data["metric"] in KNOWN_METRICS else "drop"
     for unit in sorted(data["units"], key=lambda u: u["drop"]):
-        verdict = data["precision"] if unit["chosen"] else ("bf16 (combined check)" if unit["reverted"] else "bf16")
-        rows.append({data["granularity"]: unit["name"], f"delta {data['metric']}": f"{unit['delta']:+.6f}",
-                     "chosen": verdict})
+        got = unit.get("precision") or (data["precision"] if unit["chosen"] else "bf16")
+        verdict = f"{got} (combined check)" if unit["reverted"] else got
+        trials = unit.get("trials") or []
+        row = {data["granularity"]: unit["name"]}
+        if trials:
+            for trial in trials:
+                value = trial["measured"] if trial["measured"] is not None else trial["estimate"]
+                mark = "" if trial["measured"] is not None else "~"
+                row[f"{word} at {trial['precision']}"] = "-" if value is None else f"{mark}{value:.6f}"
+        else:  # a sweep stored before trials were recorded
+            row[f"delta {data['metric']}"] = f"{unit['delta']:+.6f}"
+        row["chosen"] = verdict
+        rows.append(row)
     return rows
+
+
+def summary_lines(data: dict) -> list[str]:
+    """The chosen map's drop on the calibration pairs and on the held-out ones, and what the fast sweep did."""
+    word = limit_word(data["metric"]) if data["metric"] in KNOWN_METRICS else "drop"
+    chosen = sum(p != "bf16" for p in data["precision_map"].values())
+    final = next((c for c in data["combined"] if c.get("final")), data["combined"][-1] if data["combined"] else None)
+    lines = [f"{chosen} of {len(data['precision_map'])} layers below bf16 ({data['precision']}); budget: "
+             f"{data['metric']} {word} <= {data['max_drop']:g}; {len(data['combined'])} combined check(s)"]
+    if final:
+        lines.append(f"calibration {word} ({data['samples']} pairs): measured {final['measured_drop']:.6f} "
+                     f"(predicted {final['predicted_drop']:.6f})")
+    held = data.get("holdout") or {}
+    if held:
+        lines.append(f"held-out {word} ({held['pairs']} pairs the sweep never saw): measured {held['drop']:.6f}")
+    fast = data.get("fast") or {}
+    if fast:
+        rho = fast.get("rank_correlation_measured")
+        lines.append(f"fast sweep: estimated every unit in {fast['estimate_seconds']:.1f}s, measured "
+                     f"{len(fast['measured'])} exactly (margin +/-{100 * fast['margin']:.0f}%), "
+                     f"{fast['checks_skipped']} combined check(s) the exact walk runs were predicted over budget"
+                     + ("" if rho is None else f"; rank correlation of estimate and measurement {rho:.2f}"))
+    return lines
 
 
 def _show(args) -> int:
@@ -175,4 +234,6 @@ def _show(args) -> int:
     for check in data["combined"]:
         print(f"combined check of {len(check['units'])} unit(s): predicted drop {check['predicted_drop']:.6f}, "
               f"measured {check['measured_drop']:.6f}")
+    for line in summary_lines(data):
+        print(line)
     return 0

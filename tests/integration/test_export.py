@@ -55,6 +55,7 @@ def run_export(plane, endpoint, version, fmt, out) -> int:
     return main(["--server", plane.address, "export", endpoint, str(version), "--format", fmt, "-o", str(out)])
 
 
+@pytest.mark.slow  # builds a transformers model
 def test_compressed_tensors_config_loads_into_the_model_it_names(plane, tmp_path, tiny_llama):
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
 
@@ -77,6 +78,7 @@ def test_compressed_tensors_config_loads_into_the_model_it_names(plane, tmp_path
     assert schemes["lm_head"] is None and schemes["model.layers.1.mlp.up_proj"] is None
 
 
+@pytest.mark.slow  # builds a transformers model
 def test_modelopt_config_has_the_documented_fields_and_real_module_names(plane, tmp_path, tiny_llama):
     assert run_export(plane, "llm", 1, "modelopt", tmp_path / "mo") == 0
     raw = json.loads((tmp_path / "mo" / "hf_quant_config.json").read_text())

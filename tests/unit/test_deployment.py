@@ -26,7 +26,8 @@ MATRIX = {
     "auth": {"auth": {"agentTokenSecret": "agents", "agentTokenKey": "secret"}},
     "tls": {"tls": {"enabled": True, "mutual": True}},
     "redis": {"redis": {"enabled": True, "url": "redis://:secret@redis:6379/0"}},
-    "statefulset-observed": {"worker": {"kind": "StatefulSet"}, **OBSERVED},
+    "statefulset-observed": {"worker": {"kind": "StatefulSet"}, "controlPlane": {"dashboard": {"enabled": True}},
+                             **OBSERVED},
     "daemonset": {"worker": {"kind": "DaemonSet"}, "database": {"existingSecret": "pg", "url": ""}},
 }
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -169,6 +170,11 @@ def test_control_plane_has_a_disruption_budget_and_network_policies(rendered):
     assert {"app.kubernetes.io/name": "mixprec", "app.kubernetes.io/instance": "rel",
             "app.kubernetes.io/component": "worker"} in sources, "agents reach the control plane"
     assert {"mixprec.io/client": "true"} in sources, "operators reach the control plane"
+    dashboard = values.get("controlPlane", {}).get("dashboard", {}).get("enabled", False)
+    http = [r for r in cp["ingress"] if r.get("ports") == [{"port": "http", "protocol": "TCP"}]]
+    assert len(http) == dashboard, "the dashboard port is open to operators exactly when it is on"
+    if http:
+        assert http[0]["from"] == [{"podSelector": {"matchLabels": {"mixprec.io/client": "true"}}}]
     worker = policies["rel-mixprec-worker"]
     assert "Egress" in worker["policyTypes"]
     reachable = [t["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
@@ -194,6 +200,7 @@ def test_workers_keep_their_id_and_saved_policy_across_rescheduling(rendered):
     field = env["MIXPREC_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     state_dir = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--state-dir="))
     assert {"name": "state", "mountPath": state_dir} in c["volumeMounts"]
+    assert env["MIXPREC_CACHE_DIR"]["value"].startswith(state_dir + "/")  # dequantized weights survive restarts
     if kind == "StatefulSet":
         assert field == "metadata.name"  # name-worker-0, -1, ...: the same after rescheduling
         (claim,) = worker["spec"]["volumeClaimTemplates"]
@@ -307,7 +314,7 @@ def test_image_builds_from_paths_that_exist_and_agrees_with_the_chart():
     assert "TORCH_VARIANT=cpu" in dockerfile, "CPU torch unless a CUDA variant is asked for"
     exposed = {int(p) for op, rest in instructions if op == "EXPOSE" for p in rest.split()}
 
-    objects = render(merged(BASE, {"tls": {"enabled": True}}))
+    objects = render(merged(BASE, {"tls": {"enabled": True}, "controlPlane": {"dashboard": {"enabled": True}}}))
     ports = {p["containerPort"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")
              for p in container(o)["ports"]}
     assert ports == exposed, f"the image exposes {sorted(exposed)}, the chart uses {sorted(ports)}"

@@ -57,8 +57,9 @@ def test_fused_granularity_keeps_qkv_and_gate_up_together():
 def test_the_decoder_sweep_staged_equals_naive_and_never_splits_a_fused_group(tiny):
     model, engine, _ = tiny
     pairs = load_pairs(4)
-    staged = run_sweep(model, engine, pairs, metric=None, granularity="fused", max_drop=0.01)
-    naive = run_sweep(model, engine, pairs, metric=None, granularity="fused", max_drop=0.01, strategy="naive")
+    staged = run_sweep(model, engine, pairs, metric=None, granularity="fused", max_drop=0.01, algorithm="exact")
+    naive = run_sweep(model, engine, pairs, metric=None, granularity="fused", max_drop=0.01, strategy="naive",
+                      algorithm="exact")
     assert staged.metric == "kl_divergence" and staged.strategy == "staged" and naive.strategy == "naive"
     assert [u.drop for u in staged.units] == [u.drop for u in naive.units]  # causal: the cached prefix is exact
     assert staged.precision_map == naive.precision_map
@@ -67,3 +68,14 @@ def test_the_decoder_sweep_staged_equals_naive_and_never_splits_a_fused_group(ti
     from mixprec.families import LLAMA
 
     assert LLAMA.split_groups(staged.precision_map) == []
+
+
+def test_the_fast_decoder_sweep_reaches_the_exact_map_measuring_kv_caches_only_where_needed(tiny):
+    model, engine, _ = tiny
+    pairs = load_pairs(4)
+    exact = run_sweep(model, engine, pairs, metric=None, granularity="fused", max_drop=0.01, algorithm="exact")
+    fast = run_sweep(model, engine, pairs, metric=None, granularity="fused", max_drop=0.01)
+    assert fast.precision_map == exact.precision_map and fast.fast["estimate_of"] == "kl_divergence"
+    measured = {m["unit"] for m in fast.fast["measured"]}
+    assert {u.name for u in fast.units if u.name.endswith("kv_cache")} <= measured  # no estimate sees a KV cache
+    assert len(measured) < len(fast.units)
