@@ -1,22 +1,24 @@
-"""Sensitivity sweep on MiniLM: the fast sweep against the naive one (a full forward pass per layer).
+"""Sensitivity sweep: naive, exact staged and fast, side by side in one run, on the same calibration pairs.
 
-The fast sweep starts each single-layer run at that layer's stage of its block, on base activations
-cached by one reference pass, and runs packed (token-wise work on real tokens only, padding only
-around attention). The middle row is staging alone, on padded batches, to show what each part gives.
-All three measure every layer alone in FP8 on the same calibration texts, in the same batches; units
-are timed interleaved, in rotating order, so that machine noise hits all alike. Prints the time per
-layer of each, the speed against naive, and the largest difference between their per-layer deltas
-(float noise: the fast paths sum in a different order). Then the combined check with fallback from
-those deltas: a full forward pass per check, against each check starting at the unit the previous
-one returned to base, on that check's activations.
+* naive: every unit measured alone with a full forward pass, every combined check a full pass (the
+  textbook algorithm);
+* exact staged (`mixprec sweep --exact`): the same walk, each run starting at the first layer it changes
+  on cached base activations;
+* fast (`mixprec sweep`, the default): every unit's drop estimated from one forward and backward pass,
+  exact runs only where a decision depends on them.
 
-Usage: python benchmarks/sweep.py [--samples 64] [--kernel auto|emulated]
+Each row is a whole sweep, reference pass included. Prints the time of each, its speed against naive,
+how many single-unit runs and combined checks it made, whether its map is the exact sweep's (and which
+units differ if not), and the rank correlation between the fast sweep's estimates and the exact per-unit
+drops. Ends with one line per model and size: `sweep speed: X.Xx naive, same map: yes|no`.
+
+Usage: python benchmarks/sweep.py [--model minilm] [--samples 64 [200 ...]] [--max-drop 0.001]
+       [--granularity layer] [--precision fp8] [--kernel auto|emulated] [--skip-naive]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -27,67 +29,71 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from worker.engine import HybridEngine  # noqa: E402
 from worker.models import load_model  # noqa: E402
 from worker.quality.docstrings import load_pairs  # noqa: E402
-from worker.sweep import Sweep, units_for  # noqa: E402
+from worker.sweep import run_sweep  # noqa: E402
+from worker.sweep_estimate import rank_correlation  # noqa: E402
+
+ROWS = (("fast", "fast (mixprec sweep)", {"algorithm": "fast"}),
+        ("exact", "exact staged (mixprec sweep --exact)", {"algorithm": "exact"}),
+        ("naive", "naive (a full pass per run and check)", {"algorithm": "exact", "strategy": "naive"}))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=64, help="calibration pairs (mixprec sweep's default)")
+    parser.add_argument("--model", default="minilm", help="minilm (default)")
+    parser.add_argument("--samples", type=int, nargs="+", default=[64], help="calibration pairs; several sizes run one after another")
+    parser.add_argument("--max-drop", type=float, default=0.001, help="budget (the CLI's default)")
+    parser.add_argument("--metric", default="cosine_to_base")
+    parser.add_argument("--granularity", default="layer", choices=("layer", "group"))
+    parser.add_argument("--precision", default="fp8", help="a ladder, e.g. fp8,fp8-weight-only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
-    parser.add_argument("--max-drop", type=float, default=0.001, help="budget of the combined checks (the CLI's default)")
+    parser.add_argument("--skip-naive", action="store_true", help="only fast and exact staged (speed against exact)")
     args = parser.parse_args()
-    model = load_model("minilm")
+    model = load_model(args.model)
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
-    pairs = load_pairs(args.samples)
-    sweeps = {
-        "naive": Sweep(model, engine, pairs, strategy="naive"),
-        "padded": Sweep(model, engine, pairs, strategy="staged", pack=False),
-        "staged": Sweep(model, engine, pairs, strategy="staged"),
-    }
-    seconds = {name: 0.0 for name in sweeps}
-    deltas = {name: [] for name in sweeps}
-    units = units_for(list(engine.catalog), "layer")
-    names = list(sweeps)
-    for i, unit in enumerate(units):
-        for name in names[i % 3:] + names[:i % 3]:
-            started = time.perf_counter()
-            sweeps[name].measure([unit])
-            seconds[name] += time.perf_counter() - started
-            deltas[name].append(unit.delta)
-        print(f"\r{i + 1}/{len(units)} layers", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    worst = max(abs(a - b) for name in ("padded", "staged")
-                for a, b in zip(deltas[name], deltas["naive"], strict=True))
-    print(f"MiniLM, {len(units)} layers, {len(pairs)} pairs ({2 * len(pairs)} texts), kernel {engine.kernel}, CPU")
-    print(f"{'sweep':<40} {'total s':>8} {'s/layer':>8} {'speed':>7}")
-    for name, label in (("naive", "naive (full forward pass per layer)"),
-                        ("padded", "staged only (padded batches)"),
-                        ("staged", "staged + packed (mixprec sweep)")):
-        print(f"{label:<40} {seconds[name]:>8.1f} {seconds[name] / len(units):>8.3f} "
-              f"{seconds['naive'] / seconds[name]:>6.2f}x")
-    print(f"largest difference from the naive per-layer deltas: {worst:.2e}")
-    print()
-    combined_checks(sweeps, units, deltas["staged"], args.max_drop)
+    verdicts = []
+    for samples in args.samples:
+        verdicts.append(compare(model, engine, args, load_pairs(samples)))
+        print()
+    for line in verdicts:
+        print(line)
     return 0
 
 
-def combined_checks(sweeps: dict[str, Sweep], units: list, deltas: list[float], max_drop: float) -> None:
-    """The combined check with fallback from the same per-layer deltas: a full pass per check, against
-    each check starting at the unit the previous one returned to base (as mixprec sweep runs it)."""
-    for unit, delta in zip(units, deltas, strict=True):
-        unit.delta, unit.drop = delta, -delta
-    runs = {}
-    for name in ("staged", "naive"):
+def compare(model, engine, args, pairs) -> str:
+    results, seconds = {}, {}
+    rows = [row for row in ROWS if not (args.skip_naive and row[0] == "naive")]
+    for name, _, options in rows:
+        print(f"{name} sweep of {len(pairs)} pairs ...", file=sys.stderr, flush=True)
+        engine.apply({})
         started = time.perf_counter()
-        _, history = sweeps[name].choose(copy.deepcopy(units), max_drop)
-        runs[name] = (time.perf_counter() - started, history)
-    worst = max(abs(a["measured_drop"] - b["measured_drop"])
-                for a, b in zip(runs["staged"][1], runs["naive"][1], strict=True))
-    print(f"{f'combined checks, budget {max_drop:g}':<40} {'checks':>8} {'total s':>8} {'speed':>7}")
-    for name, label in (("naive", "full forward pass per check"), ("staged", "from the reverted unit (mixprec)")):
-        seconds, history = runs[name]
-        print(f"{label:<40} {len(history):>8} {seconds:>8.1f} {runs['naive'][0] / seconds:>6.2f}x")
-    print(f"largest difference between their measured drops: {worst:.2e}")
+        results[name] = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
+                                  granularity=args.granularity, max_drop=args.max_drop, **options)
+        seconds[name] = time.perf_counter() - started
+    exact, fast = results["exact"], results["fast"]
+    baseline = "naive" if "naive" in results else "exact"
+    print(f"{model.name}, {len(exact.units)} {args.granularity}s, {len(pairs)} pairs ({2 * len(pairs)} texts), "
+          f"{args.metric} budget {args.max_drop:g}, precision {args.precision}, kernel {engine.kernel}, CPU")
+    print(f"{'sweep':<40} {'total s':>8} {'speed':>7} {'runs':>5} {'checks':>7} {'chosen':>7}  same map")
+    for name, label, _ in rows:
+        result = results[name]
+        runs = (len(result.fast["measured"]) if result.algorithm == "fast"
+                else sum(t.measured is not None for u in result.units for t in u.trials))
+        chosen = sum(p != "bf16" for p in result.precision_map.values())
+        same = "yes" if result.precision_map == exact.precision_map else "no"
+        print(f"{label:<40} {seconds[name]:>8.1f} {seconds[baseline] / seconds[name]:>6.1f}x {runs:>5} "
+              f"{len(result.combined):>7} {chosen:>7}  {same}")
+    estimates = [u.trials[0].estimate for u in fast.units]
+    drops = [u.trials[0].measured for u in exact.units]
+    print(f"rank correlation of the fast sweep's estimates and the exact per-unit drops: "
+          f"{rank_correlation(estimates, drops):.3f} (Spearman, {len(drops)} units); "
+          f"estimate pass {fast.fast['estimate_seconds']:.1f}s, margin +/-{100 * fast.fast['margin']:.0f}%")
+    print(f"measured drop of the chosen map: fast {fast.calibration_drop:.6f}, exact {exact.calibration_drop:.6f}")
+    differ = [(f, e) for f, e in zip(fast.units, exact.units, strict=True) if f.precision != e.precision]
+    for f, e in differ:
+        print(f"  differs: {f.name}: fast {f.precision} (estimated {f.trials[0].estimate:.6f}), exact {e.precision} "
+              f"(measured {e.trials[0].measured:.6f})")
+    same = "yes" if not differ and fast.precision_map == exact.precision_map else "no"
+    return f"{model.name} at {len(pairs)} pairs: sweep speed: {seconds[baseline] / seconds['fast']:.1f}x {baseline}, same map: {same}"
 
 
 if __name__ == "__main__":

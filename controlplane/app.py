@@ -10,32 +10,44 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from controlplane import blocking
 from controlplane.api.edge import EdgeInterceptor
+from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
+from controlplane.api.notification_servicer import NotificationServicer
 from controlplane.api.observability import ObservabilityInterceptor, RpcMetrics
 from controlplane.api.policy_servicer import PolicyServicer
 from controlplane.api.rollout_servicer import RolloutServicer
 from controlplane.api.token_servicer import TokenServicer
 from controlplane.auth import Authenticator, TokenService
-from controlplane.push.agent_servicer import AgentServicer
+from controlplane.database_health import DatabaseHealth
+from controlplane.notifier import Notifier
+from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.fleet import FleetService
+from controlplane.services.notifications import NotificationService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
+from controlplane.services.telemetry import TelemetryService
+from controlplane.services.write_requests import RequestLog
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
-from mixprec.errors import FieldError, InvalidArgument, MixprecError
+from controlplane.web.pages import Pages
+from controlplane.web.server import DashboardServer
+from mixprec.errors import FieldError, InvalidArgument, MixprecError, NotFound
+from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, is_loopback
 from mixprec.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    notify_pb2,
+    notify_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     rollout_pb2,
@@ -50,6 +62,7 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    notify_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
 )
 
 # Agent streams live for days: ping idle connections so that dead peers and NATs are noticed, and
@@ -69,6 +82,15 @@ SERVER_OPTIONS = [
 AUTH_MODES = ("auto", "required", "off")
 
 
+def tokens_required(auth: str, listen: str, field_name: str = "auth") -> bool:
+    """auto: tokens are required unless the listener binds loopback only; off is refused beyond loopback."""
+    if auth not in AUTH_MODES:
+        raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
+    if auth == "off" and not is_loopback(listen):
+        raise InvalidArgument(FieldError(field_name, f"off is allowed only on loopback, not on {listen}"))
+    return auth == "required" or (auth == "auto" and not is_loopback(listen))
+
+
 class ControlPlane:
     """One control plane replica: database, services and the gRPC server on `listen`."""
 
@@ -80,29 +102,38 @@ class ControlPlane:
         redis_url: str | None = None,
         poll_interval: float = 5.0,
         rollout_interval: float = 1.0,
+        metrics_listen: str | None = None,
+        health_listen: str | None = None,
+        metrics_interval: float = 5.0,
+        notifier: dict | None = None,  # Notifier's keywords (interval, attempts, backoff, timeout)
         auth: str = "auto",
         tls_credentials: grpc.ServerCredentials | None = None,
+        http_listen: str | None = None,
+        http_tls: tuple[str, str] | None = None,
+        stream_limits: dict | None = None,
     ):
         self.db_url = db_url
         self.listen = listen
-        self.metrics_port = metrics_port
+        # --metrics-port N is loopback only; --metrics-listen HOST:PORT serves the pod address.
+        self.metrics_listen = metrics_listen or (f"127.0.0.1:{metrics_port}" if metrics_port is not None else None)
+        self.health_listen = health_listen
+        self.metrics_interval = metrics_interval
         self.redis_url = redis_url
         self.poll_interval = poll_interval
         self.rollout_interval = rollout_interval
-        # auto: tokens are required unless the server listens on loopback only.
-        if auth not in AUTH_MODES:
-            raise InvalidArgument(FieldError("auth", f"{auth!r} is not one of {', '.join(AUTH_MODES)}"))
-        if auth == "off" and not is_loopback(listen):
-            raise InvalidArgument(FieldError("auth", f"off is allowed only on loopback, not on {listen}"))
-        self.auth_required = auth == "required" or (auth == "auto" and not is_loopback(listen))
+        self.auth_required = tokens_required(auth, listen)
         self.tls_credentials = tls_credentials
+        self.stream_limits = stream_limits or {}  # hello_timeout, max_streams_per_token (AgentServicer)
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
-        uow = unit_of_work_factory(self.engine)
+        self._uow = uow = unit_of_work_factory(self.engine)
         self.policies = PolicyService(uow)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
+        self.notifications = NotificationService(uow)
+        self.notifier = Notifier(self.notifications, self.replica, **(notifier or {}))
+        self.requests = RequestLog(uow)
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
         self.authenticator = Authenticator(uow)
@@ -113,22 +144,36 @@ class ControlPlane:
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self._health = health.aio.HealthServicer()
+        self._health_server: grpc.aio.Server | None = None
+        self.dashboard = None
+        if http_listen is not None:  # the dashboard: same services, same tokens, its own listener
+            authenticate = self.authenticator.authenticate if tokens_required(auth, http_listen, "http_listen") else None
+            self.dashboard = DashboardServer(Pages(self.policies, self.fleet, self.rollouts), self.endpoint_changed,
+                                             http_listen, authenticate, *(http_tls or ()))
 
     async def start(self) -> int:
         blocking.configure()
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
+        self.fleet_metrics = FleetMetrics(self.registry, TelemetryService(self._uow), self.metrics_interval)
         edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self.policies, self.endpoint_changed), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency), server
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(
+            PolicyServicer(self.policies, self.endpoint_changed, self.requests), server
         )
-        agent_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.endpoint_changed), server)
+        add_agent_servicer(
+            AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
+                          **self.stream_limits),
+            server,
+        )
+        agent_pb2_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(self.fleet, self.endpoint_changed, self.requests), server
+        )
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
-            RolloutServicer(self.rollouts, self.endpoint_changed), server
+            RolloutServicer(self.rollouts, self.endpoint_changed, self.requests), server
         )
         auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens), server)
+        notify_pb2_grpc.add_NotificationServiceServicer_to_server(NotificationServicer(self.notifications), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -145,11 +190,18 @@ class ControlPlane:
             asyncio.ensure_future(self._feed.run(self.refresh)),
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
+            asyncio.ensure_future(self.fleet_metrics.run()),
+            asyncio.ensure_future(self.notifier.run()),
+            asyncio.ensure_future(DatabaseHealth(self.engine, self._health, ("", *SERVICE_NAMES)).run()),
         ]
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.metrics_port is not None:
-            self._metrics_http = start_http_server(self.metrics_port, addr="127.0.0.1", registry=self.registry)
+        if self.health_listen:
+            self._health_server = await serve_health(self._health, self.health_listen)
+        if self.metrics_listen:
+            self._metrics_http = serve_metrics(self.metrics_listen, self.registry)
+        if self.dashboard is not None:
+            await self.dashboard.start()
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -157,12 +209,16 @@ class ControlPlane:
             return
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self._server.stop(grace)
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.recorder.flush()
+        await self.recorder.flush_before_exit()
         try:  # the streams are gone with this replica: its workers are not connected any more
             await blocking.run_blocking(self.fleet.release_replica, self.replica)
         except MixprecError as err:
@@ -176,20 +232,32 @@ class ControlPlane:
         """Re-read an endpoint's target and push it to the streams of this replica."""
         try:
             target = await blocking.run_blocking(self.fleet.target, endpoint)
+        except NotFound:
+            self.hub.forget(endpoint)
+            return
         except MixprecError as err:
             log.warning("cannot refresh %s: %s", endpoint, err)
             return
         self.hub.publish(target)
 
-    async def endpoint_changed(self, endpoint: str) -> None:
+    async def endpoint_changed(self, endpoint: str) -> int:
+        """Pushes the endpoint's new target here, tells the other replicas; returns this replica's streams."""
         await self.refresh(endpoint)
         await self._feed.publish(endpoint)
+        return self.hub.connected(endpoint)
 
     async def _poll(self) -> None:
+        passes = 0
         while True:
             await asyncio.sleep(self.poll_interval)
             for endpoint in self.hub.watched():
                 await self.refresh(endpoint)
+            passes += 1
+            if passes % 720 == 1:  # about hourly: request ids older than a day answer no retry any more
+                try:
+                    await blocking.run_blocking(self.requests.forget_old)
+                except MixprecError as err:
+                    log.warning("could not forget old request ids: %s", err)
 
     async def _drive_rollouts(self) -> None:
         """Advance running rollouts; any replica may, the rollout's revision makes sure only one does."""
@@ -207,7 +275,7 @@ class ControlPlane:
 
 async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis_url: str | None = None,
                 **options) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: auth, tls_credentials)."""
+    """Run until SIGTERM or SIGINT, then drain in-flight RPCs and stop (options: ControlPlane's keywords)."""
     plane = ControlPlane(db_url, listen, metrics_port, redis_url, **options)
     port = await plane.start()
     host = listen.rsplit(":", 1)[0]
@@ -217,6 +285,9 @@ async def serve(db_url: str, listen: str, metrics_port: int | None = None, redis
     if plane.tls_credentials is None and not is_loopback(listen):
         log.warning("listening on %s without TLS: tokens and policies cross the network in the clear; "
                     "pass --tls-cert and --tls-key", listen)
+    if plane.dashboard is not None:
+        log.info("dashboard on %s (tokens %s)", plane.dashboard.url,
+                 "required" if plane.dashboard.auth_required else "off (loopback)")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

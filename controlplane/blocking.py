@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,4 +19,6 @@ async def run_blocking(fn, *args, **kwargs):
     if _executor is None:
         configure()
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor, functools.partial(fn, *args, **kwargs))
+    # The call's context (e.g. its write deadline) goes with it into the thread.
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(_executor, functools.partial(context.run, fn, *args, **kwargs))

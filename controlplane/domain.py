@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from mixprec.policy import PolicySpec
@@ -92,6 +92,19 @@ class WorkerUpdate:
 
 
 @dataclass(frozen=True)
+class WorkerConnect:
+    """A worker's hello, written behind like its ACKs once its endpoint is known to this replica."""
+
+    endpoint: str
+    worker_id: str
+    replica: str
+    running_version: int
+    hardware: dict
+    inference_address: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class ReportRecord:
     endpoint: str
     worker_id: str
@@ -126,6 +139,7 @@ class Guardrails:
     bake_seconds: float = 0.0
     max_failed_checks: int = 0
     step_timeout_seconds: float = 300.0
+    max_rise: dict[str, float] = field(default_factory=dict)  # metrics that must not rise (KL, perplexity)
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ class Rollout:
     created_at: datetime
     step_started_at: datetime
     updated_at: datetime
+    report_round: int = 0                    # bumped to ask the step's workers to send their reports again
+    reports_asked_at: datetime | None = None
 
     @property
     def open(self) -> bool:
@@ -165,3 +181,32 @@ class TokenInfo:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    endpoint: str
+    name: str
+    url: str
+    events: tuple[str, ...]
+    created_by: str
+    created_at: datetime
+    id: int = 0
+    last_audit_id: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    endpoint: str
+    webhook: str
+    url: str
+    audit_id: int
+    event: str
+    payload: dict
+    state: str
+    attempts: int
+    status_code: int
+    error: str
+    created_at: datetime
+    finished_at: datetime | None = None

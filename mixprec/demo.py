@@ -93,10 +93,13 @@ class Demo:
     def start(self, stack: ExitStack) -> None:
         step(f"control plane on sqlite:///{self.workdir}/mixprec.db")
         address = f"127.0.0.1:{free_port()}"
+        dashboard = f"127.0.0.1:{free_port()}"
         stack.callback(terminate, spawn(self.workdir, "control-plane", "server", "--db",
-                                        f"sqlite:///{self.workdir}/mixprec.db", "--listen", address))
+                                        f"sqlite:///{self.workdir}/mixprec.db", "--listen", address,
+                                        "--http-listen", dashboard))
         channel = grpc.insecure_channel(address)
         grpc.channel_ready_future(channel).result(timeout=60)
+        print(f"    dashboard: http://{dashboard}/ (open it to watch the demo live)", flush=True)
         self.address = address
         self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
         self.fleet = agent_pb2_grpc.FleetServiceStub(channel)

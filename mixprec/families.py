@@ -84,6 +84,22 @@ class Family:
         return (layer,)
 
 
+# Canonical parts that every family's serving engines fuse (a family's `fused` is a subset), and the name
+# of the fused unit: layers.3.attention.{q,k,v}_proj -> layers.3.attention.qkv_proj.
+FUSED_UNITS = {("attention.q_proj", "attention.k_proj", "attention.v_proj"): "attention.qkv_proj",
+               ("mlp.gate_proj", "mlp.up_proj"): "mlp.gate_up_proj"}
+
+
+def fused_unit_name(layer: str) -> str:
+    """The fused unit a canonical layer belongs to (e.g. 'layers.3.mlp.gate_up_proj'), or the layer itself."""
+    match = _BLOCK_LAYER.fullmatch(layer)
+    if match:
+        for parts, name in FUSED_UNITS.items():
+            if match.group(2) in parts:
+                return f"layers.{match.group(1)}.{name}"
+    return layer
+
+
 def is_kv_cache(layer: str) -> bool:
     return layer.endswith("." + KV_CACHE)
 
@@ -131,7 +147,7 @@ LLAMA = Family(
     fused=(("attention.q_proj", "attention.k_proj", "attention.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
     at_base=MappingProxyType({
         "model.embed_tokens": "token embeddings",
-        "lm_head": "output head (the full-vocabulary logits; FP8 there hurts every token)",
+        "lm_head": "the full-vocabulary output head: FP8 there would touch every token's logits",
     }),
     kv_cache="self_attn",
 )
@@ -139,12 +155,13 @@ LLAMA = Family(
 FAMILIES: dict[str, Family] = {family.name: family for family in (BERT, LLAMA)}
 
 # Named models and the family each belongs to; `hf:PATH` is any local Llama-style causal LM.
-MODELS: dict[str, str] = {"minilm": BERT.name, "gemma3-270m": LLAMA.name}
+MODELS: dict[str, str] = {"minilm": BERT.name, "gemma3-270m": LLAMA.name, "tiny-llama": LLAMA.name}
 HF_PREFIX = "hf:"
 # Architectures whose blocks use the Llama-style names, as transformers and GGUF files spell them.
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                        "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 LLAMA_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+LLAMA_MODEL_TYPES = (*LLAMA_GGUF_ARCHITECTURES, "gemma3_text")  # config.json's model_type, where architectures is empty
 
 
 def family_of(model: str) -> Family | None:

@@ -8,6 +8,7 @@ Guardrails, sweeps, the fleet view and the CLI all read a metric's delta (policy
 from __future__ import annotations
 
 from enum import Enum
+from typing import Mapping
 
 from mixprec.errors import FieldError, InvalidArgument
 
@@ -30,6 +31,10 @@ METRICS: dict[str, Direction] = {
     "perplexity": Direction.LOWER_IS_BETTER,
 }
 
+# The decoder quality set (worker.quality.language): windows of standard-library docstring tokens.
+WINDOW_TOKENS = 64
+DEFAULT_WINDOWS = 16
+
 
 def direction(metric: str, field_name: str = "metric") -> Direction:
     try:
@@ -47,3 +52,24 @@ def worsening(metric: str, delta: float) -> float:
 def limit_word(metric: str) -> str:
     """The guardrail verb that reads naturally for the metric: 'drop' or 'rise'."""
     return "drop" if direction(metric) is Direction.HIGHER_IS_BETTER else "rise"
+
+
+def limit_errors(limits: Mapping[str, float], word: str, field_name: str) -> list[FieldError]:
+    """A 'drop' limit on a metric that must not rise (KL, perplexity), or a 'rise' limit on one that must
+    not drop, guards the wrong side: refused by name. Metrics this table does not know are left alone.
+    `field_name` may use {word} and {metric}, e.g. "guardrails.max_{word}[{metric}]"."""
+    errors = []
+    for metric in limits:
+        if metric in METRICS and limit_word(metric) != word:
+            errors.append(FieldError(field_name.format(word=word, metric=metric),
+                                     f"{metric} must not {limit_word(metric)}; limit it with max_{limit_word(metric)}"))
+    return errors
+
+
+def split_by_direction(limits: Mapping[str, float], field_name: str = "--limit") -> tuple[dict, dict]:
+    """`--limit METRIC=X` for any known metric -> (max_drop, max_rise), each metric on its worse side."""
+    drops, rises = {}, {}
+    for metric, value in limits.items():
+        worse_when_lower = direction(metric, field_name) is Direction.HIGHER_IS_BETTER
+        (drops if worse_when_lower else rises)[metric] = value
+    return drops, rises

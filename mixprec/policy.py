@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import yaml
@@ -27,6 +27,11 @@ KV_CACHE_PRECISIONS: tuple[str, ...] = ("bf16", "fp8")
 MAX_NAME_LENGTH = 63
 MAX_RULES = 1000
 MAX_CATALOG = 100_000
+MAX_PATTERN_LENGTH = 256
+MAX_LAYER_NAME = 200
+# Resolving checks every rule against every layer: beyond this many checks a policy is refused, so
+# one request's matching time stays bounded (about a second on one core).
+MAX_MATCH_CHECKS = 2_000_000
 
 # Rule index recorded for a layer decided by no rule / by the kv_cache setting.
 NO_RULE = 0
@@ -100,9 +105,17 @@ def precision_errors(value: str, field_name: str, allowed: Sequence[str] = PRECI
     return []
 
 
+def glob_matcher(pattern: str) -> Callable[[str], bool]:
+    """fnmatch's case-sensitive meaning, compiled once per call site: unlike fnmatch.fnmatchcase it
+    keeps no process-wide cache of compiled patterns that hostile callers could fill."""
+    return re.compile(fnmatch.translate(pattern)).match
+
+
 def pattern_errors(pattern: str, field_name: str) -> list[FieldError]:
     if not pattern or not pattern.strip():
         return [FieldError(field_name, "is empty: give a glob over canonical layer names, e.g. 'layers.*.mlp.*'")]
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return [FieldError(field_name, f"is {len(pattern)} characters long; the limit is {MAX_PATTERN_LENGTH}")]
     if not _PATTERN_CHARS.match(pattern):
         return [
             FieldError(
@@ -134,7 +147,10 @@ def catalog_errors(layers: Sequence[str], field_name: str = "layers") -> list[Fi
         return [FieldError(field_name, f"has {len(layers)} layers; the limit is {MAX_CATALOG}")]
     seen: set[str] = set()
     for i, layer in enumerate(layers):
-        if not _LAYER_NAME.match(layer):
+        if len(layer) > MAX_LAYER_NAME:
+            errors.append(FieldError(f"{field_name}[{i}]", f"is {len(layer)} characters long; the limit is "
+                                                            f"{MAX_LAYER_NAME}"))
+        elif not _LAYER_NAME.match(layer):
             errors.append(
                 FieldError(
                     f"{field_name}[{i}]",
@@ -181,6 +197,10 @@ def resolve(spec: PolicySpec, catalog: Sequence[str], base: str = BASE_PRECISION
     if len(spec.rules) > MAX_RULES:
         errors.append(FieldError("rules", f"has {len(spec.rules)} rules; the limit is {MAX_RULES}"))
         return result
+    if len(spec.rules) * len(catalog) > MAX_MATCH_CHECKS:
+        errors.append(FieldError("rules", f"{len(spec.rules)} rules over {len(catalog)} layers is more than "
+                                          f"{MAX_MATCH_CHECKS} pattern checks; use fewer, broader rules"))
+        return result
 
     # A rule with a bad precision is still checked for matching, so one pass reports both.
     usable: list[tuple[int, Rule]] = []
@@ -195,7 +215,8 @@ def resolve(spec: PolicySpec, catalog: Sequence[str], base: str = BASE_PRECISION
 
     decided: dict[str, tuple[str, int]] = {layer: (base, NO_RULE) for layer in catalog}
     for i, rule in usable:
-        matched = [layer for layer in catalog if fnmatch.fnmatchcase(layer, rule.match)]
+        matches = glob_matcher(rule.match)
+        matched = [layer for layer in catalog if matches(layer)]
         if not matched:
             errors.append(
                 FieldError(
@@ -297,13 +318,26 @@ def load_policy_text(text: str, source: str = "policy") -> PolicySpec:
     return parse_policy_document(doc if doc is not None else {}, source)
 
 
+MAX_POLICY_FILE = 1_000_000  # bytes; a policy is a few rules
+
+
 def load_policy_file(path: str) -> PolicySpec:
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_POLICY_FILE + 1)
     except OSError as exc:
         raise InvalidArgument([FieldError("file", f"cannot read {path!r}: {exc.strerror}")]) from None
-    return load_policy_text(text, source=path)
+    if len(raw) > MAX_POLICY_FILE:
+        raise InvalidArgument([FieldError("file", f"{path!r} is larger than the limit of {MAX_POLICY_FILE} bytes")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument([FieldError("file", f"{path!r} is not UTF-8 text (byte {exc.start})")]) from None
+    spec = load_policy_text(text, source=path)
+    if not spec.rules and not spec.kv_cache:
+        raise InvalidArgument([FieldError("file", f"{path!r} has no rules and no kv_cache; to run every layer at "
+                                                  "base, use `mixprec rollback ENDPOINT --to-base`")])
+    return spec
 
 
 def dump_policy(spec: PolicySpec) -> str:
@@ -343,7 +377,8 @@ def compact_rules(precision_map: Mapping[str, str], base: str = BASE_PRECISION) 
     covered: set[str] = set()
     rules: list[Rule] = []
     for pattern in candidate_patterns(catalog):
-        matched = [layer for layer in catalog if fnmatch.fnmatchcase(layer, pattern)]
+        matches = glob_matcher(pattern)
+        matched = [layer for layer in catalog if matches(layer)]
         precisions = {precision_map[layer] for layer in matched}
         if len(precisions) == 1 and base not in precisions and not set(matched) <= covered:
             rules.append(Rule(pattern, precisions.pop()))
@@ -367,7 +402,8 @@ def stage_maps(precision_map: Mapping[str, str], stages: Sequence[str], base: st
         errors = pattern_errors(pattern, f"stages[{i}]")
         if errors:
             raise InvalidArgument(errors)
-        matched = {layer for layer in precision_map if fnmatch.fnmatchcase(layer, pattern)}
+        matches = glob_matcher(pattern)
+        matched = {layer for layer in precision_map if matches(layer)}
         if not matched:
             raise InvalidArgument(FieldError(f"stages[{i}]", f"{stage!r} matches no layer of the catalog"))
         moved |= matched

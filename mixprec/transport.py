@@ -36,7 +36,12 @@ def client_credentials(tls_ca: str | None, client_cert: str | None = None,
                        client_key: str | None = None) -> grpc.ChannelCredentials | None:
     """TLS credentials trusting `tls_ca` (and presenting a client certificate for mutual TLS)."""
     if not tls_ca:
+        if client_cert or client_key:
+            raise InvalidArgument(FieldError("--tls-client-cert", "needs --tls-ca (mutual TLS is TLS first)"))
         return None
+    if bool(client_cert) != bool(client_key):
+        raise InvalidArgument(FieldError("--tls-client-key" if client_cert else "--tls-client-cert",
+                                         "is required with the other"))
     cert = _read(client_cert, "--tls-client-cert") if client_cert else None
     key = _read(client_key, "--tls-client-key") if client_key else None
     return grpc.ssl_channel_credentials(_read(tls_ca, "--tls-ca"), key, cert)
@@ -92,17 +97,20 @@ class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         return continuation(self._with_token(details), requests)
 
 
-def channel(address: str, token: str | None = None, tls_ca: str | None = None, options=None) -> grpc.Channel:
-    """A blocking channel that carries `token` on every call, over TLS when `tls_ca` is given."""
-    credentials = client_credentials(tls_ca)
+def channel(address: str, token: str | None = None, tls_ca: str | None = None, options=None,
+            client_cert: str | None = None, client_key: str | None = None) -> grpc.Channel:
+    """A blocking channel that carries `token` on every call, over TLS when `tls_ca` is given (showing
+    `client_cert` for mutual TLS)."""
+    credentials = client_credentials(tls_ca, client_cert, client_key)
     raw = (grpc.secure_channel(address, credentials, options=options) if credentials is not None
            else grpc.insecure_channel(address, options=options))
     return grpc.intercept_channel(raw, _TokenInterceptor(token)) if token else raw
 
 
-def aio_channel(address: str, tls_ca: str | None = None, options=None) -> grpc.aio.Channel:
+def aio_channel(address: str, tls_ca: str | None = None, options=None, client_cert: str | None = None,
+                client_key: str | None = None) -> grpc.aio.Channel:
     """An asyncio channel (pass `metadata=token_metadata(token)` on its calls)."""
-    credentials = client_credentials(tls_ca)
+    credentials = client_credentials(tls_ca, client_cert, client_key)
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)

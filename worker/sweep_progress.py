@@ -6,7 +6,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from worker.sweep import SweepProgress, Unit
+from worker.sweep import SweepProgress, SweepResult, Trial, Unit
 
 # The bar counts estimated work (a staged run of a late layer costs a fraction of an early one's), so
 # its own n/total are not layer counts: the postfix says which unit this is.
@@ -34,8 +34,27 @@ class SweepBar(SweepProgress):
         if self.done == self.total:
             self.bar.close()
 
+    def estimated(self, units: list[Unit], seconds: float, correlation: float | None) -> None:
+        print(f"{self.indent}estimated every unit's {self.metric} change in {seconds:.1f}s (one forward and "
+              f"backward pass); measuring exactly only where a decision depends on it", file=self.file)
+
+    def exact(self, unit: Unit, trial: Trial, why: str) -> None:
+        print(f"{self.indent}measured {unit.name} at {trial.precision}: {trial.measured:.6f} (estimated "
+              f"{trial.estimate:.6f}); {why}", file=self.file)
+
+    def holdout(self, result: SweepResult) -> None:
+        held = result.holdout
+        print(f"{self.indent}held-out pairs ({held['pairs']}): the chosen map's {self.metric} worsening is "
+              f"{held['drop']:.6f} (calibration {result.calibration_drop:.6f})", file=self.file)
+
     def combined(self, check: dict, max_drop: float, reverted: Unit | None) -> None:
-        verdict = (f"over the budget {max_drop:g}: {reverted.name} back to base" if reverted
-                   else f"within the budget {max_drop:g}")
+        over = check["measured_drop"] > max_drop
+        verdict = (f"over the budget {max_drop:g}: {reverted.name} {_moved(reverted)}" if reverted
+                   else f"{'over' if over else 'within'} the budget {max_drop:g}")
         print(f"{self.indent}combined check, {len(check['units'])} unit(s) together: drop measured "
               f"{check['measured_drop']:.6f} (predicted {check['predicted_drop']:.6f}), {verdict}", file=self.file)
+
+
+def _moved(unit: Unit) -> str:
+    """Where the combined check sends a unit: the next precision of its ladder it fits, else base."""
+    return "moves down its ladder" if len(unit.trials) > 1 else "back to base"

@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 # (version, precision map) -> None; raise to refuse (NACK) the assignment.
 ApplyFn = Callable[[int, dict[str, str]], Awaitable[None]]
+# Called after each apply; must return at once (long work such as evaluation goes to a task).
 AppliedFn = Callable[[int, dict[str, str]], Awaitable[None]]
+# The control plane asks for a quality report this worker no longer has: measure it again.
+ReportRequestedFn = Callable[[int], None]
+
+KEPT_QUALITY_REPORTS = 8  # versions whose latest quality report is kept for resending
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -77,16 +82,24 @@ class SyncLoop:
         state: StateStore | None = None,
         on_applied: AppliedFn | None = None,
         backoff: Backoff | None = None,
+        on_report_requested: ReportRequestedFn | None = None,
         token: str | None = None,
         tls_ca: str | None = None,
+        tls_client: tuple[str, str] | None = None,
     ):
         self.server = server
         self._token = token  # an agent token scoped to this endpoint (MIXPREC_TOKEN)
         self._tls_ca = tls_ca
+        self._tls_client = tls_client or (None, None)  # (certificate, key) for mutual TLS
         self.identity = identity
         self._apply = apply
         self._state = state
         self._on_applied = on_applied
+        self._on_report_requested = on_report_requested
+        # The latest quality report per applied version, and the versions whose report the control
+        # plane has not acknowledged yet: those are sent again on every (re)connect.
+        self._quality: dict[int, apb.Report] = {}
+        self._unacked: set[int] = set()
         self._backoff = backoff or Backoff()
         self._outbox: asyncio.Queue[apb.AgentMessage] | None = None
         self.version = 0
@@ -97,18 +110,51 @@ class SyncLoop:
         self.fatal_error: grpc.RpcError | None = None
 
     async def restore(self) -> AppliedAssignment | None:
-        """Apply the assignment saved by a previous run, before any control plane answers."""
-        saved = self._state.load() if self._state else None
+        """Apply the assignment saved by a previous run, before any control plane answers.
+
+        A damaged state file costs one log line and the last good copy (or base precision), never the worker.
+        """
+        if self._state is None:
+            return None
+        saved, problem = self._state.load_last_good()
         if saved is not None and saved.endpoint == self.identity.endpoint:
-            await self._apply(saved.version, saved.precision_map)
+            try:
+                await self._apply(saved.version, saved.precision_map)
+            except Exception as err:  # noqa: BLE001 - a map this model cannot run is damage too
+                problem, saved = f"state file {self._state.path} holds a map this worker cannot apply ({err})", None
+        else:
+            saved = None
+        if problem:
+            log.error("%s; starting at %s", problem, f"the last good copy (v{saved.version})" if saved else
+                      "base precision")
+        if saved is not None:
             self.version, self.precision_map = saved.version, saved.precision_map
             log.info("restored v%d from %s", saved.version, self._state.path)
         return saved
 
     def report(self, report: apb.Report) -> None:
-        """Queue a report; dropped when no stream is up (the next one carries fresher numbers)."""
+        """Send a report. Quality reports are kept and sent again on every reconnect until the control
+        plane acknowledges them; serving reports are dropped when no stream is up (the next window
+        carries fresher numbers)."""
+        if report.kind == apb.Report.QUALITY:
+            self._quality[report.version] = report
+            self._unacked.add(report.version)
+            for old in sorted(self._quality)[:-KEPT_QUALITY_REPORTS]:
+                del self._quality[old]
+                self._unacked.discard(old)
         if self._outbox is not None and self.connected.is_set():
             self._outbox.put_nowait(apb.AgentMessage(report=report))
+
+    @property
+    def unacknowledged_reports(self) -> list[int]:
+        return sorted(self._unacked)
+
+    def _report_requested(self, version: int) -> None:
+        kept = self._quality.get(version)
+        if kept is not None:
+            self.report(kept)
+        elif version == self.version and self._on_report_requested is not None:
+            self._on_report_requested(version)
 
     async def run(self) -> None:
         """Keep a stream up until cancelled; reconnect after errors and after a clean end of stream."""
@@ -141,23 +187,39 @@ class SyncLoop:
             )
         )
 
-        async def outgoing():
-            while True:
-                yield await outbox.get()
+        async with transport.aio_channel(self.server, self._tls_ca, CHANNEL_OPTIONS, *self._tls_client) as channel:
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=transport.token_metadata(self._token))
+            writer = asyncio.ensure_future(self._write(call, outbox))
+            try:
+                await self._converse(call, outbox)
+            finally:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
-        async with transport.aio_channel(self.server, self._tls_ca, options=CHANNEL_OPTIONS) as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(
-                outgoing(), metadata=transport.token_metadata(self._token))
-            self._outbox = outbox
-            # The control plane sends its initial metadata once it has accepted the hello; a refused
-            # hello ends the call with an error status, raised by the iteration below.
-            metadata = await call.initial_metadata()
-            if metadata is not None and ACCEPTED_KEY in dict(metadata):
-                self.connected.set()
-                self._backoff.reset()
-            async for message in call:
-                if message.WhichOneof("message") == "assignment":
-                    await self._handle(message.assignment, outbox)
+    @staticmethod
+    async def _write(call, outbox: asyncio.Queue) -> None:
+        while True:
+            await call.write(await outbox.get())
+
+    async def _converse(self, call, outbox: asyncio.Queue) -> None:
+        self._outbox = outbox
+        # The control plane sends its initial metadata once it has accepted the hello; a refused
+        # hello ends the call with an error status, raised by the iteration below.
+        metadata = await call.initial_metadata()
+        if metadata is not None and ACCEPTED_KEY in dict(metadata):
+            self.connected.set()
+            self._backoff.reset()
+            for version in sorted(self._unacked):
+                outbox.put_nowait(apb.AgentMessage(report=self._quality[version]))
+        async for message in call:
+            kind = message.WhichOneof("message")
+            if kind == "assignment":
+                await self._handle(message.assignment, outbox)
+            elif kind == "report_ack":
+                if message.report_ack.kind == apb.Report.QUALITY:
+                    self._unacked.discard(message.report_ack.version)
+            elif kind == "report_request":
+                self._report_requested(message.report_request.version)
 
     async def _handle(self, assignment: apb.Assignment, outbox: asyncio.Queue) -> None:
         precision_map = {lp.layer: lp.precision for lp in assignment.precision_map}

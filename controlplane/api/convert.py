@@ -21,12 +21,13 @@ def spec_from_proto(rules, kv_cache: str) -> lang.PolicySpec:
     return lang.PolicySpec(tuple(lang.Rule(r.match, r.precision) for r in rules), kv_cache)
 
 
-def endpoint_to_proto(endpoint: domain.Endpoint) -> pb.Endpoint:
+def endpoint_to_proto(endpoint: domain.Endpoint, with_layers: bool = True) -> pb.Endpoint:
     return pb.Endpoint(
         name=endpoint.name,
         base_precision=endpoint.base_precision,
         model=endpoint.model,
-        layers=list(endpoint.layers),
+        layers=list(endpoint.layers) if with_layers else [],
+        layer_count=len(endpoint.layers),
         create_time=timestamp(endpoint.created_at),
         latest_version=endpoint.latest_version,
         active_version=endpoint.active_version,

@@ -55,11 +55,13 @@ RPC_RULES: dict[str, Rule] = {
     **_rules("FleetService", Action.ROLLBACK, "endpoint", "Rollback"),
     **_rules("FleetService", Action.READ, "endpoint", "GetFleet", "ListAudit"),
     **_rules("RolloutService", Action.ROLLOUT, "endpoint", "StartRollout", "PauseRollout", "ResumeRollout",
-             "AbortRollout"),
+             "AbortRollout", "PromoteRollout"),
     **_rules("RolloutService", Action.READ, "endpoint", "GetRollout", "ListRollouts"),
     # The hello names the endpoint; AgentServicer checks the scope there.
     **_rules("AgentService", Action.CONNECT, None, "Connect"),
     **_rules("TokenService", Action.ADMIN_TOKENS, None, "CreateToken", "ListTokens", "RevokeToken"),
+    **_rules("NotificationService", Action.NOTIFICATIONS, "endpoint", "SetWebhook", "DeleteWebhook", "TestWebhook"),
+    **_rules("NotificationService", Action.READ, "endpoint", "ListWebhooks"),
 }
 
 # Probes need no token: health carries no data, and reflection describes only the wire contract,

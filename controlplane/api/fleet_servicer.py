@@ -10,28 +10,32 @@ from google.protobuf.json_format import ParseDict
 from controlplane.api import convert
 from controlplane.api.edge import actor
 from controlplane.api.errors import maps_domain_errors
+from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
 from controlplane.services.fleet import ActivationResult, FleetService
+from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 
 
 class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
-    def __init__(self, fleet: FleetService, changed: Callable[[str], Awaitable[int]]):
+    def __init__(self, fleet: FleetService, changed: Callable[[str], Awaitable[int]],
+                 requests: RequestLog | None = None):
         self._fleet = fleet
         self._changed = changed  # pushes the endpoint's new target; returns workers it reaches here
+        self._requests = requests
 
     async def _respond(self, result: ActivationResult) -> apb.ActivationResponse:
-        await self._changed(result.endpoint)
-        _, workers = await run_blocking(self._fleet.get_fleet, result.endpoint)
+        reached = await self._changed(result.endpoint)  # counted by the push hub: no database read
         return apb.ActivationResponse(
             endpoint=result.endpoint,
             previous_version=result.previous_version,
             active_version=result.active_version,
-            connected_workers=sum(w.connected for w in workers),
+            connected_workers=reached or 0,
         )
 
     @maps_domain_errors
+    @write_rpc(apb.ActivationResponse)
     async def Activate(self, request: apb.ActivateRequest, context) -> apb.ActivationResponse:
         result = await run_blocking(
             self._fleet.activate, request.endpoint, request.version, actor(request.actor), request.reason
@@ -39,6 +43,7 @@ class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
         return await self._respond(result)
 
     @maps_domain_errors
+    @write_rpc(apb.ActivationResponse)
     async def Rollback(self, request: apb.RollbackRequest, context) -> apb.ActivationResponse:
         result = await run_blocking(
             self._fleet.rollback, request.endpoint, request.reason, request.to_version, request.to_base,

@@ -26,7 +26,7 @@ TEXT_LIMITS: dict[str, int] = {
     "match": 256, "layers": 200,
     "model": 200, "inference_address": 200, "device": 200, "kernel": 32, "dtype": 32, "torch_version": 64,
     "message": 10_000, "reason": 10_000, "error": 10_000,
-    "artifact_json": 1_000_000,
+    "artifact_json": 1_000_000, "url": 2_000, "events": 64,
 }
 # Most entries per repeated field or map.
 REPEATED_LIMITS: dict[str, int] = {"layers": 20_000, "rules": 1_000, "steps": 20}
@@ -41,6 +41,7 @@ NUMBER_LIMITS: dict[str, tuple[float, float]] = {
     "step_timeout_seconds": (0.0, 7 * 86400.0),
     "min_throughput_ratio": (0.0, 1000.0),
     "max_drop": (0.0, 1e6),
+    "max_rise": (0.0, 1e6),
     "window_seconds": (0.0, 366 * 86400.0),
 }
 MAX_JSON_DEPTH = 32

@@ -7,8 +7,10 @@ from typing import Awaitable, Callable
 from controlplane.api import convert
 from controlplane.api.edge import actor, current_principal
 from controlplane.api.errors import maps_domain_errors
+from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
 from controlplane.services.policies import PolicyService, resolved_layers
+from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
 
@@ -18,11 +20,14 @@ async def _nothing(endpoint: str) -> None:
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, service: PolicyService, changed: Callable[[str], Awaitable[None]] | None = None):
+    def __init__(self, service: PolicyService, changed: Callable[[str], Awaitable[None]] | None = None,
+                 requests: RequestLog | None = None):
         self._service = service
         self._changed = changed or _nothing  # tells the agent streams of a deleted endpoint
+        self._requests = requests
 
     @maps_domain_errors
+    @write_rpc(pb.Endpoint)
     async def CreateEndpoint(self, request: pb.CreateEndpointRequest, context) -> pb.Endpoint:
         endpoint = await run_blocking(
             self._service.create_endpoint,
@@ -49,9 +54,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context) -> pb.ListEndpointsResponse:
         caller = current_principal()
         endpoints = [e for e in await run_blocking(self._service.list_endpoints) if caller.may_see(e.name)]
-        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e) for e in endpoints])
+        return pb.ListEndpointsResponse(endpoints=[convert.endpoint_to_proto(e, with_layers=False) for e in endpoints])
 
     @maps_domain_errors
+    @write_rpc(pb.PolicyVersion)
     async def CreatePolicy(self, request: pb.CreatePolicyRequest, context) -> pb.PolicyVersion:
         created = await run_blocking(
             self._service.create_policy,

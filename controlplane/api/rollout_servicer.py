@@ -8,8 +8,10 @@ from controlplane import domain
 from controlplane.api import convert
 from controlplane.api.edge import actor
 from controlplane.api.errors import maps_domain_errors
+from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
 from controlplane.services.rollouts import RolloutService
+from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import rollout_pb2 as rpb
 from mixprec.v1 import rollout_pb2_grpc
 
@@ -22,7 +24,7 @@ def guardrails_from_proto(g: rpb.Guardrails) -> domain.Guardrails:
     return domain.Guardrails(
         max_drop=dict(g.max_drop), min_throughput_ratio=g.min_throughput_ratio, reports_per_step=g.reports_per_step,
         bake_seconds=g.bake_seconds, max_failed_checks=g.max_failed_checks,
-        step_timeout_seconds=g.step_timeout_seconds,
+        step_timeout_seconds=g.step_timeout_seconds, max_rise=dict(g.max_rise),
     )
 
 
@@ -35,7 +37,7 @@ def rollout_to_proto(r: domain.Rollout) -> rpb.Rollout:
         guardrails=rpb.Guardrails(
             max_drop=g.max_drop, min_throughput_ratio=g.min_throughput_ratio, reports_per_step=g.reports_per_step,
             bake_seconds=g.bake_seconds, max_failed_checks=g.max_failed_checks,
-            step_timeout_seconds=g.step_timeout_seconds,
+            step_timeout_seconds=g.step_timeout_seconds, max_rise=g.max_rise,
         ),
         state=rpb.RolloutState.Value(r.state), current_step=r.current_step, failed_checks=r.failed_checks,
         message=r.message, new_version_workers=list(r.new_workers),
@@ -46,15 +48,18 @@ def rollout_to_proto(r: domain.Rollout) -> rpb.Rollout:
 
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
-    def __init__(self, rollouts: RolloutService, changed: Callable[[str], Awaitable[None]]):
+    def __init__(self, rollouts: RolloutService, changed: Callable[[str], Awaitable[object]],
+                 requests: RequestLog | None = None):
         self._rollouts = rollouts
         self._changed = changed
+        self._requests = requests
 
     async def _changed_and(self, rollout: domain.Rollout) -> rpb.Rollout:
         await self._changed(rollout.endpoint)
         return rollout_to_proto(rollout)
 
     @maps_domain_errors
+    @write_rpc(rpb.Rollout)
     async def StartRollout(self, request: rpb.StartRolloutRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(
             self._rollouts.start, request.endpoint, request.version, [step_from_proto(s) for s in request.steps],
@@ -72,16 +77,25 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         return rpb.ListRolloutsResponse(rollouts=[rollout_to_proto(r) for r in rollouts])
 
     @maps_domain_errors
+    @write_rpc(rpb.Rollout)
     async def PauseRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(self._rollouts.pause, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
+    @write_rpc(rpb.Rollout)
     async def ResumeRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(self._rollouts.resume, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)
 
     @maps_domain_errors
+    @write_rpc(rpb.Rollout)
     async def AbortRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
         rollout = await run_blocking(self._rollouts.abort, request.endpoint, actor(request.actor), request.reason)
+        return await self._changed_and(rollout)
+
+    @maps_domain_errors
+    @write_rpc(rpb.Rollout)
+    async def PromoteRollout(self, request: rpb.RolloutActionRequest, context) -> rpb.Rollout:
+        rollout = await run_blocking(self._rollouts.promote, request.endpoint, actor(request.actor), request.reason)
         return await self._changed_and(rollout)

@@ -23,10 +23,11 @@ class Action(enum.Enum):
     WRITE_POLICY = "write policy versions"
     ACTIVATE = "activate a policy version"
     ROLLBACK = "roll back"
-    ROLLOUT = "start, pause, resume or abort rollouts"
+    ROLLOUT = "start, pause, resume, abort or promote rollouts"
     ADMIN_ENDPOINTS = "create or delete endpoints"
     ADMIN_TOKENS = "create, list or revoke tokens"
     CONNECT = "connect a worker agent"
+    NOTIFICATIONS = "configure an endpoint's webhooks"  # admin: a webhook makes the server call out
 
 
 _OPERATOR = frozenset({Action.READ, Action.WRITE_POLICY, Action.ACTIVATE, Action.ROLLBACK, Action.ROLLOUT})

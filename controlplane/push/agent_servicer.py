@@ -13,13 +13,15 @@ from google.protobuf.json_format import MessageToDict
 
 from controlplane import domain
 from controlplane.api.edge import current_principal
+from controlplane.api.errors import abort_with
+from controlplane.api.limits import Undecodable, check_request
 from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
-from controlplane.services.fleet import FleetService, Target
+from controlplane.services.fleet import FleetService, Target, check_hello
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import MixprecError, status_code
+from mixprec.errors import AlreadyExists, MixprecError
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -28,6 +30,16 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_KEY = "mixprec-accepted"  # initial metadata: the hello was accepted (worker.sync reads it)
 REPORT_KINDS = {apb.Report.QUALITY: "quality", apb.Report.SERVING: "serving"}
+HELLO_TIMEOUT_S = 10.0            # a stream that says nothing is closed (it holds a slot and a task)
+MAX_STREAMS_PER_TOKEN = 1000      # one token's live streams on this replica
+
+
+@dataclass
+class _Holder:
+    """The live stream that holds a worker id, and how to end it when the same token takes over."""
+
+    token: str
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -41,6 +53,15 @@ class WorkerSession:
     nacked: set[int] = field(default_factory=set)
     pending_nonce: str = ""
     sent_at: float = 0.0
+    report_round: int = 0         # the target's last request for reports this worker has seen
+    outbox: list[bytes] = field(default_factory=list)  # serialized control messages besides assignments
+    wake: asyncio.Event | None = None
+
+    def send_soon(self, message: apb.ControlMessage) -> None:
+        self.outbox.append(message.SerializeToString())
+        if self.wake is not None:
+            self.wake.set()
+    offered: set[int] = field(default_factory=set)  # versions this worker ran at hello or was sent
 
     def next_version(self, target: Target) -> int | None:
         """The version to send this worker now, or None when it has it, refused it, or it is unknown."""
@@ -49,92 +70,210 @@ class WorkerSession:
             return None
         return want
 
-    def sent(self, version: int) -> str:
-        self.current = version
-        self.pending_nonce = uuid.uuid4().hex[:12]
-        self.sent_at = time.perf_counter()
-        return self.pending_nonce
+    def sent(self, version: int, nonce: str) -> None:
+        self.offered.add(version)
+        self.current, self.pending_nonce, self.sent_at = version, nonce, time.perf_counter()
+
+
+def _serialized(message) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None:
+    """Registers Connect with a serializer that passes bytes through: an assignment is serialized once
+    per version and the same bytes go to every stream."""
+    connect = grpc.stream_stream_rpc_method_handler(
+        servicer.Connect, request_deserializer=apb.AgentMessage.FromString, response_serializer=_serialized,
+    )
+    service = apb.DESCRIPTOR.services_by_name["AgentService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Connect": connect}),))
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None):
+    def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None,
+                 fleet_metrics=None, hello_timeout: float = HELLO_TIMEOUT_S,
+                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN):
+        self._hello_timeout = hello_timeout
+        self._max_streams = max_streams_per_token
+        self._streams: dict[str, int] = {}  # token name -> live streams on this replica
+        self._holders: dict[tuple[str, str], _Holder] = {}  # (endpoint, worker id) -> its stream
         self._fleet = fleet
+        self._fleet_metrics = fleet_metrics  # propagation times and NACK reasons (controlplane.api.fleet_metrics)
         self._hub = hub
         self._recorder = recorder
         self._replica = replica
+        self._catalogs: dict[str, tuple[str, ...]] = {}  # endpoint -> catalog a hello was accepted with
         self._ack_latency = ack_latency
-        self._prototypes: dict[tuple[str, int], tuple[Target, apb.Assignment]] = {}
+        # (endpoint, version, reason) -> (the target it was built from, its nonce, the serialized message)
+        self._serialized: dict[tuple[str, int, str], tuple[Target, str, bytes]] = {}
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
+        token = current_principal().name
+        if self._streams.get(token, 0) >= self._max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"token {token!r} has {self._max_streams} streams open here; the limit is "
+                                f"{self._max_streams} (close some, or give workers their own tokens)")
+        self._streams[token] = self._streams.get(token, 0) + 1
+        try:
+            await self._connect(context, token)
+        finally:
+            self._streams[token] -= 1
+            if not self._streams[token]:
+                del self._streams[token]
+
+    async def _hello(self, context) -> apb.Hello:
+        try:
+            first = await asyncio.wait_for(context.read(), self._hello_timeout)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no hello within {self._hello_timeout:g} s of opening the stream")
+        if first is grpc.aio.EOF or isinstance(first, Undecodable) or first.WhichOneof("message") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on the stream must be a hello")
-        hello = first.hello
+        try:
+            check_request(first)
+        except MixprecError as err:
+            await abort_with(context, err)
+        return first.hello
+
+    def _bind(self, hello: apb.Hello, token: str) -> _Holder:
+        """A worker id belongs to one live stream. The token that holds it may take it over (a worker
+        restarting before its old stream timed out); any other token is refused."""
+        key = (hello.endpoint, hello.worker_id)
+        holder = self._holders.get(key)
+        if holder is not None:
+            if holder.token != token:
+                raise AlreadyExists(f"worker id {hello.worker_id!r} of endpoint {hello.endpoint!r} is held by a live "
+                                    "stream of another token")
+            holder.replaced.set()
+        self._holders[key] = mine = _Holder(token)
+        return mine
+
+    async def _connect(self, context: grpc.aio.ServicerContext, token: str):
+        hello = await self._hello(context)
         try:
             authorize(current_principal(), Action.CONNECT, hello.endpoint)
-            state, target = await run_blocking(
-                self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
-                hello.running_version, MessageToDict(hello.hardware, preserving_proto_field_name=True),
-                hello.inference_address,
-            )
+            holder = self._bind(hello, token)
         except MixprecError as err:
-            await context.abort(status_code(err), str(err))
-        self._hub.publish(target)
+            await abort_with(context, err)
+        try:
+            last_nack, target = await self._register(hello)
+        except MixprecError as err:
+            self._release(hello, holder)
+            await abort_with(context, err)
         await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
-            nacked={state.last_nack_version} if state.last_nack_version else set(),
+            nacked={last_nack} if last_nack else set(), report_round=target.report_round,
         )
         # A NACKed version stays refused only until a newer one exists; the worker runs what it applied.
         session.nacked.discard(hello.running_version)
+        session.offered.add(hello.running_version)
         log.info("worker %s of %s connected (running v%d)", hello.worker_id, hello.endpoint, hello.running_version)
         self._recorder.live(hello.endpoint, hello.worker_id, True)
         reader: asyncio.Future | None = None
         try:
             with self._hub.watch(hello.endpoint) as changed:
-                # The reader sets `changed` too when the stream ends, so one wait covers both.
+                # The reader and acknowledged reports set `changed` too, so one wait covers all three.
+                session.wake = changed
                 reader = asyncio.ensure_future(self._read(context, session))
                 reader.add_done_callback(lambda _: changed.set())
+                replaced = asyncio.ensure_future(holder.replaced.wait())
+                replaced.add_done_callback(lambda _: changed.set())
                 reason = "connect"
-                while not reader.done():
+                while not reader.done() and not holder.replaced.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
-                    assignment = self._assignment(session, latest, reason) if latest else None
-                    if assignment is not None:
-                        await context.write(apb.ControlMessage(assignment=assignment))
+                    if latest is not None:
+                        await self._send_target(context, session, latest, reason)
+                    while session.outbox:
+                        await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
+                replaced.cancel()
+                if holder.replaced.is_set():
+                    await context.abort(grpc.StatusCode.ABORTED, "a new stream of the same token took this worker id over")
                 reader.result()
         finally:
             if reader is not None:
                 reader.cancel()
-            self._recorder.live(hello.endpoint, hello.worker_id, False)
-            self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
-            log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
+            if self._release(hello, holder):
+                self._recorder.live(hello.endpoint, hello.worker_id, False)
+                self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
+                log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
 
-    def _assignment(self, session: WorkerSession, target: Target, reason: str) -> apb.Assignment | None:
+    def _release(self, hello: apb.Hello, holder: _Holder) -> bool:
+        """Lets go of the worker id unless a newer stream took it over; True when this stream held it."""
+        key = (hello.endpoint, hello.worker_id)
+        if self._holders.get(key) is holder:
+            del self._holders[key]
+            return True
+        return False
+
+    async def _register(self, hello: apb.Hello) -> tuple[int, Target]:
+        """Accepts a hello: (the version this worker last refused, the endpoint's target).
+
+        Once this replica serves an endpoint with streams (its target kept current by the change feed),
+        a hello with the catalog already accepted is written behind like ACKs: thousands of agents
+        reconnecting at once cost a few batched writes, not a transaction each. (Such a worker's last
+        refusal is not read back: a version it refused may be sent once more, and refused once more.)
+        """
+        hardware = MessageToDict(hello.hardware, preserving_proto_field_name=True)
+        target = self._hub.get(hello.endpoint)
+        if (target is not None and self._hub.connected(hello.endpoint)
+                and self._catalogs.get(hello.endpoint) == tuple(hello.layers)):
+            check_hello(hello.endpoint, hello.worker_id, list(hello.layers))
+            self._recorder.connected(domain.WorkerConnect(
+                hello.endpoint, hello.worker_id, self._replica, hello.running_version, hardware,
+                hello.inference_address, utcnow(),
+            ))
+            return 0, target
+        state, target = await run_blocking(
+            self._fleet.worker_connected, hello.endpoint, hello.worker_id, list(hello.layers), self._replica,
+            hello.running_version, hardware, hello.inference_address,
+        )
+        self._catalogs[hello.endpoint] = tuple(hello.layers)
+        self._hub.publish(target)
+        return state.last_nack_version, target
+
+    async def _send_target(self, context, session: WorkerSession, target: Target, reason: str) -> None:
         version = session.next_version(target)
-        if version is None:
-            return None
-        # Every worker of an endpoint gets the same map: build its message once per target.
-        key = (target.endpoint, version)
-        cached = self._prototypes.get(key)
+        if version is not None:
+            nonce, payload = self._assignment(target, version, reason)
+            session.sent(version, nonce)
+            await context.write(payload)
+        if target.report_round > session.report_round:
+            # A rollout step is short of reports: its workers send theirs again (or measure again).
+            session.report_round = target.report_round
+            if session.worker_id in target.overrides:
+                await context.write(apb.ControlMessage(
+                    report_request=apb.ReportRequest(version=target.version_for(session.worker_id))
+                ).SerializeToString())
+
+    def _assignment(self, target: Target, version: int, reason: str) -> tuple[str, bytes]:
+        """The serialized assignment of `version`: built once per target and shared by every stream
+        (the nonce too: it tells one push from the next, not one worker from another)."""
+        key = (target.endpoint, version, reason)
+        cached = self._serialized.get(key)
         if cached is None or cached[0] is not target:
-            prototype = apb.Assignment(
-                version=version,
+            nonce = uuid.uuid4().hex[:12]
+            message = apb.ControlMessage(assignment=apb.Assignment(
+                version=version, nonce=nonce, reason=reason,
                 precision_map=[pb.LayerPrecision(layer=layer, precision=p) for layer, p in target.maps[version]],
-            )
-            self._prototypes[key] = cached = (target, prototype)
-        assignment = apb.Assignment()
-        assignment.CopyFrom(cached[1])
-        assignment.nonce, assignment.reason = session.sent(version), reason
-        return assignment
+            ))
+            self._serialized[key] = cached = (target, nonce, message.SerializeToString())
+        return cached[1], cached[2]
 
     async def _read(self, context: grpc.aio.ServicerContext, session: WorkerSession) -> None:
         while True:
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
+            try:  # a record over the limits is refused here; the stream and its other records go on
+                check_request(message)
+            except MixprecError as err:
+                log.warning("worker %s of %s sent a message refused at the edge: %s", session.worker_id,
+                            session.endpoint, err)
+                continue
             kind = message.WhichOneof("message")
             if kind == "ack":
                 self._on_ack(session, message.ack)
@@ -146,11 +285,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 log.warning("worker %s sent an unexpected %s; ignored", session.worker_id, kind)
 
     def _on_ack(self, session: WorkerSession, ack: apb.Ack) -> None:
-        if ack.nonce != session.pending_nonce:
+        if ack.nonce != session.pending_nonce or ack.version != session.current:
             log.debug("stale ACK from %s for v%d ignored", session.worker_id, ack.version)
             return
+        elapsed = time.perf_counter() - session.sent_at
         if self._ack_latency is not None:
-            self._ack_latency.observe(time.perf_counter() - session.sent_at)
+            self._ack_latency.observe(elapsed)
+        if self._fleet_metrics is not None:
+            self._fleet_metrics.acked(session.endpoint, elapsed)
         session.applied = session.current = ack.version
         self._recorder.update(
             domain.WorkerUpdate(session.endpoint, session.worker_id, applied_version=ack.version,
@@ -158,10 +300,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     def _on_nack(self, session: WorkerSession, nack: apb.Nack) -> None:
-        if nack.nonce != session.pending_nonce:
+        if nack.nonce != session.pending_nonce or nack.version != session.current:
             return
         log.warning("worker %s refused v%d: %s", session.worker_id, nack.version, nack.error)
         session.nacked.add(nack.version)
+        if self._fleet_metrics is not None:
+            self._fleet_metrics.nacked(session.endpoint, nack.error)
         session.current = session.applied
         self._recorder.update(
             domain.WorkerUpdate(session.endpoint, session.worker_id, last_nack_version=nack.version,
@@ -172,9 +316,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         kind = REPORT_KINDS.get(report.kind)
         if kind is None:
             return
+        if report.version not in session.offered:  # numbers about a version this worker never ran
+            log.warning("worker %s of %s reported on v%d, which it was never sent; ignored", session.worker_id,
+                        session.endpoint, report.version)
+            return
         received = utcnow()
         body = MessageToDict(report, preserving_proto_field_name=True) | {"received_at": received.isoformat()}
+        # Acknowledged once stored: until then the worker sends it again on every reconnect.
+        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version))
         self._recorder.report(domain.ReportRecord(session.endpoint, session.worker_id, report.version, kind, body,
-                                                  received))
+                                                  received),
+                              on_stored=lambda: session.send_soon(acknowledgement))
         field_name = "last_quality" if kind == "quality" else "last_serving"
         self._recorder.update(domain.WorkerUpdate(session.endpoint, session.worker_id, **{field_name: body}))

@@ -27,6 +27,7 @@ class Target:
     default_version: int
     maps: dict[int, tuple[tuple[str, str], ...]]  # version -> (layer, precision) in catalog order
     overrides: dict[str, int] = field(default_factory=dict)  # worker_id -> version (rollouts)
+    report_round: int = 0  # raised when a rollout asks its step's workers (the overrides) to report again
 
     def version_for(self, worker_id: str) -> int:
         return self.overrides.get(worker_id, self.default_version)
@@ -37,6 +38,17 @@ class ActivationResult:
     endpoint: str
     previous_version: int
     active_version: int
+
+
+@dataclass(frozen=True)
+class RollbackPreview:
+    endpoint: str
+    from_version: int
+    to_version: int  # 0 with to_base: the rollback would store a new all-base version
+    to_base: bool
+    changes: list[tuple[str, str, str]]  # (layer, precision now, precision after)
+    unchanged: int
+    ends_rollout: str  # the open rollout the rollback would end, described; "" if none
 
 
 class FleetService:
@@ -68,28 +80,46 @@ class FleetService:
     def rollback(
         self, endpoint: str, reason: str, to_version: int = 0, to_base: bool = False, actor: str = ""
     ) -> ActivationResult:
-        check_name(endpoint, "endpoint")
         if not reason.strip():
             raise InvalidArgument(FieldError("reason", "is required: say why, for the audit log"))
-        if to_version and to_base:
-            raise InvalidArgument(FieldError("to_version", f"{to_version} given together with to_base; choose one"))
+        _check_rollback_target(endpoint, to_version, to_base)
         check_text(actor=actor, reason=reason)
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint, for_update=True)
             if to_base:
                 target = self._base_version(uow, current, actor, reason)
-            elif to_version:
-                policy = uow.policies.get(endpoint, to_version)
-                lang.resolve_or_raise(policy.spec, current.layers, current.base_precision)
-                target = to_version
             else:
-                target = self._last_known_good(uow, current)
+                target = self._rollback_target(uow, current, to_version)
             self._end_rollout(uow, endpoint, actor, reason)
             if current.active_version:
                 uow.activations.mark_rolled_back(endpoint, current.active_version)
             self._switch(uow, current, target, "rollback", actor, reason)
             uow.commit()
         return ActivationResult(endpoint, current.active_version, target)
+
+    def preview_rollback(self, endpoint: str, to_version: int = 0, to_base: bool = False) -> RollbackPreview:
+        """What `rollback` with these arguments would change, layer by layer; nothing is written."""
+        _check_rollback_target(endpoint, to_version, to_base)
+        with self._uow() as uow:
+            current = uow.endpoints.get(endpoint)
+            target = 0 if to_base else self._rollback_target(uow, current, to_version)
+            old_map = dict(_ordered_map(uow, current, current.active_version))
+            new_map = dict(_ordered_map(uow, current, target))
+            rollout = uow.rollouts.open_for(endpoint)
+        changes = lang.diff_maps(current.layers, old_map, new_map)
+        return RollbackPreview(
+            endpoint=endpoint, from_version=current.active_version, to_version=target, to_base=to_base,
+            changes=changes, unchanged=len(current.layers) - len(changes),
+            ends_rollout=(f"rollout {rollout.id} ({rollout.state}, v{rollout.from_version} -> v{rollout.to_version})"
+                          if rollout else ""),
+        )
+
+    def _rollback_target(self, uow: UnitOfWork, current: domain.Endpoint, to_version: int) -> int:
+        if not to_version:
+            return self._last_known_good(uow, current)
+        policy = uow.policies.get(current.name, to_version)
+        lang.resolve_or_raise(policy.spec, current.layers, current.base_precision)
+        return to_version
 
     def _switch(self, uow: UnitOfWork, current: domain.Endpoint, version: int, kind: str, actor: str,
                 reason: str) -> None:
@@ -164,19 +194,15 @@ class FleetService:
             overrides = {worker: rollout.to_version for worker in rollout.new_workers}
         versions = {current.active_version, *overrides.values()}
         maps = {v: _ordered_map(uow, current, v) for v in versions}
-        return Target(current.name, current.active_version, maps, overrides)
+        return Target(current.name, current.active_version, maps, overrides,
+                      rollout.report_round if rollout is not None else 0)
 
     def worker_connected(
         self, endpoint: str, worker_id: str, layers: list[str], replica: str, running_version: int,
         hardware: dict, inference_address: str,
     ) -> tuple[domain.WorkerState, Target]:
         """Registers a worker's hello; learns the catalog from the first worker of an endpoint."""
-        check_name(endpoint, "hello.endpoint")
-        if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
-            raise InvalidArgument(FieldError("hello.worker_id", f"{worker_id!r} must be 1-{MAX_WORKER_ID} printable characters"))
-        catalog_errors = lang.catalog_errors(layers, "hello.layers")
-        if catalog_errors or not layers:
-            raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
+        check_hello(endpoint, worker_id, layers)
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint, for_update=True)
             if not current.layers:
@@ -193,11 +219,18 @@ class FleetService:
             uow.commit()
         return state, target
 
-    def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord]) -> None:
-        """Writes what streams learnt (ACKs, NACKs, reports, disconnects) in one transaction."""
+    def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord],
+               connects: Iterable[domain.WorkerConnect] = ()) -> None:
+        """Writes what streams learnt (hellos, ACKs, NACKs, reports, disconnects) in one transaction."""
         with self._uow() as uow:
-            for update in updates:
-                uow.workers.apply(update)
+            uow.workers.connect_all(sorted(connects, key=lambda c: (c.endpoint, c.worker_id)))
+            # One order of row locks for every replica: concurrent flushes wait, never deadlock.
+            ordered = sorted(updates, key=lambda u: (u.endpoint, u.worker_id))
+            uow.workers.apply(ordered)
+            for update in ordered:
+                if update.last_nack_version:  # rare, and worth a notification: in the audit log
+                    uow.audit.record(update.endpoint, "worker.nack", update.worker_id, update.last_nack_error or "",
+                                     worker=update.worker_id, version=update.last_nack_version)
             for report in reports:
                 uow.reports.add(report)
             uow.commit()
@@ -206,6 +239,23 @@ class FleetService:
         with self._uow() as uow:
             uow.workers.disconnect_replica(replica)
             uow.commit()
+
+
+def check_hello(endpoint: str, worker_id: str, layers: list[str]) -> None:
+    check_name(endpoint, "hello.endpoint")
+    if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
+        raise InvalidArgument(FieldError("hello.worker_id", f"{worker_id!r} must be 1-{MAX_WORKER_ID} printable characters"))
+    catalog_errors = lang.catalog_errors(layers, "hello.layers")
+    if catalog_errors or not layers:
+        raise InvalidArgument(catalog_errors or [FieldError("hello.layers", "is empty: send the model's catalog")])
+
+
+def _check_rollback_target(endpoint: str, to_version: int, to_base: bool) -> None:
+    check_name(endpoint, "endpoint")
+    if to_version < 0:
+        raise InvalidArgument(FieldError("to_version", f"must be a version number >= 1, got {to_version}"))
+    if to_version and to_base:
+        raise InvalidArgument(FieldError("to_version", f"{to_version} given together with to_base; choose one"))
 
 
 def _ordered_map(uow: UnitOfWork, endpoint: domain.Endpoint, version: int) -> tuple[tuple[str, str], ...]:

@@ -39,21 +39,24 @@ class Check:
     passed: bool
 
     def describe(self) -> str:
-        relation = "<=" if self.guardrail.startswith("max_drop") else ">="
+        relation = "<=" if self.guardrail.startswith(("max_drop", "max_rise")) else ">="
         verdict = "ok" if self.passed else "BROKEN"
         return f"{self.worker_id}: {self.guardrail} measured {self.measured:.6g} (limit {relation} {self.limit:g}) {verdict}"
 
 
 def quality_checks(report: domain.ReportRecord, guardrails: domain.Guardrails) -> list[Check]:
-    """One check per guarded metric; a metric the worker did not report counts as broken."""
+    """One check per guarded metric, on the side it must not move to (drop = -delta, rise = delta); a metric
+    the worker did not report counts as broken."""
     deltas = report.body.get("deltas", {})
     checks = []
-    for metric, limit in sorted(guardrails.max_drop.items()):
-        if metric in deltas:
-            drop = -float(deltas[metric])
-            checks.append(Check(report.worker_id, f"max_drop[{metric}]", drop, limit, drop <= limit))
-        else:
-            checks.append(Check(report.worker_id, f"max_drop[{metric}]", float("nan"), limit, False))
+    for word, sign, limits in (("drop", -1.0, guardrails.max_drop), ("rise", 1.0, guardrails.max_rise)):
+        for metric, limit in sorted(limits.items()):
+            name = f"max_{word}[{metric}]"
+            if metric in deltas:
+                moved = sign * float(deltas[metric])
+                checks.append(Check(report.worker_id, name, moved, limit, moved <= limit))
+            else:
+                checks.append(Check(report.worker_id, name, float("nan"), limit, False))
     return checks
 
 

@@ -1,8 +1,10 @@
-"""Progressive rollouts: start, pause, resume, abort, and the controller step that advances them."""
+"""Progressive rollouts: start, pause, resume, abort, promote, and the controller step that advances them."""
 
 from __future__ import annotations
 
+import logging
 import math
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from typing import Callable, Sequence
@@ -14,10 +16,16 @@ from controlplane.services.rollout_analysis import choose_new_version_workers, q
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
-from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument
+from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument, Unavailable
+from mixprec.metrics import limit_errors
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (domain.RolloutStep(workers=1), domain.RolloutStep(percent=25), domain.RolloutStep(percent=100))
 MAX_STEPS = 20
+# A step short of reports at its timeout asks its workers to report again, and waits this long more.
+ASK_AGAIN_GRACE = timedelta(seconds=30)
+MAX_STEP_SECONDS = 7 * 86400
 
 
 def validate_plan(steps: Sequence[domain.RolloutStep], guardrails: domain.Guardrails) -> list[FieldError]:
@@ -32,13 +40,17 @@ def validate_plan(steps: Sequence[domain.RolloutStep], guardrails: domain.Guardr
     if steps and steps[-1] != domain.RolloutStep(percent=100):
         errors.append(FieldError(f"steps[{len(steps) - 1}]",
                                  f"the last step is {steps[-1].label()}; a rollout must end at 100%"))
-    for metric, limit in guardrails.max_drop.items():
-        if not metric or not math.isfinite(limit) or limit < 0:
-            errors.append(FieldError(f"guardrails.max_drop[{metric}]", f"{limit!r} must be a number >= 0"))
+    for word, limits in (("drop", guardrails.max_drop), ("rise", guardrails.max_rise)):
+        for metric, limit in limits.items():
+            if not metric or not math.isfinite(limit) or limit < 0:
+                errors.append(FieldError(f"guardrails.max_{word}[{metric}]", f"{limit!r} must be a number >= 0"))
+        errors += limit_errors(limits, word, "guardrails.max_{word}[{metric}]")
     for name in ("min_throughput_ratio", "bake_seconds", "step_timeout_seconds"):
         value = getattr(guardrails, name)
         if not math.isfinite(value) or value < 0:
             errors.append(FieldError(f"guardrails.{name}", f"{value!r} must be a number >= 0"))
+        elif name.endswith("_seconds") and value > MAX_STEP_SECONDS:
+            errors.append(FieldError(f"guardrails.{name}", f"{value:g} is over the limit of {MAX_STEP_SECONDS} (7 days)"))
     return errors
 
 
@@ -102,16 +114,38 @@ class RolloutService:
         return self._transition(endpoint, ("RUNNING",), "PAUSED", actor, reason or "paused by an operator")
 
     def resume(self, endpoint: str, actor: str = "", reason: str = "") -> domain.Rollout:
-        # The step's clock starts again: an inconclusive step gets a full timeout to gather reports.
+        # The step's clock starts again and its workers are asked to report again: an inconclusive
+        # step gets a full timeout to gather reports, including those lost on the way.
         return self._transition(endpoint, ("PAUSED",), "RUNNING", actor, reason or "resumed by an operator",
-                                step_started_at=utcnow())
+                                ask_reports=True, step_started_at=utcnow())
 
     def abort(self, endpoint: str, actor: str = "", reason: str = "") -> domain.Rollout:
         return self._transition(endpoint, domain.OPEN_ROLLOUT_STATES, "ABORTED", actor,
                                 reason or "aborted by an operator; every worker returns to the old version")
 
+    def promote(self, endpoint: str, actor: str = "", reason: str = "") -> domain.Rollout:
+        """Skip the remaining steps: the new version becomes active on every worker now (an operator's call,
+        e.g. when the canary has been watched long enough); the guardrails are not consulted again."""
+        check_name(endpoint, "endpoint")
+        check_text(actor=actor, reason=reason)
+        with self._uow() as uow:
+            uow.endpoints.get(endpoint, for_update=True)
+            rollout = uow.rollouts.open_for(endpoint)
+            if rollout is None:
+                raise FailedPrecondition(f"endpoint {endpoint!r} has no open rollout to promote")
+            message = (f"promoted at step {rollout.current_step + 1}/{len(rollout.steps)}: v{rollout.to_version} is "
+                       f"active everywhere" + (f" ({reason})" if reason else ""))
+            updated = replace(rollout, state="SUCCEEDED", message=message, updated_at=utcnow())
+            if not uow.rollouts.save(updated):
+                raise FailedPrecondition(f"rollout {rollout.id} changed meanwhile; look again and retry")
+            _activate_new_version(uow, rollout, actor, f"rollout {rollout.id} promoted" + (f": {reason}" if reason else ""))
+            uow.audit.record(endpoint, "rollout.promote", actor, reason or message, rollout=rollout.id,
+                             version=rollout.to_version, step=rollout.current_step)
+            uow.commit()
+        return replace(updated, revision=rollout.revision + 1)
+
     def _transition(self, endpoint: str, allowed: Sequence[str], state: str, actor: str, message: str,
-                    **changes) -> domain.Rollout:
+                    ask_reports: bool = False, **changes) -> domain.Rollout:
         check_name(endpoint, "endpoint")
         check_text(actor=actor, reason=message)
         with self._uow() as uow:
@@ -121,6 +155,8 @@ class RolloutService:
                 now_state = rollout.state if rollout else "no open rollout"
                 raise FailedPrecondition(f"endpoint {endpoint!r} has {now_state}; this needs a rollout that is "
                                          f"{' or '.join(allowed)}")
+            if ask_reports:
+                changes.update(report_round=rollout.report_round + 1, reports_asked_at=utcnow())
             updated = replace(rollout, state=state, message=message, updated_at=utcnow(), **changes)
             if not uow.rollouts.save(updated):
                 raise FailedPrecondition(f"rollout {rollout.id} changed meanwhile; look again and retry")
@@ -136,9 +172,29 @@ class RolloutService:
             running = uow.rollouts.running()
         changed = []
         for rollout in running:
-            if self._advance(rollout.endpoint):
-                changed.append(rollout.endpoint)
+            # Each rollout on its own: one that cannot be driven is marked FAILED and never stops the others.
+            try:
+                if self._advance(rollout.endpoint):
+                    changed.append(rollout.endpoint)
+            except Unavailable:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever broke, it broke this rollout only
+                incident = uuid.uuid4().hex[:12]
+                log.exception("rollout %d of %s failed (incident %s)", rollout.id, rollout.endpoint, incident)
+                if self._fail(rollout, f"the controller could not drive it ({type(err).__name__}, incident {incident})"):
+                    changed.append(rollout.endpoint)
         return changed
+
+    def _fail(self, rollout: domain.Rollout, reason: str) -> bool:
+        with self._uow() as uow:
+            current = uow.rollouts.open_for(rollout.endpoint)
+            if current is None or current.id != rollout.id:
+                return False
+            if not uow.rollouts.save(replace(current, state="FAILED", message=reason, updated_at=utcnow())):
+                return False
+            uow.audit.record(rollout.endpoint, "rollout.failed", "controller", reason, rollout=rollout.id)
+            uow.commit()
+        return True
 
     def _advance(self, endpoint: str) -> bool:
         with self._uow() as uow:
@@ -151,14 +207,18 @@ class RolloutService:
             updated, target_changed = self._next(uow, rollout, connected, now)
             if updated is None or not uow.rollouts.save(replace(updated, updated_at=now)):
                 return False  # nothing to do, or another replica moved this rollout first
+            if updated.state == "RUNNING" and (updated.current_step != rollout.current_step
+                                               or (updated.new_workers and not rollout.new_workers)):
+                uow.audit.record(endpoint, "rollout.step", "controller", updated.message, rollout=rollout.id,
+                                 step=updated.current_step + 1, workers=len(updated.new_workers))
+            if updated.report_round != rollout.report_round:
+                uow.audit.record(endpoint, "rollout.reports_requested", "controller", updated.message,
+                                 rollout=rollout.id, step=updated.current_step)
             if updated.state != rollout.state:
                 uow.audit.record(endpoint, f"rollout.{updated.state.lower()}", "controller", updated.message,
                                  rollout=rollout.id, step=updated.current_step)
             if updated.state == "SUCCEEDED":
-                current = uow.endpoints.get(endpoint, for_update=True)
-                uow.endpoints.set_active(endpoint, rollout.to_version)
-                uow.activations.add(endpoint, rollout.to_version, current.active_version, "rollout", "controller",
-                                    f"rollout {rollout.id} succeeded")
+                _activate_new_version(uow, rollout, "controller", f"rollout {rollout.id} succeeded")
             uow.commit()
         return target_changed or updated.state != rollout.state
 
@@ -168,7 +228,7 @@ class RolloutService:
         if not rollout.new_workers:
             chosen = choose_new_version_workers(connected, step)
             if not chosen:
-                return self._maybe_inconclusive(rollout, now, "no connected worker to take the new version"), False
+                return self._inconclusive(rollout, now, "no connected worker to take the new version")
             return replace(rollout, new_workers=chosen,
                            message=f"step {rollout.current_step + 1}/{len(rollout.steps)} ({step.label()}): "
                                    f"{len(chosen)} worker(s) on v{rollout.to_version}"), True
@@ -217,18 +277,35 @@ class RolloutService:
             return replace(rollout, current_step=following, new_workers=chosen, step_started_at=now,
                            message=f"step {following + 1}/{len(rollout.steps)} ({rollout.steps[following].label()}): "
                                    f"{len(chosen)} worker(s) on v{rollout.to_version}"), True
-        waiting = self._maybe_inconclusive(
+        waiting, asked = self._inconclusive(
             rollout, now, f"only {len(passing)} of {g.reports_per_step} passing quality report(s) from "
                           f"new-version workers")
         if waiting is not None:
-            return waiting, False
+            return waiting, asked
         return (rollout if (fresh or failures) else None), False
 
     @staticmethod
-    def _maybe_inconclusive(rollout: domain.Rollout, now, why: str) -> domain.Rollout | None:
+    def _inconclusive(rollout: domain.Rollout, now, why: str) -> tuple[domain.Rollout | None, bool]:
+        """At the step's timeout: first ask the step's workers to report again (a report may have been
+        lost with a replica), then, after a grace period, pause. Returns (new state, asked now)."""
         timeout = timedelta(seconds=rollout.guardrails.step_timeout_seconds)
         if now - rollout.step_started_at < timeout:
-            return None
+            return None, False
+        asked = rollout.reports_asked_at
+        if asked is None or asked < rollout.step_started_at:
+            return replace(rollout, report_round=rollout.report_round + 1, reports_asked_at=now,
+                           message=f"step {rollout.current_step + 1}: {why} after {timeout.total_seconds():g}s; "
+                                   "asked the step's workers to report again"), True
+        if now - asked < min(ASK_AGAIN_GRACE, timeout):
+            return None, False
         return replace(rollout, state="PAUSED",
                        message=f"inconclusive at step {rollout.current_step + 1}: {why} after "
-                               f"{timeout.total_seconds():g}s; resume to wait again, or abort")
+                               f"{timeout.total_seconds():g}s and a request to report again; resume to wait "
+                               "again, or abort"), False
+
+
+def _activate_new_version(uow: UnitOfWork, rollout: domain.Rollout, actor: str, reason: str) -> None:
+    """A rollout that ends well makes its version the endpoint's active one, recorded as an activation."""
+    current = uow.endpoints.get(rollout.endpoint, for_update=True)
+    uow.endpoints.set_active(rollout.endpoint, rollout.to_version)
+    uow.activations.add(rollout.endpoint, rollout.to_version, current.active_version, "rollout", actor, reason)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 import migrations
+from controlplane.storage.write_requests import current_scope
 from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ def open_engine(url: str) -> Engine:
     try:
         if backend == "sqlite":
             return _sqlite_engine(parsed)
-        return sa.create_engine(
-            parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5}
-        )
+        return _postgres_engine(parsed)
     except NoSuchModuleError:
         raise InvalidArgument(FieldError("db", f"{url!r}: no driver {parsed.drivername!r} is installed")) from None
 
@@ -63,11 +62,34 @@ def _sqlite_engine(url) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
+        # A write RPC waits for the lock no longer than its caller waits for the answer.
+        remaining = _remaining_ms()
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={min(remaining, 30000) if remaining else 30000}")
         # Take the write lock up front: a read-then-write transaction in WAL mode would otherwise
         # fail with SQLITE_BUSY instead of waiting its turn, and concurrent policy writers must queue.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _postgres_engine(url) -> Engine:
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                              connect_args={"connect_timeout": 5})
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # A write RPC's statements and lock waits end when its caller stops waiting.
+        remaining = _remaining_ms()
+        if remaining:
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {remaining}")
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {remaining}")
+
+    return engine
+
+
+def _remaining_ms() -> int | None:
+    scope = current_scope.get()
+    return scope.remaining_ms() if scope is not None else None
 
 
 def _alembic_config() -> Config:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from collections import defaultdict
+from collections.abc import Iterable
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane import domain
 from controlplane.storage.repositories import EndpointScoped, aware, utcnow
@@ -76,18 +80,40 @@ class WorkerRepository(EndpointScoped):
         self._session.flush()
         return _worker(row, endpoint)
 
-    def apply(self, change: domain.WorkerUpdate) -> None:
-        values = {
-            k: v
-            for k, v in vars(change).items()
-            if v is not None and k not in ("endpoint", "worker_id", "seen_at")
-        }
-        values["last_seen"] = change.seen_at or utcnow()
-        self._session.execute(
-            update(WorkerRow)
-            .where(WorkerRow.endpoint_id == self._endpoint_id(change.endpoint), WorkerRow.worker_id == change.worker_id)
-            .values(**values)
-        )
+    def connect_all(self, connects: Iterable[domain.WorkerConnect]) -> None:
+        """Inserts or refreshes the rows of workers that said hello (one executemany)."""
+        rows = [
+            {"endpoint_id": self._endpoint_id(c.endpoint), "worker_id": c.worker_id, "connected": True,
+             "replica": c.replica, "applied_version": c.running_version, "hardware": c.hardware,
+             "inference_address": c.inference_address, "last_seen": c.at, "first_seen": c.at, "last_ack_version": 0,
+             "last_nack_version": 0, "last_nack_error": "", "last_quality": {}, "last_serving": {}}
+            for c in connects
+        ]
+        if not rows:
+            return
+        dialect = postgresql if self._session.get_bind().dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(WorkerRow.__table__)
+        refreshed = ("connected", "replica", "applied_version", "hardware", "inference_address", "last_seen")
+        statement = insert.on_conflict_do_update(index_elements=["endpoint_id", "worker_id"],
+                                                 set_={name: insert.excluded[name] for name in refreshed})
+        self._session.connection().execute(statement, rows)
+
+    def apply(self, changes: Iterable[domain.WorkerUpdate]) -> None:
+        """Writes many workers' changes with one executemany per set of changed fields (thousands of
+        ACKs after a push cost one statement, not thousands)."""
+        groups: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+        for change in changes:
+            values = {k: v for k, v in vars(change).items()
+                      if v is not None and k not in ("endpoint", "worker_id", "seen_at")}
+            values["last_seen"] = change.seen_at or utcnow()
+            groups[tuple(sorted(values))].append(
+                {"where_endpoint": self._endpoint_id(change.endpoint), "where_worker": change.worker_id, **values}
+            )
+        table = WorkerRow.__table__
+        statement = table.update().where(table.c.endpoint_id == bindparam("where_endpoint"),
+                                         table.c.worker_id == bindparam("where_worker"))
+        for rows in groups.values():
+            self._session.connection().execute(statement, rows)
 
     def disconnect_replica(self, replica: str) -> None:
         """A replica that stops cleanly lets go of its streams' workers."""

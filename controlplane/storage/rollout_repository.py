@@ -13,7 +13,7 @@ from controlplane.storage.tables import EndpointRow, RolloutRow
 from mixprec.errors import FailedPrecondition, NotFound
 
 MUTABLE = ("state", "current_step", "failed_checks", "last_report_id", "message", "new_workers", "last_checks",
-           "step_started_at", "updated_at")
+           "step_started_at", "updated_at", "report_round", "reports_asked_at")
 
 
 def _rollout(row: RolloutRow, endpoint: str) -> domain.Rollout:
@@ -24,7 +24,8 @@ def _rollout(row: RolloutRow, endpoint: str) -> domain.Rollout:
         last_report_id=row.last_report_id, message=row.message, new_workers=tuple(row.new_workers),
         last_checks=tuple(row.last_checks), actor=row.actor, revision=row.revision,
         created_at=aware(row.created_at), step_started_at=aware(row.step_started_at),
-        updated_at=aware(row.updated_at),
+        updated_at=aware(row.updated_at), report_round=row.report_round or 0,
+        reports_asked_at=aware(row.reports_asked_at) if row.reports_asked_at else None,
     )
 
 
@@ -36,7 +37,7 @@ class RolloutRepository(EndpointScoped):
             guardrails=asdict(rollout.guardrails), state=rollout.state, current_step=0, failed_checks=0,
             last_report_id=rollout.last_report_id, message=rollout.message, new_workers=list(rollout.new_workers),
             last_checks=[], actor=rollout.actor, revision=0, created_at=rollout.created_at,
-            step_started_at=rollout.step_started_at, updated_at=rollout.updated_at,
+            step_started_at=rollout.step_started_at, updated_at=rollout.updated_at, report_round=0,
         )
         self._session.add(row)
         try:

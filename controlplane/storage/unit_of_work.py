@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.storage.fleet_repositories import ActivationRepository, ReportRepository, WorkerRepository
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from controlplane.storage.rollout_repository import RolloutRepository
 from controlplane.storage.token_repository import TokenRepository
-from mixprec.errors import Unavailable
+from controlplane.storage.webhook_repository import DeliveryRepository, WebhookRepository
+from controlplane.storage.write_requests import WriteRequestRepository, current_scope
+from mixprec.errors import Conflict, Unavailable
 
 
 class UnitOfWork:
@@ -22,6 +24,9 @@ class UnitOfWork:
     reports: ReportRepository
     rollouts: RolloutRepository
     tokens: TokenRepository
+    requests: WriteRequestRepository
+    webhooks: WebhookRepository
+    deliveries: DeliveryRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
@@ -36,13 +41,29 @@ class UnitOfWork:
         self.reports = ReportRepository(self.session)
         self.rollouts = RolloutRepository(self.session)
         self.tokens = TokenRepository(self.session)
+        self.requests = WriteRequestRepository(self.session)
+        self.webhooks = WebhookRepository(self.session)
+        self.deliveries = DeliveryRepository(self.session)
         return self
 
     def commit(self) -> None:
+        scope = current_scope.get()
         try:
+            if scope is not None and not scope.recorded:
+                # Recorded in the same transaction as the write: the request id is applied with it or not at all.
+                self.requests.record(scope)
+                try:
+                    self.session.flush()
+                except IntegrityError:
+                    raise Conflict(f"request {scope.request_id!r} is being applied by another call; retry it to "
+                                   "get its answer") from None
+            if scope is not None:
+                scope.check("committing")
             self.session.commit()
         except (OperationalError, InterfaceError) as exc:
             raise Unavailable(_unavailable_message(exc)) from None
+        if scope is not None:
+            scope.recorded = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:

@@ -17,6 +17,10 @@ COMMON.add_argument("--token", default=argparse.SUPPRESS,
                     help="bearer token for the control plane (prefer env MIXPREC_TOKEN: arguments show in ps)")
 COMMON.add_argument("--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
                     help="CA certificate (PEM) to check the control plane's TLS certificate against")
+COMMON.add_argument("--tls-client-cert", default=argparse.SUPPRESS, metavar="FILE",
+                    help="mutual TLS: this client's certificate (PEM)")
+COMMON.add_argument("--tls-client-key", default=argparse.SUPPRESS, metavar="FILE",
+                    help="mutual TLS: the private key (PEM) of --tls-client-cert")
 
 
 def command(sub, name: str, help: str, func=None, description: str | None = None) -> argparse.ArgumentParser:
@@ -37,6 +41,21 @@ def add_log_level_option(parser: argparse.ArgumentParser) -> None:
                         help="least severe log records written to stderr (default INFO)")
 
 
+def add_request_id_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--request-id", default=None, metavar="ID",
+                        help="idempotency key: a call retried with the same id is applied once (default: a new "
+                        "random id, printed when the outcome is unknown)")
+
+
+def request_id(args) -> str:
+    """The call's idempotency key; generated once per command, so the error message can name it."""
+    if not getattr(args, "request_id", None):
+        import uuid
+
+        args.request_id = f"cli-{uuid.uuid4().hex}"
+    return args.request_id
+
+
 def add_tls_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", default=None, metavar="FILE",
                         help="serve TLS with this certificate (PEM); without it the listener is plaintext")
@@ -54,10 +73,24 @@ def group(sub, name: str, help: str):
 def channel(args) -> grpc.Channel:
     from mixprec.transport import channel as secure_channel
 
-    return secure_channel(args.server, getattr(args, "token", None), getattr(args, "tls_ca", None))
+    return secure_channel(args.server, getattr(args, "token", None), getattr(args, "tls_ca", None),
+                          client_cert=getattr(args, "tls_client_cert", None),
+                          client_key=getattr(args, "tls_client_key", None))
 
 
 RPC_TIMEOUT_S = 30.0
+MAX_NUMBER = 2**31 - 1  # versions and counts are 32-bit on the server
+
+
+def count(text: str) -> int:
+    """argparse type for versions and counts: an integer from 0 to 2^31-1 (exit 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 0 <= value <= MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: give 0 to {MAX_NUMBER}")
+    return value
 
 
 def to_dict(message) -> dict:

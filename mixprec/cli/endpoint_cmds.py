@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
@@ -21,6 +31,7 @@ def register(sub) -> None:
                    "without it the first worker reports the catalog")
     p.add_argument("--base", default="bf16", help="precision of layers no rule matches (default bf16)")
     p.add_argument("--model", default="", help="model name, e.g. minilm")
+    add_request_id_option(p)
     command(endpoint, "list", "list every endpoint", _list)
     s = command(endpoint, "show", "show one endpoint and its layer catalog", _show)
     s.add_argument("name")
@@ -35,12 +46,19 @@ def stub(args) -> policy_pb2_grpc.PolicyServiceStub:
     return policy_pb2_grpc.PolicyServiceStub(channel(args))
 
 
+MAX_LAYER_FILE = 1_000_000  # the server's limit on a catalog's total characters
+
+
 def read_layer_file(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = [line.strip() for line in fh]
+            lines = [line.strip() for line in fh.read(MAX_LAYER_FILE + 1).splitlines()]
     except OSError as exc:
         raise InvalidArgument(FieldError("--layers", f"cannot read {path!r}: {exc.strerror}")) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(FieldError("--layers", f"{path!r} is not UTF-8 text (byte {exc.start})")) from None
+    if sum(len(line) + 1 for line in lines) > MAX_LAYER_FILE:
+        raise InvalidArgument(FieldError("--layers", f"{path!r} is larger than the limit of {MAX_LAYER_FILE} characters"))
     layers = [line for line in lines if line and not line.startswith("#")]
     if not layers:
         raise InvalidArgument(FieldError("--layers", f"{path!r} lists no layer names"))
@@ -51,7 +69,8 @@ def _create(args) -> int:
     layers = read_layer_file(args.layers) if args.layers else []
     endpoint = stub(args).CreateEndpoint(
         pb.CreateEndpointRequest(
-            name=args.name, base_precision=args.base, model=args.model, layers=layers, actor=actor(args)
+            name=args.name, base_precision=args.base, model=args.model, layers=layers, actor=actor(args),
+            request_id=request_id(args),
         ),
         timeout=RPC_TIMEOUT_S,
     )
@@ -67,7 +86,7 @@ def _row(e: pb.Endpoint) -> dict:
         "name": e.name,
         "model": e.model or "-",
         "base": e.base_precision,
-        "layers": len(e.layers),
+        "layers": e.layer_count,
         "latest": e.latest_version or "-",
         "active": e.active_version or "-",
         "created": timestamp_text(e.create_time),

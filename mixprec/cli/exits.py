@@ -37,13 +37,16 @@ _HINTS = {
 }
 
 
-def report_rpc_error(err: grpc.RpcError, server: str) -> int:
+def report_rpc_error(err: grpc.RpcError, server: str, request_id: str | None = None) -> int:
     code = err.code()
     detail = err.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in detail.lower():
         detail = f"cannot reach the control plane at {server}"
     print(f"error ({code.name}): {detail}", file=sys.stderr)
-    if code in _HINTS:
+    if request_id and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        print(f"hint: the change was not made, or was made exactly once; retry with --request-id {request_id} "
+              "to apply it at most once", file=sys.stderr)
+    elif code in _HINTS:
         print(f"hint: {_HINTS[code]}", file=sys.stderr)
     return _BY_GRPC_CODE.get(code, FAILURE)
 

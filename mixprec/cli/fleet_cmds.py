@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    count,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 
@@ -13,8 +23,9 @@ from mixprec.v1 import agent_pb2_grpc
 def register(sub) -> None:
     a = command(sub, "activate", "make a policy version active on every worker of an endpoint now", _activate)
     a.add_argument("endpoint")
-    a.add_argument("version", type=int)
+    a.add_argument("version", type=count)
     a.add_argument("--reason", default="", help="why, for the audit log")
+    add_request_id_option(a)
 
     r = command(sub, "rollback", "return an endpoint to its last known-good version everywhere, in one call",
                 _rollback,
@@ -23,8 +34,9 @@ def register(sub) -> None:
     r.add_argument("endpoint")
     r.add_argument("--reason", required=True, help="why (kept in the audit log)")
     target = r.add_mutually_exclusive_group()
-    target.add_argument("--to", type=int, default=0, metavar="VERSION", help="roll back to this version")
+    target.add_argument("--to", type=count, default=0, metavar="VERSION", help="roll back to this version")
     target.add_argument("--to-base", action="store_true", help="every layer at the endpoint's base precision")
+    add_request_id_option(r)
 
     f = command(sub, "fleet", "show every worker of an endpoint: connected, applied version, last ACK/NACK, reports",
                 _fleet)
@@ -32,11 +44,11 @@ def register(sub) -> None:
 
     u = command(sub, "audit", "show who changed what on an endpoint, newest first", _audit)
     u.add_argument("endpoint")
-    u.add_argument("--limit", type=int, default=100, help="how many entries, newest first (default 100)")
+    u.add_argument("--limit", type=count, default=100, help="how many entries, newest first (default 100)")
 
 
 # The sharpest signals on a robust model; `--output json` has every metric.
-QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement")
+QUALITY_COLUMNS = ("cosine_to_base", "mrr", "top10_agreement", "kl_divergence", "top1_agreement", "perplexity")
 
 
 def fleet_stub(args) -> agent_pb2_grpc.FleetServiceStub:
@@ -53,7 +65,8 @@ def _print_activation(args, response: apb.ActivationResponse, verb: str) -> None
 
 def _activate(args) -> int:
     response = fleet_stub(args).Activate(
-        apb.ActivateRequest(endpoint=args.endpoint, version=args.version, actor=actor(args), reason=args.reason),
+        apb.ActivateRequest(endpoint=args.endpoint, version=args.version, actor=actor(args), reason=args.reason,
+                            request_id=request_id(args)),
         timeout=RPC_TIMEOUT_S,
     )
     _print_activation(args, response, "activated")
@@ -63,7 +76,7 @@ def _activate(args) -> int:
 def _rollback(args) -> int:
     response = fleet_stub(args).Rollback(
         apb.RollbackRequest(endpoint=args.endpoint, reason=args.reason, to_version=args.to, to_base=args.to_base,
-                            actor=actor(args)),
+                            actor=actor(args), request_id=request_id(args)),
         timeout=RPC_TIMEOUT_S,
     )
     _print_activation(args, response, "rolled back")
@@ -75,6 +88,12 @@ def _quality_text(report: apb.Report) -> str:
         return "-"
     shown = " ".join(f"{k}={v:+.4f}" for k, v in sorted(report.deltas.items()) if k in QUALITY_COLUMNS)
     return f"v{report.version}: {shown}"
+
+
+def _tokens_per_second(report: apb.Report) -> str:
+    """Decoders report prefill and decode tokens per second; embedders neither."""
+    rates = [report.metrics.get(f"{phase}_tokens_per_second") for phase in ("prefill", "decode")]
+    return "-" if rates == [None, None] else "/".join("-" if r is None else f"{r:.1f}" for r in rates)
 
 
 def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
@@ -89,6 +108,7 @@ def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
             "req/s": f"{w.last_serving.throughput:.1f}" if w.HasField("last_serving") else "-",
             "p50/p99 ms": (f"{w.last_serving.latency_p50_ms:.1f}/{w.last_serving.latency_p99_ms:.1f}"
                            if w.HasField("last_serving") else "-"),
+            "tok/s prefill/decode": _tokens_per_second(w.last_serving) if w.HasField("last_serving") else "-",
             "kernel": w.hardware.kernel or "-",
             "last seen": timestamp_text(w.last_seen),
         }

@@ -25,8 +25,11 @@ COMMAND_MODULES = (
     "mixprec.cli.rollout_cmds",
     "mixprec.cli.model_cmds",
     "mixprec.cli.worker_cmds",
+    "mixprec.cli.generate_cmds",
     "mixprec.cli.sweep_cmds",
     "mixprec.cli.demo_cmds",
+    "mixprec.cli.webhook_cmds",
+    "mixprec.cli.export_cmds",
     "mixprec.cli.token_cmds",
 )
 
@@ -52,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", default=os.environ.get("MIXPREC_TLS_CA") or None, metavar="FILE",
                         help="CA certificate (PEM) to check the control plane's TLS certificate against "
                         "(env MIXPREC_TLS_CA; without it the connection is plaintext)")
+    parser.add_argument("--tls-client-cert", default=os.environ.get("MIXPREC_TLS_CLIENT_CERT") or None,
+                        metavar="FILE", help="mutual TLS: this client's certificate (env MIXPREC_TLS_CLIENT_CERT)")
+    parser.add_argument("--tls-client-key", default=os.environ.get("MIXPREC_TLS_CLIENT_KEY") or None,
+                        metavar="FILE", help="mutual TLS: its private key (env MIXPREC_TLS_CLIENT_KEY)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except MixprecError as err:
         return exits.report_domain_error(err)
     except grpc.RpcError as err:
-        return exits.report_rpc_error(err, args.server)
+        return exits.report_rpc_error(err, args.server, getattr(args, "request_id", None))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

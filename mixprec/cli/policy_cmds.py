@@ -6,7 +6,17 @@ import sys
 from collections import Counter
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, command, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    command,
+    count,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.cli.endpoint_cmds import stub
 from mixprec.cli.exits import INVALID_INPUT
 from mixprec.policy import PolicySpec, load_policy_file
@@ -22,13 +32,14 @@ def register(sub) -> None:
     c.add_argument("endpoint")
     c.add_argument("-f", "--file", required=True, metavar="POLICY.yaml",
                    help="YAML with `rules:` [{match: GLOB, precision: NAME}] and optional `kv_cache:`")
-    c.add_argument("--parent", type=int, required=True, metavar="N", help="the version this edit starts from")
+    c.add_argument("--parent", type=count, required=True, metavar="N", help="the version this edit starts from")
     c.add_argument("-m", "--message", default="", help="why this version exists")
     c.add_argument("--author", default=None, help="who wrote it (default: $MIXPREC_ACTOR or your user name)")
+    add_request_id_option(c)
 
     s = command(policy, "show", "show a policy version (default: the latest)", _show)
     s.add_argument("endpoint")
-    s.add_argument("version", nargs="?", type=int, default=0)
+    s.add_argument("version", nargs="?", type=count, default=0)
     s.add_argument("--resolved", action="store_true", help="also show the precision of every layer")
 
     h = command(policy, "history", "list every version of an endpoint's policy", _history)
@@ -36,8 +47,8 @@ def register(sub) -> None:
 
     d = command(policy, "diff", "show the layers whose precision differs between two versions", _diff)
     d.add_argument("endpoint")
-    d.add_argument("v1", type=int)
-    d.add_argument("v2", type=int)
+    d.add_argument("v1", type=count)
+    d.add_argument("v2", type=count)
 
     v = command(policy, "validate", "check a policy file against an endpoint's catalog (nothing is stored)",
                 _validate)
@@ -59,6 +70,7 @@ def _create(args) -> int:
             kv_cache=spec.kv_cache,
             author=actor(args),
             message=args.message,
+            request_id=request_id(args),
         ),
         timeout=RPC_TIMEOUT_S,
     )

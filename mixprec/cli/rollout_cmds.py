@@ -1,4 +1,4 @@
-"""`mixprec rollout plan|start|status|pause|resume|abort|list`."""
+"""`mixprec rollout plan|start|status|pause|resume|abort|promote|list`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,23 @@ import sys
 import time
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    count,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.fleet_cmds import fleet_stub, worker_rows
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
+from mixprec.metrics import limit_errors, split_by_direction
 from mixprec.policy import compact_rules, load_policy_file, stage_maps
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import policy_pb2 as pb
@@ -38,26 +50,35 @@ def register(sub) -> None:
                 "quality reports from new-version workers and checks the guardrails; a breach rolls every worker "
                 "back automatically.")
     s.add_argument("endpoint")
-    s.add_argument("version", type=int)
+    s.add_argument("version", type=count)
     s.add_argument("--steps", default="1,25%,100%", help="worker counts or percentages (default 1,25%%,100%%)")
     s.add_argument("--max-drop", action="append", default=[], metavar="METRIC=X",
-                   help="largest drop allowed for a metric vs base, e.g. cosine_to_base=0.002 (repeatable)")
+                   help="largest drop allowed for a metric that must not drop, e.g. cosine_to_base=0.002 or "
+                   "top1_agreement=0.01 (repeatable)")
+    s.add_argument("--max-rise", action="append", default=[], metavar="METRIC=X",
+                   help="largest rise allowed for a metric that must not rise, e.g. kl_divergence=0.02 or "
+                   "perplexity=0.5 (repeatable)")
+    s.add_argument("--limit", action="append", default=[], metavar="METRIC=X",
+                   help="how much worse a metric may get, on whichever side is worse for it (repeatable)")
     s.add_argument("--min-throughput-ratio", type=float, default=0.0, help="new/old serving throughput floor")
-    s.add_argument("--reports", type=int, default=1, help="quality reports needed per step")
+    s.add_argument("--reports", type=count, default=1, help="quality reports needed per step")
     s.add_argument("--bake", type=float, default=10.0, help="seconds a step must stay healthy")
-    s.add_argument("--max-failed-checks", type=int, default=0, help="failed checks tolerated before rollback")
+    s.add_argument("--max-failed-checks", type=count, default=0, help="failed checks tolerated before rollback")
     s.add_argument("--step-timeout", type=float, default=300.0, help="seconds to gather reports before pausing")
+    add_request_id_option(s)
 
     st = command(rollout, "status", "show the endpoint's rollout: step, workers, their latest numbers", _status)
     st.add_argument("endpoint")
     st.add_argument("--watch", action="store_true", help="refresh every --interval seconds until the rollout ends")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch (default 1)")
 
-    for name, verb in (("pause", "pause"), ("resume", "resume"), ("abort", "abort (every worker returns to the old "
-                                                                            "version)")):
+    for name, verb in (("pause", "pause"), ("resume", "resume"),
+                       ("abort", "abort (every worker returns to the old version)"),
+                       ("promote", "promote (skip the remaining steps: the new version everywhere now)")):
         a = command(rollout, name, f"{verb} the endpoint's rollout", _action(name))
         a.add_argument("endpoint")
         a.add_argument("--reason", default="", help="why, for the audit log")
+        add_request_id_option(a)
 
     ls = command(rollout, "list", "list every rollout of an endpoint", _list)
     ls.add_argument("endpoint")
@@ -79,17 +100,29 @@ def parse_steps(text: str) -> list[rpb.RolloutStep]:
     return steps
 
 
-def parse_max_drop(items: list[str]) -> dict[str, float]:
+def parse_max_drop(items: list[str], option: str = "--max-drop") -> dict[str, float]:
     limits = {}
     for item in items:
         metric, sep, value = item.partition("=")
         try:
             limits[metric.strip()] = float(value)
         except ValueError:
-            raise InvalidArgument(FieldError("--max-drop", f"{item!r} is not METRIC=NUMBER")) from None
+            raise InvalidArgument(FieldError(option, f"{item!r} is not METRIC=NUMBER")) from None
         if not sep or not metric.strip():
-            raise InvalidArgument(FieldError("--max-drop", f"{item!r} is not METRIC=NUMBER"))
+            raise InvalidArgument(FieldError(option, f"{item!r} is not METRIC=NUMBER"))
     return limits
+
+
+def parse_quality_limits(args) -> tuple[dict[str, float], dict[str, float]]:
+    """--max-drop, --max-rise and --limit -> (max_drop, max_rise); a limit on a metric's better side is refused."""
+    drops, rises = split_by_direction(parse_max_drop(args.limit, "--limit"))
+    drops.update(parse_max_drop(args.max_drop))
+    rises.update(parse_max_drop(args.max_rise, "--max-rise"))
+    errors = limit_errors(parse_max_drop(args.max_drop), "drop", "--max-{word} {metric}") + \
+        limit_errors(parse_max_drop(args.max_rise, "--max-rise"), "rise", "--max-{word} {metric}")
+    if errors:
+        raise InvalidArgument(errors)
+    return drops, rises
 
 
 def _plan(args) -> int:
@@ -127,11 +160,13 @@ def _plan(args) -> int:
 
 
 def _start(args) -> int:
+    max_drop, max_rise = parse_quality_limits(args)
     rollout = rollout_stub(args).StartRollout(
         rpb.StartRolloutRequest(
             endpoint=args.endpoint, version=args.version, steps=parse_steps(args.steps), actor=actor(args),
+            request_id=request_id(args),
             guardrails=rpb.Guardrails(
-                max_drop=parse_max_drop(args.max_drop), min_throughput_ratio=args.min_throughput_ratio,
+                max_drop=max_drop, max_rise=max_rise, min_throughput_ratio=args.min_throughput_ratio,
                 reports_per_step=args.reports, bake_seconds=args.bake, max_failed_checks=args.max_failed_checks,
                 step_timeout_seconds=args.step_timeout,
             ),
@@ -184,11 +219,13 @@ def _status(args) -> int:
 
 
 def _action(name: str):
-    method = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout"}[name]
+    method = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout",
+              "promote": "PromoteRollout"}[name]
 
     def run(args) -> int:
         rollout = getattr(rollout_stub(args), method)(
-            rpb.RolloutActionRequest(endpoint=args.endpoint, actor=actor(args), reason=args.reason),
+            rpb.RolloutActionRequest(endpoint=args.endpoint, actor=actor(args), reason=args.reason,
+                                     request_id=request_id(args)),
             timeout=RPC_TIMEOUT_S,
         )
         if args.output == "json":

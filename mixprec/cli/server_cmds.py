@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
+from mixprec.errors import FieldError, InvalidArgument
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -21,21 +23,33 @@ def register(sub) -> None:
         description="Run the control plane: endpoints, policy versions and (later) agent streams over gRPC. "
         "An empty SQLite file is migrated on start; Postgres must be migrated first with `mixprec migrate`.",
     )
-    p.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB}); "
+    p.add_argument("--db", default=os.environ.get("MIXPREC_DB", DEFAULT_DB),
+                   help=f"database URL (env MIXPREC_DB, default {DEFAULT_DB}); "
                    "Postgres: postgresql+psycopg://USER@HOST:5432/DB")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})")
-    p.add_argument("--redis", default=None, metavar="URL",
-                   help="redis://HOST:6379/0 to tell other replicas about changes at once (optional)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--redis", default=os.environ.get("MIXPREC_REDIS") or None, metavar="URL",
+                   help="redis://HOST:6379/0 to tell other replicas about changes at once (env MIXPREC_REDIS; optional)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9464 in a pod)")
+    p.add_argument("--health-listen", default=None, metavar="HOST:PORT",
+                   help="plaintext gRPC health only, for probes when --listen uses TLS")
+    p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
+                   help="serve the web dashboard on HOST:PORT, e.g. 127.0.0.1:8080 (default: no dashboard); "
+                   "it takes the same tokens and, with --tls-cert/--tls-key, serves HTTPS")
     p.add_argument("--auth", choices=("required", "off"), default="auto",
                    help="require a bearer token on every call (default: required unless --listen is loopback; "
                    "off is refused beyond loopback)")
+    p.add_argument("--max-streams-per-token", type=int, default=None, metavar="N",
+                   help="agent streams one token (or, with --auth off, all agents) may hold open on this replica "
+                   "(default 1000; a fleet sharing one agent token needs its size here)")
     add_tls_server_options(p)
     add_log_level_option(p)
 
     m = command(sub, "migrate", "upgrade a database to the newest schema", _migrate,
                 description="Apply every pending Alembic migration to the database (idempotent).")
-    m.add_argument("--db", default=DEFAULT_DB, help=f"database URL (default {DEFAULT_DB})")
+    m.add_argument("--db", default=os.environ.get("MIXPREC_DB", DEFAULT_DB),
+                   help=f"database URL (env MIXPREC_DB, default {DEFAULT_DB})")
 
 
 def _server(args) -> int:
@@ -46,8 +60,12 @@ def _server(args) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
-    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth,
-                      tls_credentials=credentials))
+    if args.max_streams_per_token is not None and args.max_streams_per_token < 1:
+        raise InvalidArgument(FieldError("--max-streams-per-token", f"{args.max_streams_per_token} must be >= 1"))
+    limits = {} if args.max_streams_per_token is None else {"max_streams_per_token": args.max_streams_per_token}
+    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth, stream_limits=limits,
+                      tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen,
+                      http_listen=args.http_listen, http_tls=(args.tls_cert, args.tls_key) if args.tls_cert else None))
     return 0
 
 

@@ -8,40 +8,60 @@ import pathlib
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command, count
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
+from mixprec.families import LLAMA, family_of
+from mixprec.metrics import METRICS as KNOWN_METRICS
+from mixprec.metrics import limit_word
 from mixprec.policy import PRECISIONS, compact_rules
 from mixprec.v1 import policy_pb2 as pb
 
-METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1")
+METRICS = ("cosine_to_base", "top10_agreement", "mrr", "recall_at_1", "kl_divergence", "top1_agreement", "perplexity")
+# The budget when none is given: how much worse the sweep's metric may get.
+DEFAULT_BUDGET = {"kl_divergence": 0.02, "perplexity": 0.5, "top1_agreement": 0.01}
 
 
 def register(sub) -> None:
     p = command(sub, "sweep", "measure each layer alone in FP8 and propose which layers can run it", _sweep,
                 description="Sensitivity sweep: each layer (or layer group) alone at --precision, everything else "
-                "at base, measured against base on the calibration set; layers whose drop fits --max-drop are "
-                "chosen, then checked together (the most sensitive returns to base while the combined drop is over "
-                "budget). Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
+                "at base, against base on the calibration set; each unit gets the first precision of the list whose "
+                "drop fits --max-drop, then the chosen map is checked together (the most sensitive unit moves down "
+                "the list, then to base, while the combined drop is over budget). By default every unit's drop is "
+                "estimated from one forward and backward pass and only the units a decision depends on are measured "
+                "exactly (--exact measures every unit). The chosen map is then measured on --holdout pairs the sweep "
+                "never saw. Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
     p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
-    p.add_argument("--model", help="the text embedder to sweep: minilm")
-    p.add_argument("--precision", default="fp8", choices=[x for x in PRECISIONS if x != "bf16"],
-                   help="what each layer is tried at (default fp8: FP8 weights per channel, activations per token)")
-    p.add_argument("--granularity", default="layer", choices=("layer", "group"),
-                   help="one layer at a time, or one layer kind across every block")
-    p.add_argument("--metric", default="cosine_to_base", choices=METRICS,
-                   help="cosine_to_base and top10_agreement (agreement with BF16) separate layers far better than "
-                   "the label metrics on a robust model (default cosine_to_base)")
-    p.add_argument("--max-drop", type=float, default=0.001, help="quality budget: largest drop of the metric "
-                   "(0 keeps everything at base, inf allows everything; default 0.001)")
-    p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each), 2 to 796; more is "
-                   "slower (default 64: under a minute on 2 cores)")
+    p.add_argument("--model", help="the model to sweep: minilm, gemma3-270m, tiny-llama or hf:PATH")
+    p.add_argument("--precision", default="fp8", metavar="P[,P...]",
+                   help="what each unit is tried at, in order: it gets the first it can take within the budget "
+                   f"(one or more of {', '.join(x for x in PRECISIONS if x != 'bf16')}, e.g. fp8,fp8-weight-only; "
+                   "default fp8: FP8 weights per channel, activations per token)")
+    p.add_argument("--granularity", default="layer", choices=("layer", "fused", "group"),
+                   help="one layer at a time; fused: q/k/v of a block as one unit and gate/up as one (what serving "
+                   "engines can load); or one layer kind across every block")
+    p.add_argument("--metric", default=None, choices=METRICS,
+                   help="embedders: cosine_to_base and top10_agreement (agreement with BF16) separate layers far "
+                   "better than the label metrics (default cosine_to_base); decoders: kl_divergence (default), "
+                   "top1_agreement, perplexity")
+    p.add_argument("--max-drop", type=float, default=None, help="quality budget for a metric that must not drop: "
+                   "its largest drop (0 keeps everything at base, inf allows everything; default 0.001)")
+    p.add_argument("--max-rise", type=float, default=None, help="quality budget for a metric that must not rise "
+                   "(kl_divergence, perplexity): its largest rise (default 0.02 for kl_divergence)")
+    p.add_argument("--samples", type=int, default=None, help="calibration pairs (2 texts each) for embedders, 2 to "
+                   "796 (default 64: under a minute on 2 cores); for decoders, 64-token windows of their text "
+                   "(default 4: every unit of Gemma 3 270M costs a pass over the 262k-token head)")
+    p.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="pairs kept out of the sweep, on which the chosen map's drop is measured too (default a fifth "
+                   "of --samples, at least 2; 0: none)")
+    p.add_argument("--exact", action="store_true", help="measure every unit exactly instead of estimating first "
+                   "(slower; the same decisions unless an estimate misses by more than its learned margin)")
     p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write; MAP.json and MAP.png go beside it (default sweep.yaml)")
     add_kernel_option(p)
     p.add_argument("--propose", metavar="ENDPOINT", help="store the policy as the endpoint's next version")
-    p.add_argument("--parent", type=int, default=None,
+    p.add_argument("--parent", type=count, default=None,
                    help="version the proposal builds on (default: the latest when the sweep starts)")
 
 
@@ -50,10 +70,20 @@ def _sweep(args) -> int:
         return _show(args)
     if not args.model:
         raise InvalidArgument(FieldError("--model", "is required (e.g. --model minilm)"))
+    decoder = family_of(args.model) is LLAMA
+    args.samples = args.samples if args.samples is not None else (4 if decoder else 64)
     if args.samples < 2:
         raise InvalidArgument(FieldError("--samples", f"must be >= 2, got {args.samples}"))
-    if math.isnan(args.max_drop) or args.max_drop < 0:
-        raise InvalidArgument(FieldError("--max-drop", f"must be >= 0 (or inf), got {args.max_drop}"))
+    for option in ("max_drop", "max_rise"):
+        value = getattr(args, option)
+        if value is not None and (math.isnan(value) or value < 0):
+            raise InvalidArgument(FieldError(f"--{option.replace('_', '-')}", f"must be >= 0 (or inf), got {value}"))
+    args.metric = args.metric or ("kl_divergence" if decoder else "cosine_to_base")
+    budget = _budget(args)
+    ladder = _ladder(args.precision)
+    holdout = max(2, round(args.samples / 5)) if args.holdout is None else args.holdout
+    if holdout < 0 or holdout == 1:
+        raise InvalidArgument(FieldError("--holdout", f"must be 0 or >= 2, got {holdout}"))
     out = pathlib.Path(args.out)
     if out.suffix not in (".yaml", ".yml") or not out.parent.is_dir():
         raise InvalidArgument(FieldError("-o", f"{args.out!r} must be a .yaml file in an existing directory"))
@@ -61,7 +91,7 @@ def _sweep(args) -> int:
     from worker.engine import HybridEngine
     from worker.models import load_model
     from worker.quality.docstrings import load_pairs
-    from worker.sweep import run_sweep
+    from worker.sweep import run_sweep, split_holdout
     from worker.sweep_progress import SweepBar
     from worker.sweep_report import write_artifacts
 
@@ -69,28 +99,39 @@ def _sweep(args) -> int:
     model = load_model(args.model)
     parent = _check_endpoint(args, model.catalog) if args.propose else None
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
-    pairs = load_pairs(args.samples)
+    pairs, held = split_holdout(load_pairs(args.samples + holdout), holdout)
     if len(pairs) < args.samples:
-        print(f"--samples {args.samples}: the calibration set has {len(pairs)} pairs; using all of them",
-              file=sys.stderr)
-    result = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
-                       granularity=args.granularity, max_drop=args.max_drop,
-                       progress=SweepBar(args.metric, sys.stderr))
+        print(f"--samples {args.samples} --holdout {holdout}: the set has {len(pairs) + len(held)} pairs; "
+              f"sweeping {len(pairs)}, holding out {len(held)}", file=sys.stderr)
+    result = run_sweep(model, engine, pairs, metric=args.metric, precision=ladder,
+                       granularity=args.granularity, max_drop=budget, holdout=held,
+                       algorithm="exact" if args.exact else "fast", progress=SweepBar(args.metric, sys.stderr))
     json_path, png_path = write_artifacts(result, out)
-    chosen = sum(p != "bf16" for p in result.precision_map.values())
-    last = result.combined[-1] if result.combined else {"predicted_drop": 0.0, "measured_drop": 0.0}
     if args.output == "json":
         output.as_json({**result.to_json(), "files": [str(out), str(json_path), str(png_path)]})
     else:
-        output.table(sweep_table(result.to_json()))
-        print(f"\n{chosen} of {len(result.precision_map)} layers at {args.precision}; combined {args.metric} drop: "
-              f"predicted {last['predicted_drop']:.6f} (sum of single-layer drops), measured "
-              f"{last['measured_drop']:.6f}, budget {args.max_drop:g}; {len(result.combined)} combined check(s); "
-              f"{result.seconds:.0f}s on {result.samples} pairs")
+        data = result.to_json()
+        output.table(sweep_table(data))
+        print()
+        for line in summary_lines(data):
+            print(line)
+        print(f"{result.seconds:.0f}s on {result.samples} {'token windows' if model.decoder is not None else 'pairs'} "
+              f"({result.algorithm} sweep)")
         print(f"wrote {out} (policy), {json_path} (measurements), {png_path} (chart)")
     if args.propose:
         return _propose(args, result, parent)
     return 0
+
+
+def _budget(args) -> float:
+    """The budget of the sweep's metric, given on the side that is worse for it (mixprec.metrics)."""
+    word = limit_word(args.metric)
+    wrong = args.max_rise if word == "drop" else args.max_drop
+    if wrong is not None:
+        option = "--max-rise" if word == "drop" else "--max-drop"
+        raise InvalidArgument(FieldError(option, f"{args.metric} must not {word}; give its budget with --max-{word}"))
+    given = args.max_drop if word == "drop" else args.max_rise
+    return given if given is not None else DEFAULT_BUDGET.get(args.metric, 0.001)
 
 
 def _check_endpoint(args, catalog: list[str]) -> int:
@@ -107,7 +148,7 @@ def _propose(args, result, parent: int) -> int:
     created = policy_stub(args).CreatePolicy(
         pb.CreatePolicyRequest(
             endpoint=args.propose, parent_version=parent, rules=rules_proto(spec), author=actor(args),
-            message=f"sensitivity sweep: {result.metric} drop <= {result.max_drop:g}, "
+            message=f"sensitivity sweep: {result.metric} {limit_word(result.metric)} <= {result.max_drop:g}, "
                     f"{sum(p != 'bf16' for p in result.precision_map.values())}/{len(result.precision_map)} "
                     f"layers {result.precision}",
             artifact_json=json.dumps(result.to_json(), default=str),
@@ -119,14 +160,59 @@ def _propose(args, result, parent: int) -> int:
     return 0
 
 
+def _ladder(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",")]
+    allowed = [x for x in PRECISIONS if x != "bf16"]
+    for name in names:
+        if name not in allowed:
+            raise InvalidArgument(FieldError("--precision", f"{name!r} is not one of {', '.join(allowed)}"))
+    if len(set(names)) != len(names):
+        raise InvalidArgument(FieldError("--precision", f"{text!r} names a precision twice"))
+    return names
+
+
 def sweep_table(data: dict) -> list[dict]:
-    """A sweep's JSON as rows, least sensitive first: unit, its delta, what it got."""
+    """A sweep's JSON as rows, least sensitive first: unit, its worsening (measured, or ~estimated), what it got."""
     rows = []
+    word = limit_word(data["metric"]) if data["metric"] in KNOWN_METRICS else "drop"
     for unit in sorted(data["units"], key=lambda u: u["drop"]):
-        verdict = data["precision"] if unit["chosen"] else ("bf16 (combined check)" if unit["reverted"] else "bf16")
-        rows.append({data["granularity"]: unit["name"], f"delta {data['metric']}": f"{unit['delta']:+.6f}",
-                     "chosen": verdict})
+        got = unit.get("precision") or (data["precision"] if unit["chosen"] else "bf16")
+        verdict = f"{got} (combined check)" if unit["reverted"] else got
+        trials = unit.get("trials") or []
+        row = {data["granularity"]: unit["name"]}
+        if trials:
+            for trial in trials:
+                value = trial["measured"] if trial["measured"] is not None else trial["estimate"]
+                mark = "" if trial["measured"] is not None else "~"
+                row[f"{word} at {trial['precision']}"] = "-" if value is None else f"{mark}{value:.6f}"
+        else:  # a sweep stored before trials were recorded
+            row[f"delta {data['metric']}"] = f"{unit['delta']:+.6f}"
+        row["chosen"] = verdict
+        rows.append(row)
     return rows
+
+
+def summary_lines(data: dict) -> list[str]:
+    """The chosen map's drop on the calibration pairs and on the held-out ones, and what the fast sweep did."""
+    word = limit_word(data["metric"]) if data["metric"] in KNOWN_METRICS else "drop"
+    chosen = sum(p != "bf16" for p in data["precision_map"].values())
+    final = next((c for c in data["combined"] if c.get("final")), data["combined"][-1] if data["combined"] else None)
+    lines = [f"{chosen} of {len(data['precision_map'])} layers below bf16 ({data['precision']}); budget: "
+             f"{data['metric']} {word} <= {data['max_drop']:g}; {len(data['combined'])} combined check(s)"]
+    if final:
+        lines.append(f"calibration {word} ({data['samples']} pairs): measured {final['measured_drop']:.6f} "
+                     f"(predicted {final['predicted_drop']:.6f})")
+    held = data.get("holdout") or {}
+    if held:
+        lines.append(f"held-out {word} ({held['pairs']} pairs the sweep never saw): measured {held['drop']:.6f}")
+    fast = data.get("fast") or {}
+    if fast:
+        rho = fast.get("rank_correlation_measured")
+        lines.append(f"fast sweep: estimated every unit in {fast['estimate_seconds']:.1f}s, measured "
+                     f"{len(fast['measured'])} exactly (margin +/-{100 * fast['margin']:.0f}%), "
+                     f"{fast['checks_skipped']} combined check(s) the exact walk runs were predicted over budget"
+                     + ("" if rho is None else f"; rank correlation of estimate and measurement {rho:.2f}"))
+    return lines
 
 
 def _show(args) -> int:
@@ -148,4 +234,6 @@ def _show(args) -> int:
     for check in data["combined"]:
         print(f"combined check of {len(check['units'])} unit(s): predicted drop {check['predicted_drop']:.6f}, "
               f"measured {check['measured_drop']:.6f}")
+    for line in summary_lines(data):
+        print(line)
     return 0

@@ -14,18 +14,25 @@ from mixprec.policy import PRECISIONS
 def register(sub) -> None:
     p = command(sub, "worker", "run a worker agent: load the model once, serve inference, apply pushed policies",
                 _worker, description="Load the model once with BF16 and FP8 weights resident, serve "
-                "InferenceService (Embed) on --inference-listen, keep a stream to the control plane, apply each "
+                "InferenceService (Embed, or Generate for decoders) on --inference-listen, keep a stream to the control plane, apply each "
                 "assigned precision map between batches, report shadow-eval quality and serving throughput, and "
                 "serve the last applied policy (kept in --state-dir) while the control plane is away.")
     p.add_argument("--endpoint", required=True, help="the endpoint this worker serves")
-    p.add_argument("--model", required=True, help="minilm, or package.module:factory")
+    p.add_argument("--model", required=True,
+                   help="minilm, gemma3-270m, tiny-llama, hf:PATH (a local causal LM), or package.module:factory")
     p.add_argument("--worker-id", default="", help="stable id of this worker (default: HOSTNAME-PID)")
     p.add_argument("--state-dir", default=".mixprec-state", help="where the last applied assignment is kept")
     p.add_argument("--inference-listen", default="127.0.0.1:0", help="HOST:PORT for InferenceService")
+    p.add_argument("--health-listen", default="", metavar="HOST:PORT",
+                   help="plaintext gRPC health only, for probes (optional)")
+    p.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9465 in a pod; optional)")
     add_kernel_option(p)
     p.add_argument("--residency", default="both", choices=("both", "fp8-only"),
                    help="keep BF16 on the device too (instant switches) or only FP8 (less memory)")
-    p.add_argument("--eval-samples", type=int, default=64, help="calibration pairs for shadow evaluation (0: off)")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="shadow evaluation set: docstring pairs for embedders (default 64), token windows for "
+                   "decoders (default 8); 0: off")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between serving reports")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="precisions this worker accepts; assignments using others are refused (NACK)")
@@ -50,6 +57,8 @@ def _worker(args) -> int:
         endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,
         token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+        tls_client=(args.tls_client_cert, args.tls_client_key) if args.tls_client_cert else None,
+        health_listen=args.health_listen, metrics_listen=args.metrics_listen,
     )
     asyncio.run(serve(config, runtime))
     return 0

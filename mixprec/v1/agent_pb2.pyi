@@ -131,37 +131,59 @@ class Assignment(_message.Message):
     reason: str
     def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., precision_map: _Optional[_Iterable[_Union[_policy_pb2.LayerPrecision, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class ReportAck(_message.Message):
+    __slots__ = ("kind", "version")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    kind: Report.Kind
+    version: int
+    def __init__(self, kind: _Optional[_Union[Report.Kind, str]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
 class ControlMessage(_message.Message):
-    __slots__ = ("assignment",)
+    __slots__ = ("assignment", "report_ack", "report_request")
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ACK_FIELD_NUMBER: _ClassVar[int]
+    REPORT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     assignment: Assignment
-    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+    report_ack: ReportAck
+    report_request: ReportRequest
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., report_request: _Optional[_Union[ReportRequest, _Mapping]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
-    __slots__ = ("endpoint", "version", "actor", "reason")
+    __slots__ = ("endpoint", "version", "actor", "reason", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     version: int
     actor: str
     reason: str
-    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("endpoint", "reason", "to_version", "to_base", "actor")
+    __slots__ = ("endpoint", "reason", "to_version", "to_base", "actor", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TO_VERSION_FIELD_NUMBER: _ClassVar[int]
     TO_BASE_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     reason: str
     to_version: int
     to_base: bool
     actor: str
-    def __init__(self, endpoint: _Optional[str] = ..., reason: _Optional[str] = ..., to_version: _Optional[int] = ..., to_base: _Optional[bool] = ..., actor: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., reason: _Optional[str] = ..., to_version: _Optional[int] = ..., to_base: _Optional[bool] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ActivationResponse(_message.Message):
     __slots__ = ("endpoint", "previous_version", "active_version", "connected_workers")

@@ -26,6 +26,34 @@ class EmbedResponse(_message.Message):
     policy_version: int
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
+class GenerateRequest(_message.Message):
+    __slots__ = ("prompt", "max_tokens")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    max_tokens: int
+    def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("text", "token_ids", "policy_version", "done", "prompt_tokens", "generated_tokens", "prefill_tokens_per_second", "decode_tokens_per_second")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    policy_version: int
+    done: bool
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: float
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., policy_version: _Optional[int] = ..., done: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., prefill_tokens_per_second: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ...) -> None: ...
+
 class WorkerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

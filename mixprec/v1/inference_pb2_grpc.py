@@ -40,6 +40,11 @@ class InferenceServiceStub:
                 request_serializer=mixprec_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=mixprec_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/mixprec.v1.InferenceService/Generate',
+                request_serializer=mixprec_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=mixprec_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
+                _registered_method=True)
         self.WorkerInfo = channel.unary_unary(
                 '/mixprec.v1.InferenceService/WorkerInfo',
                 request_serializer=mixprec_dot_v1_dot_inference__pb2.WorkerInfoRequest.SerializeToString,
@@ -57,6 +62,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Decoders: greedy tokens as they come, every response naming the policy version that produced it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WorkerInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -70,6 +82,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=mixprec_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
                     response_serializer=mixprec_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=mixprec_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=mixprec_dot_v1_dot_inference__pb2.GenerateResponse.SerializeToString,
             ),
             'WorkerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.WorkerInfo,
@@ -105,6 +122,33 @@ class InferenceService:
             '/mixprec.v1.InferenceService/Embed',
             mixprec_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
             mixprec_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mixprec.v1.InferenceService/Generate',
+            mixprec_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            mixprec_dot_v1_dot_inference__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ class LayerPrecision(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., precision: _Optional[str] = ..., rule: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "base_precision", "model", "layers", "create_time", "latest_version", "active_version")
+    __slots__ = ("name", "base_precision", "model", "layers", "create_time", "latest_version", "active_version", "layer_count")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Endpoint(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_precision: str
     model: str
@@ -43,7 +44,8 @@ class Endpoint(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     latest_version: int
     active_version: int
-    def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ..., active_version: _Optional[int] = ...) -> None: ...
+    layer_count: int
+    def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ..., active_version: _Optional[int] = ..., layer_count: _Optional[int] = ...) -> None: ...
 
 class PolicyVersion(_message.Message):
     __slots__ = ("endpoint", "version", "parent_version", "rules", "kv_cache", "author", "message", "create_time", "resolved", "artifact_json", "has_artifact")
@@ -72,18 +74,20 @@ class PolicyVersion(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved: _Optional[_Iterable[_Union[LayerPrecision, _Mapping]]] = ..., artifact_json: _Optional[str] = ..., has_artifact: _Optional[bool] = ...) -> None: ...
 
 class CreateEndpointRequest(_message.Message):
-    __slots__ = ("name", "base_precision", "model", "layers", "actor")
+    __slots__ = ("name", "base_precision", "model", "layers", "actor", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_precision: str
     model: str
     layers: _containers.RepeatedScalarFieldContainer[str]
     actor: str
-    def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., actor: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., base_precision: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetEndpointRequest(_message.Message):
     __slots__ = ("name",)
@@ -120,7 +124,7 @@ class ListEndpointsResponse(_message.Message):
     def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
-    __slots__ = ("endpoint", "parent_version", "rules", "kv_cache", "author", "message", "artifact_json")
+    __slots__ = ("endpoint", "parent_version", "rules", "kv_cache", "author", "message", "artifact_json", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +132,7 @@ class CreatePolicyRequest(_message.Message):
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     parent_version: int
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
@@ -135,7 +140,8 @@ class CreatePolicyRequest(_message.Message):
     author: str
     message: str
     artifact_json: str
-    def __init__(self, endpoint: _Optional[str] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., artifact_json: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., parent_version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., kv_cache: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., artifact_json: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("endpoint", "version", "resolved", "artifact")

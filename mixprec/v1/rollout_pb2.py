@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mixprec/v1/rollout.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x0bRolloutStep\x12\x11\n\x07workers\x18\x01 \x01(\rH\x00\x12\x11\n\x07percent\x18\x02 \x01(\x01H\x00\x42\x06\n\x04size\"\xfa\x01\n\nGuardrails\x12\x35\n\x08max_drop\x18\x01 \x03(\x0b\x32#.mixprec.v1.Guardrails.MaxDropEntry\x12\x1c\n\x14min_throughput_ratio\x18\x02 \x01(\x01\x12\x18\n\x10reports_per_step\x18\x03 \x01(\r\x12\x14\n\x0c\x62\x61ke_seconds\x18\x04 \x01(\x01\x12\x19\n\x11max_failed_checks\x18\x05 \x01(\r\x12\x1c\n\x14step_timeout_seconds\x18\x06 \x01(\x01\x1a.\n\x0cMaxDropEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"g\n\x0eGuardrailCheck\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tguardrail\x18\x02 \x01(\t\x12\x10\n\x08measured\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\x01\x12\x0e\n\x06passed\x18\x05 \x01(\x08\"\x80\x04\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x03 \x01(\r\x12\x12\n\nto_version\x18\x04 \x01(\r\x12&\n\x05steps\x18\x05 \x03(\x0b\x32\x17.mixprec.v1.RolloutStep\x12*\n\nguardrails\x18\x06 \x01(\x0b\x32\x16.mixprec.v1.Guardrails\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.mixprec.v1.RolloutState\x12\x14\n\x0c\x63urrent_step\x18\x08 \x01(\r\x12\x15\n\rfailed_checks\x18\t \x01(\r\x12\x0f\n\x07message\x18\n \x01(\t\x12\x1b\n\x13new_version_workers\x18\x0b \x03(\t\x12/\n\x0blast_checks\x18\x0c \x03(\x0b\x32\x1a.mixprec.v1.GuardrailCheck\x12\r\n\x05\x61\x63tor\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fstep_start_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x13StartRolloutRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.mixprec.v1.RolloutStep\x12*\n\nguardrails\x18\x04 \x01(\x0b\x32\x16.mixprec.v1.Guardrails\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"1\n\x11GetRolloutRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\"\'\n\x13ListRolloutsRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"=\n\x14ListRolloutsResponse\x12%\n\x08rollouts\x18\x01 \x03(\x0b\x32\x13.mixprec.v1.Rollout\"G\n\x14RolloutActionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t*s\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\n\n\x06PAUSED\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\x0f\n\x0bROLLED_BACK\x10\x04\x12\x0b\n\x07\x41\x42ORTED\x10\x05\x32\xc1\x03\n\x0eRolloutService\x12\x44\n\x0cStartRollout\x12\x1f.mixprec.v1.StartRolloutRequest\x1a\x13.mixprec.v1.Rollout\x12@\n\nGetRollout\x12\x1d.mixprec.v1.GetRolloutRequest\x1a\x13.mixprec.v1.Rollout\x12Q\n\x0cListRollouts\x12\x1f.mixprec.v1.ListRolloutsRequest\x1a .mixprec.v1.ListRolloutsResponse\x12\x45\n\x0cPauseRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rollout\x12\x46\n\rResumeRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rollout\x12\x45\n\x0c\x41\x62ortRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rolloutb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mixprec/v1/rollout.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x0bRolloutStep\x12\x11\n\x07workers\x18\x01 \x01(\rH\x00\x12\x11\n\x07percent\x18\x02 \x01(\x01H\x00\x42\x06\n\x04size\"\xe1\x02\n\nGuardrails\x12\x35\n\x08max_drop\x18\x01 \x03(\x0b\x32#.mixprec.v1.Guardrails.MaxDropEntry\x12\x1c\n\x14min_throughput_ratio\x18\x02 \x01(\x01\x12\x18\n\x10reports_per_step\x18\x03 \x01(\r\x12\x14\n\x0c\x62\x61ke_seconds\x18\x04 \x01(\x01\x12\x19\n\x11max_failed_checks\x18\x05 \x01(\r\x12\x1c\n\x14step_timeout_seconds\x18\x06 \x01(\x01\x12\x35\n\x08max_rise\x18\x07 \x03(\x0b\x32#.mixprec.v1.Guardrails.MaxRiseEntry\x1a.\n\x0cMaxDropEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cMaxRiseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"g\n\x0eGuardrailCheck\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tguardrail\x18\x02 \x01(\t\x12\x10\n\x08measured\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\x01\x12\x0e\n\x06passed\x18\x05 \x01(\x08\"\x80\x04\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x03 \x01(\r\x12\x12\n\nto_version\x18\x04 \x01(\r\x12&\n\x05steps\x18\x05 \x03(\x0b\x32\x17.mixprec.v1.RolloutStep\x12*\n\nguardrails\x18\x06 \x01(\x0b\x32\x16.mixprec.v1.Guardrails\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.mixprec.v1.RolloutState\x12\x14\n\x0c\x63urrent_step\x18\x08 \x01(\r\x12\x15\n\rfailed_checks\x18\t \x01(\r\x12\x0f\n\x07message\x18\n \x01(\t\x12\x1b\n\x13new_version_workers\x18\x0b \x03(\t\x12/\n\x0blast_checks\x18\x0c \x03(\x0b\x32\x1a.mixprec.v1.GuardrailCheck\x12\r\n\x05\x61\x63tor\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fstep_start_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x13StartRolloutRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x05steps\x18\x03 \x03(\x0b\x32\x17.mixprec.v1.RolloutStep\x12*\n\nguardrails\x18\x04 \x01(\x0b\x32\x16.mixprec.v1.Guardrails\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"1\n\x11GetRolloutRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\"\'\n\x13ListRolloutsRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"=\n\x14ListRolloutsResponse\x12%\n\x08rollouts\x18\x01 \x03(\x0b\x32\x13.mixprec.v1.Rollout\"[\n\x14RolloutActionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t*\x7f\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\n\n\x06PAUSED\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\x0f\n\x0bROLLED_BACK\x10\x04\x12\x0b\n\x07\x41\x42ORTED\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x32\x8a\x04\n\x0eRolloutService\x12\x44\n\x0cStartRollout\x12\x1f.mixprec.v1.StartRolloutRequest\x1a\x13.mixprec.v1.Rollout\x12@\n\nGetRollout\x12\x1d.mixprec.v1.GetRolloutRequest\x1a\x13.mixprec.v1.Rollout\x12Q\n\x0cListRollouts\x12\x1f.mixprec.v1.ListRolloutsRequest\x1a .mixprec.v1.ListRolloutsResponse\x12\x45\n\x0cPauseRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rollout\x12\x46\n\rResumeRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rollout\x12\x45\n\x0c\x41\x62ortRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rollout\x12G\n\x0ePromoteRollout\x12 .mixprec.v1.RolloutActionRequest\x1a\x13.mixprec.v1.Rolloutb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GUARDRAILS_MAXDROPENTRY']._loaded_options = None
   _globals['_GUARDRAILS_MAXDROPENTRY']._serialized_options = b'8\001'
-  _globals['_ROLLOUTSTATE']._serialized_start=1393
-  _globals['_ROLLOUTSTATE']._serialized_end=1508
+  _globals['_GUARDRAILS_MAXRISEENTRY']._loaded_options = None
+  _globals['_GUARDRAILS_MAXRISEENTRY']._serialized_options = b'8\001'
+  _globals['_ROLLOUTSTATE']._serialized_start=1536
+  _globals['_ROLLOUTSTATE']._serialized_end=1663
   _globals['_ROLLOUTSTEP']._serialized_start=73
   _globals['_ROLLOUTSTEP']._serialized_end=132
   _globals['_GUARDRAILS']._serialized_start=135
-  _globals['_GUARDRAILS']._serialized_end=385
-  _globals['_GUARDRAILS_MAXDROPENTRY']._serialized_start=339
-  _globals['_GUARDRAILS_MAXDROPENTRY']._serialized_end=385
-  _globals['_GUARDRAILCHECK']._serialized_start=387
-  _globals['_GUARDRAILCHECK']._serialized_end=490
-  _globals['_ROLLOUT']._serialized_start=493
-  _globals['_ROLLOUT']._serialized_end=1005
-  _globals['_STARTROLLOUTREQUEST']._serialized_start=1008
-  _globals['_STARTROLLOUTREQUEST']._serialized_end=1163
-  _globals['_GETROLLOUTREQUEST']._serialized_start=1165
-  _globals['_GETROLLOUTREQUEST']._serialized_end=1214
-  _globals['_LISTROLLOUTSREQUEST']._serialized_start=1216
-  _globals['_LISTROLLOUTSREQUEST']._serialized_end=1255
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=1257
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=1318
-  _globals['_ROLLOUTACTIONREQUEST']._serialized_start=1320
-  _globals['_ROLLOUTACTIONREQUEST']._serialized_end=1391
-  _globals['_ROLLOUTSERVICE']._serialized_start=1511
-  _globals['_ROLLOUTSERVICE']._serialized_end=1960
+  _globals['_GUARDRAILS']._serialized_end=488
+  _globals['_GUARDRAILS_MAXDROPENTRY']._serialized_start=394
+  _globals['_GUARDRAILS_MAXDROPENTRY']._serialized_end=440
+  _globals['_GUARDRAILS_MAXRISEENTRY']._serialized_start=442
+  _globals['_GUARDRAILS_MAXRISEENTRY']._serialized_end=488
+  _globals['_GUARDRAILCHECK']._serialized_start=490
+  _globals['_GUARDRAILCHECK']._serialized_end=593
+  _globals['_ROLLOUT']._serialized_start=596
+  _globals['_ROLLOUT']._serialized_end=1108
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=1111
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=1286
+  _globals['_GETROLLOUTREQUEST']._serialized_start=1288
+  _globals['_GETROLLOUTREQUEST']._serialized_end=1337
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=1339
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=1378
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=1380
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=1441
+  _globals['_ROLLOUTACTIONREQUEST']._serialized_start=1443
+  _globals['_ROLLOUTACTIONREQUEST']._serialized_end=1534
+  _globals['_ROLLOUTSERVICE']._serialized_start=1666
+  _globals['_ROLLOUTSERVICE']._serialized_end=2188
 # @@protoc_insertion_point(module_scope)

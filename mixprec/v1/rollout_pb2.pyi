@@ -18,12 +18,14 @@ class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[RolloutState]
     ROLLED_BACK: _ClassVar[RolloutState]
     ABORTED: _ClassVar[RolloutState]
+    FAILED: _ClassVar[RolloutState]
 ROLLOUT_STATE_UNSPECIFIED: RolloutState
 RUNNING: RolloutState
 PAUSED: RolloutState
 SUCCEEDED: RolloutState
 ROLLED_BACK: RolloutState
 ABORTED: RolloutState
+FAILED: RolloutState
 
 class RolloutStep(_message.Message):
     __slots__ = ("workers", "percent")
@@ -34,8 +36,15 @@ class RolloutStep(_message.Message):
     def __init__(self, workers: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
 
 class Guardrails(_message.Message):
-    __slots__ = ("max_drop", "min_throughput_ratio", "reports_per_step", "bake_seconds", "max_failed_checks", "step_timeout_seconds")
+    __slots__ = ("max_drop", "min_throughput_ratio", "reports_per_step", "bake_seconds", "max_failed_checks", "step_timeout_seconds", "max_rise")
     class MaxDropEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MaxRiseEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -48,13 +57,15 @@ class Guardrails(_message.Message):
     BAKE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
     STEP_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RISE_FIELD_NUMBER: _ClassVar[int]
     max_drop: _containers.ScalarMap[str, float]
     min_throughput_ratio: float
     reports_per_step: int
     bake_seconds: float
     max_failed_checks: int
     step_timeout_seconds: float
-    def __init__(self, max_drop: _Optional[_Mapping[str, float]] = ..., min_throughput_ratio: _Optional[float] = ..., reports_per_step: _Optional[int] = ..., bake_seconds: _Optional[float] = ..., max_failed_checks: _Optional[int] = ..., step_timeout_seconds: _Optional[float] = ...) -> None: ...
+    max_rise: _containers.ScalarMap[str, float]
+    def __init__(self, max_drop: _Optional[_Mapping[str, float]] = ..., min_throughput_ratio: _Optional[float] = ..., reports_per_step: _Optional[int] = ..., bake_seconds: _Optional[float] = ..., max_failed_checks: _Optional[int] = ..., step_timeout_seconds: _Optional[float] = ..., max_rise: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GuardrailCheck(_message.Message):
     __slots__ = ("worker_id", "guardrail", "measured", "limit", "passed")
@@ -107,18 +118,20 @@ class Rollout(_message.Message):
     def __init__(self, id: _Optional[int] = ..., endpoint: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., current_step: _Optional[int] = ..., failed_checks: _Optional[int] = ..., message: _Optional[str] = ..., new_version_workers: _Optional[_Iterable[str]] = ..., last_checks: _Optional[_Iterable[_Union[GuardrailCheck, _Mapping]]] = ..., actor: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("endpoint", "version", "steps", "guardrails", "actor")
+    __slots__ = ("endpoint", "version", "steps", "guardrails", "actor", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     version: int
     steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
     guardrails: Guardrails
     actor: str
-    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., actor: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., version: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., guardrails: _Optional[_Union[Guardrails, _Mapping]] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetRolloutRequest(_message.Message):
     __slots__ = ("endpoint", "id")
@@ -141,11 +154,13 @@ class ListRolloutsResponse(_message.Message):
     def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
 
 class RolloutActionRequest(_message.Message):
-    __slots__ = ("endpoint", "actor", "reason")
+    __slots__ = ("endpoint", "actor", "reason", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     actor: str
     reason: str
-    def __init__(self, endpoint: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

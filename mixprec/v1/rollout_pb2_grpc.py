@@ -66,6 +66,11 @@ class RolloutServiceStub:
                 request_serializer=mixprec_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
                 response_deserializer=mixprec_dot_v1_dot_rollout__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/mixprec.v1.RolloutService/PromoteRollout',
+                request_serializer=mixprec_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=mixprec_dot_v1_dot_rollout__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class RolloutServiceServicer:
@@ -109,6 +114,13 @@ class RolloutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteRollout(self, request, context):
+        """Skip the remaining steps: the new version becomes active on every worker now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +151,11 @@ def add_RolloutServiceServicer_to_server(servicer, server):
             ),
             'AbortRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortRollout,
+                    request_deserializer=mixprec_dot_v1_dot_rollout__pb2.RolloutActionRequest.FromString,
+                    response_serializer=mixprec_dot_v1_dot_rollout__pb2.Rollout.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
                     request_deserializer=mixprec_dot_v1_dot_rollout__pb2.RolloutActionRequest.FromString,
                     response_serializer=mixprec_dot_v1_dot_rollout__pb2.Rollout.SerializeToString,
             ),
@@ -305,6 +322,33 @@ class RolloutService:
             request,
             target,
             '/mixprec.v1.RolloutService/AbortRollout',
+            mixprec_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+            mixprec_dot_v1_dot_rollout__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mixprec.v1.RolloutService/PromoteRollout',
             mixprec_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
             mixprec_dot_v1_dot_rollout__pb2.Rollout.FromString,
             options,

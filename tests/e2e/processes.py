@@ -1,4 +1,4 @@
-"""Real `mixprec` processes for end-to-end tests: a control plane and MiniLM workers."""
+"""Real `mixprec` processes for end-to-end tests: a control plane and workers (MiniLM unless named)."""
 
 from __future__ import annotations
 
@@ -82,12 +82,12 @@ class ControlPlaneProc(Proc):
 
 class WorkerProc(Proc):
     def __init__(self, worker_id: str, endpoint: str, server: str, logdir: pathlib.Path, state_dir: pathlib.Path,
-                 *extra: str, eval_samples: int = 16, port: int | None = None):
+                 *extra: str, eval_samples: int = 16, port: int | None = None, model: str = "minilm"):
         self.worker_id = worker_id
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         super().__init__(worker_id, [
-            "worker", "--endpoint", endpoint, "--model", "minilm", "--server", server, "--worker-id", worker_id,
+            "worker", "--endpoint", endpoint, "--model", model, "--server", server, "--worker-id", worker_id,
             "--state-dir", str(state_dir), "--inference-listen", self.address, "--eval-samples", str(eval_samples),
             "--report-interval", "1", *extra,
         ], logdir)

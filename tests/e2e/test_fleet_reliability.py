@@ -186,3 +186,29 @@ def test_fifty_policy_changes_under_steady_traffic_fail_no_request_and_never_mix
     finally:
         worker.stop()
         plane.stop()
+
+
+def test_a_rollback_is_applied_while_the_worker_is_in_the_middle_of_evaluating_the_version_it_leaves(tmp_path):
+    plane = ControlPlaneProc(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path)
+    # 96 pairs: an evaluation long enough (12 batches) to be caught in the middle.
+    worker = WorkerProc("w1", ENDPOINT, plane.address, tmp_path, tmp_path / "state", eval_samples=96)
+    try:
+        create_endpoint_and_connect(plane, worker)
+        v1 = add_policy(plane, 0, "layers.*")
+        plane.fleet.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v1, reason="incident begins"))
+        wait_until(lambda: f"evaluating v{v1}" in worker.log(), 60, "the evaluation of v1 to start", poll=0.01)
+        base = plane.fleet.Rollback(apb.RollbackRequest(endpoint=ENDPOINT, to_base=True, reason="incident"))
+        wait_until(all_applied(plane, base.active_version, 1), 60, "the rollback applied")
+        wait_until(lambda: f"evaluation of v{v1} cancelled" in worker.log()
+                   or f"evaluation of v{v1} discarded" in worker.log(), 60, "the v1 evaluation to stop")
+
+        log = worker.log()
+        # The rollback did not wait for the evaluation: it was applied before that evaluation ended,
+        # and the number measured for a map no longer applied was never reported.
+        assert log.index(f"applied v{base.active_version} (change)") < log.index(f"evaluation of v{v1} ")
+        assert f"v{v1} quality:" not in log
+        assert worker.info().policy_version == base.active_version
+        assert all(layer.precision == "bf16" for layer in worker.info().layers)
+    finally:
+        worker.stop()
+        plane.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import grpc
@@ -19,7 +20,7 @@ from mixprec import transport
 from mixprec.cli.main import main
 from mixprec.errors import AlreadyExists, Unauthenticated
 from mixprec.v1 import agent_pb2 as apb
-from mixprec.v1 import auth_pb2, auth_pb2_grpc
+from mixprec.v1 import agent_pb2_grpc, auth_pb2, auth_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
 
 
@@ -70,7 +71,7 @@ def secured(tmp_path_factory):
         name: tokens.create(name, role, endpoint)[0]
         for name, role, endpoint in [
             ("root", "admin", ""), ("reader", "viewer", ""), ("ops", "operator", ""),
-            ("ops-emb", "operator", "emb"), ("agents-emb", "agent", "emb"),
+            ("ops-emb", "operator", "emb"), ("agents-emb", "agent", "emb"), ("other-agents", "agent", "emb"),
         ]
     }
     engine.dispose()
@@ -203,3 +204,36 @@ def test_first_admin_token_is_made_on_the_database_directly(tmp_path, capsys):
         engine.dispose()
     assert main(["token", "create", "Bad_Name", "--role", "admin", "--db", url]) == 2
     assert main(["token", "revoke", "nobody", "--db", url]) == 3
+
+
+def test_a_worker_id_belongs_to_the_stream_that_holds_it(secured):
+    running, made, _ = secured
+
+    def hello_stream(token, release: threading.Event):
+        def outgoing():
+            yield apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id="held", layers=LAYERS))
+            release.wait(20)
+
+        channel = transport.channel(running.address, token)
+        return agent_pb2_grpc.AgentServiceStub(channel).Connect(outgoing())
+
+    async def scenario():
+        holder = LightAgent(running.address, "emb", "held", token=made["agents-emb"]).start()
+        await asyncio.wait_for(holder.loop.connected.wait(), 10)
+        release = threading.Event()
+        try:
+            # Another token cannot claim it, so its reports can never land on this worker.
+            intruder = hello_stream(made["other-agents"], release)
+            with pytest.raises(grpc.RpcError) as err:
+                await asyncio.to_thread(lambda: next(iter(intruder)))
+            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "held by a live stream of another token" in err.value.details()
+            # The same token takes it over (a restarted worker): the old stream is ended.
+            successor = hello_stream(made["agents-emb"], release)
+            await asyncio.to_thread(successor.initial_metadata)
+            await eventually(lambda: "took this worker id over" in holder.loop.last_error, what="old stream ended")
+        finally:
+            release.set()
+            await holder.stop()
+
+    asyncio.run(scenario())

@@ -103,6 +103,23 @@ def test_a_breached_guardrail_rolls_every_worker_back(plane):
     asyncio.run(scenario())
 
 
+def test_a_metric_that_must_not_rise_rolls_back_when_it_rises(plane):
+    async def scenario():
+        agents = await fleet_up(plane)
+        # v2 runs 6 layers in FP8: the agents report KL +0.06, over the 0.02 allowed (its cosine drop passes).
+        start(plane, steps=(1, 100.0), max_drop={"cosine_to_base": 0.01}, max_rise={"kl_divergence": 0.02})
+        await eventually(lambda: state_of(plane).state == rpb.ROLLED_BACK, timeout=20, what="automatic rollback")
+        rollout = state_of(plane)
+        assert "max_rise[kl_divergence] measured 0.06" in rollout.message and "limit <= 0.02" in rollout.message
+        checks = {c.guardrail: c.passed for c in rollout.last_checks}
+        assert checks == {"max_drop[cosine_to_base]": True, "max_rise[kl_divergence]": False}
+        assert dict(rollout.guardrails.max_rise) == {"kl_divergence": 0.02}
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
 def test_an_inconclusive_step_pauses_and_resumes(plane):
     async def scenario():
         agents = await fleet_up(plane, quiet=WORKERS)
@@ -156,6 +173,8 @@ def test_abort_second_rollout_and_rollback_during_a_rollout(plane):
         ((150.0, 100.0), {}, "steps[0].percent"),
         ((1, 100.0), {"max_drop": {"mrr": -1.0}}, "guardrails.max_drop[mrr]"),
         ((1, 100.0), {"bake_seconds": -5}, "guardrails.bake_seconds"),
+        ((1, 100.0), {"max_drop": {"kl_divergence": 0.02}}, "guardrails.max_drop[kl_divergence]"),
+        ((1, 100.0), {"max_rise": {"top1_agreement": 0.01}}, "guardrails.max_rise[top1_agreement]"),
     ],
 )
 def test_bad_plans_are_invalid_arguments(plane, steps, guardrails, field):
@@ -206,6 +225,10 @@ def test_rollout_cli_plan_start_status_abort(plane, tmp_path, capsys):
     assert cli("rollout", "start", "emb", "3", "--steps", "1,abc")[0] == 2
     code, _, err = cli("rollout", "start", "emb", "3", "--max-drop", "cosine")
     assert code == 2 and "METRIC=NUMBER" in err
+    code, _, err = cli("rollout", "start", "emb", "3", "--max-drop", "kl_divergence=0.02")
+    assert code == 2 and "--max-drop kl_divergence" in err and "must not rise" in err
+    code, _, err = cli("rollout", "start", "emb", "3", "--limit", "bleu=1")
+    assert code == 2 and "--limit" in err and "'bleu'" in err
     code, out, _ = cli("rollout", "list", "emb")
     assert code == 0 and "ABORTED" in out
 
@@ -252,3 +275,21 @@ def test_two_replicas_never_advance_the_same_rollout_twice(empty_pg_url):
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_step_short_of_reports_asks_its_workers_to_report_again_before_pausing(plane):
+    async def scenario():
+        # Their first reports were lost (say, with a replica): they apply and ACK, but report only when asked.
+        agents = await fleet_up(plane, quiet=WORKERS)
+        for agent in agents:
+            agent.loop._on_report_requested = (
+                lambda version, a=agent: asyncio.ensure_future(a._report(version, dict.fromkeys(LAYERS, "fp8"))))
+        start(plane, steps=(1, 100.0), step_timeout_seconds=0.3)
+        await eventually(lambda: state_of(plane).state == rpb.SUCCEEDED, timeout=30, what="success")
+        actions = [e.action for e in plane.fleet.ListAudit(apb.ListAuditRequest(endpoint="emb")).entries]
+        assert actions.count("rollout.reports_requested") == 2  # once per step
+        assert "rollout.paused" not in actions
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())

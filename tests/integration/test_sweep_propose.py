@@ -48,6 +48,10 @@ def test_propose_creates_exactly_one_version_with_the_sweep_beside_it(plane, tmp
     table = capsys.readouterr().out
     assert all(f"{u['name']} " in table for u in shown["units"])
     assert "combined check of 6 unit(s)" in table
+    # Both drops of the chosen map: on the calibration pairs and on the held-out ones the sweep never saw.
+    assert shown["holdout"]["pairs"] == 2 and shown["samples"] == 2 and shown["algorithm"] == "fast"
+    assert f"calibration drop (2 pairs): measured {shown['calibration_drop']:.6f}" in table
+    assert f"held-out drop (2 pairs the sweep never saw): measured {shown['holdout']['drop']:.6f}" in table
     assert main(["--server", plane.address, "sweep", "show", "emb", "1"]) == 3
 
 

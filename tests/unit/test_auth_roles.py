@@ -57,3 +57,15 @@ def test_durations():
     for bad in ("", "10", "1y", "-5d", "0d", "99999999d"):
         with pytest.raises(InvalidArgument, match="expires"):
             parse_duration(bad)
+
+
+def test_tokens_are_required_beyond_loopback_and_cannot_be_switched_off_there(tmp_path):
+    from controlplane.app import ControlPlane
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    assert not ControlPlane(url, "127.0.0.1:0").auth_required
+    assert ControlPlane(url, "127.0.0.1:0", auth="required").auth_required
+    assert ControlPlane(url, "0.0.0.0:50051").auth_required
+    assert ControlPlane(url, "[::1]:50051").auth_required is False
+    with pytest.raises(InvalidArgument, match="auth: off is allowed only on loopback"):
+        ControlPlane(url, "0.0.0.0:50051", auth="off")

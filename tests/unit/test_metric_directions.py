@@ -19,3 +19,13 @@ def test_every_metric_has_exactly_one_direction():
 def test_an_unknown_metric_is_refused_by_name():
     with pytest.raises(InvalidArgument, match="'bleu'"):
         worsening("bleu", 0.1)
+
+
+def test_limits_go_to_the_worse_side_and_the_wrong_side_is_refused_by_name():
+    from mixprec.metrics import limit_errors, split_by_direction
+
+    assert split_by_direction({"kl_divergence": 0.02, "top1_agreement": 0.01, "perplexity": 0.5}) == (
+        {"top1_agreement": 0.01}, {"kl_divergence": 0.02, "perplexity": 0.5})
+    errors = limit_errors({"kl_divergence": 0.02, "cosine_to_base": 0.1}, "drop", "max_{word}[{metric}]")
+    assert [e.field for e in errors] == ["max_drop[kl_divergence]"] and "must not rise" in errors[0].message
+    assert limit_errors({"perplexity": 1.0, "custom_score": 1.0}, "rise", "x") == []

@@ -77,3 +77,34 @@ class HybridLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"layer={self.layer}, in_features={self.in_features}, out_features={self.out_features}, "
                 f"kernel={self.kernel}")
+
+
+class KVCacheBinding:
+    """What the engine keeps for a `layers.{i}.kv_cache` entry: no weights. The attention module points
+    back to it, so that a request's cache reads its precision from the map the request is pinned to
+    (worker.models.decoder.Decoder.new_cache)."""
+
+    def __init__(self, layer: str, attention: nn.Module, engine):
+        self.layer, self.engine = layer, engine
+        attention.kv_cache_binding = self
+
+    def precision(self) -> str:
+        return self.engine.snapshot_for_this_thread().methods[self.layer]
+
+    def kernel_name(self, precision: str) -> str:
+        return "base" if precision == "bf16" else "fp8-kv"
+
+    def prepare(self, precision: str) -> None:
+        """Nothing to build: K and V are quantized as they are written."""
+
+    def restore_base(self) -> None:
+        """No weights to restore."""
+
+    def drop_base(self) -> None:
+        """No weights to drop."""
+
+    def device_bytes(self) -> dict[str, int]:
+        return {}
+
+    def host_bytes(self) -> int:
+        return 0

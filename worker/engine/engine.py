@@ -14,11 +14,16 @@ import torch
 from torch import nn
 
 from mixprec.errors import FailedPrecondition, FieldError, InvalidArgument
+from mixprec.policy import KV_CACHE_PRECISIONS, is_kv_cache
 from worker.engine import kernels
-from worker.engine.binding import HybridLinear
+from worker.engine.binding import HybridLinear, KVCacheBinding
 from worker.engine.methods import BASE, METHODS
 
 RESIDENCIES = ("both", "fp8-only")
+
+
+class PassCancelled(Exception):
+    """A shadow pass stopped before its next forward because its caller no longer wants the result."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class HybridEngine:
         self.device, self.base_dtype = parameter.device, parameter.dtype
         self.kernel = kernels.resolve_kernel(kernel, self.device, self.base_dtype)
         self.catalog: tuple[str, ...] = tuple(layer_map)
-        self.bindings: dict[str, HybridLinear] = {layer: self._bind(path, layer) for layer, path in layer_map.items()}
+        self.bindings: dict[str, HybridLinear | KVCacheBinding] = {layer: self._bind(path, layer) for layer, path in layer_map.items()}
         self._snapshot = Snapshot(0, MappingProxyType({layer: BASE for layer in self.catalog}))
         self._local = threading.local()
         self._apply_lock = threading.Lock()  # one writer: apply, using's preparation, residency changes
@@ -74,6 +79,8 @@ class HybridEngine:
             linear = getattr(parent, child)
         except AttributeError:
             raise InvalidArgument(FieldError(layer, f"module path {path!r} is not in the model")) from None
+        if is_kv_cache(layer):  # the attention module whose K/V a request's cache keeps
+            return KVCacheBinding(layer, linear, self)
         if isinstance(linear, HybridLinear):
             raise InvalidArgument(FieldError(layer, f"{path} is already bound by another engine"))
         if not isinstance(linear, nn.Linear):
@@ -87,6 +94,9 @@ class HybridEngine:
 
         @functools.wraps(forward)
         def pinned_forward(*args, **kwargs):
+            cancelled = getattr(self._local, "cancelled", None)
+            if cancelled is not None and cancelled():
+                raise PassCancelled("the pass was cancelled before its next forward")
             with self.pinned():
                 return forward(*args, **kwargs)
 
@@ -112,11 +122,12 @@ class HybridEngine:
             yield snapshot
 
     @contextmanager
-    def using(self, precision_map: Mapping[str, str]) -> Iterator[Snapshot]:
+    def using(self, precision_map: Mapping[str, str], cancelled=None) -> Iterator[Snapshot]:
         """Run this thread's passes at another map without changing what everyone else runs (shadow eval).
 
         With residency "fp8-only" the base copies this map needs come back for the block and leave again
-        after it.
+        after it. `cancelled()` is asked before each forward of the block; once true the next forward
+        raises PassCancelled (a long evaluation stops at the next batch).
         """
         methods = self._validated(precision_map)
         snapshot = Snapshot(-1, MappingProxyType(methods))
@@ -126,8 +137,12 @@ class HybridEngine:
                     self._ready(layer, precision)
                 with self._pins_changed:
                     self._pin(snapshot)
-            with self._running(snapshot):
-                yield snapshot
+            outer_cancelled, self._local.cancelled = getattr(self._local, "cancelled", None), cancelled
+            try:
+                with self._running(snapshot):
+                    yield snapshot
+            finally:
+                self._local.cancelled = outer_cancelled
         finally:  # also when preparing failed half-way (NaN weights): no base copy stays behind
             if self.residency == "fp8-only":
                 with self._apply_lock:
@@ -161,7 +176,8 @@ class HybridEngine:
 
     def prepare(self, precisions: Iterable[str], layers: Iterable[str] | None = None) -> None:
         """Build FP8 copies now rather than at the first switch that needs them (e.g. at startup)."""
-        precisions, layers = list(precisions), list(self.catalog if layers is None else layers)
+        precisions = list(precisions)
+        layers = [layer for layer in (self.catalog if layers is None else layers) if not is_kv_cache(layer)]
         for precision in precisions:
             self._validated(dict.fromkeys(layers, precision))
         with self._apply_lock:
@@ -199,6 +215,8 @@ class HybridEngine:
             if layer not in self.bindings:
                 errors.append(FieldError(layer, f"is not in this model's catalog ({len(self.catalog)} layers, "
                                                 f"e.g. {self.catalog[0]!r})"))
+            elif is_kv_cache(layer) and precision not in KV_CACHE_PRECISIONS:
+                errors.append(FieldError(layer, f"a KV cache runs {' or '.join(KV_CACHE_PRECISIONS)}, not {precision!r}"))
             elif precision not in METHODS:
                 errors.append(FieldError(layer, f"unknown precision {precision!r}; this engine runs "
                                                 f"{', '.join(METHODS)}"))
@@ -208,7 +226,7 @@ class HybridEngine:
 
     def _ready(self, layer: str, precision: str) -> None:
         binding = self.bindings[layer]
-        if METHODS[precision].uses_base_weight:
+        if METHODS[precision].uses_base_weight:  # a KV cache's bf16 and fp8 need no preparation either way
             binding.restore_base()
         else:
             binding.prepare(precision)

@@ -24,6 +24,8 @@ class LoadedModel:
     batches: Callable[[list[str]], list] | None = None
     # Modules outside the catalog that always run at base, with why (embeddings, the output head).
     at_base: dict[str, str] = field(default_factory=dict)
+    # For causal LMs: next-token logits, greedy generation and per-request KV caches (worker.models.decoder).
+    decoder: object | None = None
 
     @property
     def catalog(self) -> list[str]:

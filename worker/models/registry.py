@@ -11,6 +11,7 @@ from mixprec.families import HF_PREFIX
 NAMED = {
     "minilm": "worker.models.minilm:load_minilm",
     "gemma3-270m": "worker.models.decoder:load_gemma3_270m",
+    "tiny-llama": "worker.models.tiny:load_tiny_decoder",  # random weights: tests and trying things out
 }
 HF_LOADER = "worker.models.decoder:load_hf"  # --model hf:PATH
 FACTORY_LOADER = "worker.models.factory:load_factory"  # --model package.module:factory

@@ -66,11 +66,15 @@ class StagedEncoder:
         """Estimated cost of a run from `stage` of `block`, as a share of a full forward pass."""
         return (len(self.blocks) - block - _SKIPPED[stage]) / len(self.blocks)
 
-    @torch.inference_mode()
-    def capture(self, batches, packed: bool = True) -> tuple[torch.Tensor, list[CapturedBatch]]:
+    def capture(self, batches, packed: bool = True, during=None) -> tuple[torch.Tensor, list[CapturedBatch]]:
         """Runs the model once over `batches` ((index, tokenizer output) pairs) at the engine's current map:
         the texts' embeddings (as the model's own embed computes them) and each block's stage
-        activations; `packed=False` keeps padding rows too."""
+        activations; `packed=False` keeps padding rows too. `during(embeddings, tokens)`, if given, is
+        called per batch on the embeddings with their graph (the fast sweep's estimates ride on this pass)."""
+        with torch.inference_mode(during is None):
+            return self._capture(batches, packed, during)
+
+    def _capture(self, batches, packed: bool, during) -> tuple[torch.Tensor, list[CapturedBatch]]:
         captured = []
         out = torch.empty(sum(len(index) for index, _ in batches), self.hidden_size)
         for index, tokens in batches:
@@ -94,7 +98,10 @@ class StagedEncoder:
                         lambda _m, _a, out, b=batch: b.attention.append(self._rows(b, out[0]))),
                 ]
             try:
-                out[batch.index] = mean_pooled(self.model(**tokens).last_hidden_state, tokens["attention_mask"])
+                pooled = mean_pooled(self.model(**tokens).last_hidden_state, tokens["attention_mask"])
+                if during is not None:
+                    during(pooled, tokens)
+                out[batch.index] = pooled.detach()
             finally:
                 for handle in handles:
                     handle.remove()
@@ -103,7 +110,7 @@ class StagedEncoder:
 
     @staticmethod
     def _rows(batch: CapturedBatch, hidden: torch.Tensor) -> torch.Tensor:
-        flat = hidden.reshape(-1, hidden.shape[-1])
+        flat = hidden.detach().reshape(-1, hidden.shape[-1])
         return flat if batch.rows is None else flat[batch.rows]
 
     def _attend(self, block, x: torch.Tensor, batch: CapturedBatch) -> torch.Tensor:

@@ -42,9 +42,21 @@ class ShadowEvaluator:
         self._reference = None if reference is None else self._split(reference)
         self._reference_metrics: dict[str, float] | None = None
 
-    def embed(self, precision_map: Mapping[str, str], label: str = "candidate") -> torch.Tensor:
-        """Embeddings of `texts` with `precision_map` applied to this pass only."""
-        with self.engine.using(precision_map):
+    metrics = METRICS
+    default_metric = "cosine_to_base"  # agreement with base separates layers far better than label metrics
+
+    @property
+    def samples(self) -> int:
+        return len(self.pairs)
+
+    def use_reference(self, vectors: torch.Tensor) -> None:
+        """Base embeddings of `texts` that a caller already computed (the sweep's capture pass)."""
+        self._reference = self._split(vectors)
+
+    def embed(self, precision_map: Mapping[str, str], label: str = "candidate", cancelled=None) -> torch.Tensor:
+        """Embeddings of `texts` with `precision_map` applied to this pass only (PassCancelled once
+        `cancelled()` turns true)."""
+        with self.engine.using(precision_map, cancelled):
             return self.model.embed(self.texts, progress=label if self.progress else None)
 
     def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +74,8 @@ class ShadowEvaluator:
         deltas = {name: metrics[name] - self._reference_metrics[name] for name in METRICS}
         return EvalResult(metrics, self._reference_metrics, deltas, len(self.pairs))
 
-    def evaluate(self, precision_map: Mapping[str, str]) -> EvalResult:
-        return self.compare(self.embed(precision_map))
+    def evaluate(self, precision_map: Mapping[str, str], cancelled=None) -> EvalResult:
+        return self.compare(self.embed(precision_map, cancelled=cancelled))
 
     def _split(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return vectors[: len(self.pairs)], vectors[len(self.pairs):]

@@ -104,8 +104,8 @@ def test_batches_group_texts_by_token_count_and_cover_each_text_once(minilm):
 
 
 def test_sweep_is_deterministic_and_writes_policy_table_chart_and_json(minilm, minilm_engine, tmp_path):
-    first = run_sweep(minilm, minilm_engine, load_pairs(4), granularity="group", max_drop=0.002)
-    second = run_sweep(minilm, minilm_engine, load_pairs(4), granularity="group", max_drop=0.002)
+    first = run_sweep(minilm, minilm_engine, load_pairs(4), granularity="group", max_drop=0.002, algorithm="exact")
+    second = run_sweep(minilm, minilm_engine, load_pairs(4), granularity="group", max_drop=0.002, algorithm="exact")
     assert [u.delta for u in first.units] == [u.delta for u in second.units]
     assert [u.name for u in first.units][:2] == ["layers.*.attention.q_proj", "layers.*.attention.k_proj"]
     policy_path = tmp_path / "map.yaml"
@@ -120,6 +120,8 @@ def test_sweep_is_deterministic_and_writes_policy_table_chart_and_json(minilm, m
     rows = sweep_table(data)
     assert [r["group"] for r in rows] == [u.name for u in sorted(first.units, key=lambda u: u.drop)]
     assert {r["chosen"] for r in rows if r["group"] in {u.name for u in first.units if u.reverted}} == {"bf16 (combined check)"}
+    assert all(r["drop at fp8"] == f"{u.drop:.6f}" for r, u in zip(rows, sorted(first.units, key=lambda u: u.drop),
+                                                                    strict=True))
 
 
 class Recorder(SweepProgress):
@@ -141,7 +143,7 @@ class Recorder(SweepProgress):
 
 def test_progress_reports_each_step_with_work_that_shrinks_for_later_layers(minilm, minilm_engine):
     recorder = Recorder()
-    result = run_sweep(minilm, minilm_engine, load_pairs(4), max_drop=0.0015, progress=recorder)
+    result = run_sweep(minilm, minilm_engine, load_pairs(4), max_drop=0.0015, progress=recorder, algorithm="exact")
     kinds = [e[0] for e in recorder.events]
     assert kinds[:2] == ["reference", "start"] and recorder.events[0][1] == 8
     _, names, work = recorder.events[1]
@@ -159,3 +161,65 @@ def test_a_model_that_is_not_an_embedder_is_refused_by_name_and_nothing_is_writt
     assert main(["sweep", "--model", "toy_models:make_mlp", "--samples", "2", "-o", str(tmp_path / "map.yaml")]) == 2
     assert "'toy_models:make_mlp' is not an embedder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_fast_sweep_reaches_the_exact_sweeps_map_measuring_fewer_units(minilm, minilm_engine, measured):
+    sweep, units = measured
+    budget = sum(sorted(u.drop for u in units)[:12])  # several combined checks, several reverts
+    exact, _ = sweep.choose(units, budget)
+    fast = run_sweep(minilm, minilm_engine, load_pairs(8), max_drop=budget)
+    assert {k: v for k, v in fast.precision_map.items() if v != "bf16"} == exact
+    assert [u.name for u in fast.units if u.reverted] == [u.name for u in units if u.reverted]
+    account = fast.fast
+    assert 3 <= len(account["measured"]) < len(units) and account["checks_skipped"] > 0
+    assert len(fast.combined) < len([u for u in units if u.reverted]) + 1
+    assert fast.calibration_drop <= budget and fast.calibration_drop == pytest.approx(
+        -sweep.deltas(sweep.evaluator.embed(exact))["cosine_to_base"], abs=FLOAT_NOISE)
+    measured_units = [u for u in fast.units if u.trials[0].measured is not None]
+    assert all(u.delta == pytest.approx(-u.drop) for u in measured_units)
+    assert all(u.delta is None and u.drop == u.trials[0].estimate for u in fast.units if u not in measured_units)
+    assert account["rank_correlation_measured"] > 0.5
+
+
+def test_a_precision_ladder_gives_each_unit_the_first_precision_it_takes_fast_and_exact_alike(minilm, minilm_engine):
+    pairs = load_pairs(4)
+    alone = {p: run_sweep(minilm, minilm_engine, pairs, granularity="group", precision=p, algorithm="exact",
+                          max_drop=math.inf).units for p in ("fp8", "fp8-weight-only")}
+    budget = 0.99 * max(u.drop for u in alone["fp8"])  # the most sensitive group cannot take fp8 alone ...
+    assert max(u.drop for u in alone["fp8-weight-only"]) < budget  # ... but any group can take weight-only
+    results = {algorithm: run_sweep(minilm, minilm_engine, pairs, granularity="group", precision="fp8,fp8-weight-only",
+                                    max_drop=budget, algorithm=algorithm) for algorithm in ("exact", "fast")}
+    exact = results["exact"]
+    assert results["fast"].precision_map == exact.precision_map
+    for unit in exact.units:
+        fits = [t.precision for t in unit.trials if t.measured is not None and t.measured <= budget]
+        assert unit.precision == fits[0] or unit.reverted  # the first it takes alone, unless the check moved it
+        assert unit.trials[0].measured == pytest.approx(next(u.drop for u in alone["fp8"] if u.name == unit.name))
+    assert "fp8-weight-only" in {u.precision for u in exact.units}
+    assert exact.calibration_drop <= budget and exact.combined[-1]["final"]
+
+
+def test_held_out_figures_come_from_pairs_the_sweep_never_saw(minilm, minilm_engine, monkeypatch):
+    from worker.quality.shadow import ShadowEvaluator
+    from worker.sweep import split_holdout
+
+    calibration, held = split_holdout(load_pairs(10), 3)
+    assert len(calibration) == 7 and len(held) == 3 and not set(calibration) & set(held)
+    seen: list[list[str]] = []
+    for name in ("batches", "embed"):
+        original = getattr(minilm, name)
+
+        def spy(texts, *args, _original=original, **kwargs):
+            seen.append(list(texts))
+            return _original(texts, *args, **kwargs)
+
+        monkeypatch.setattr(minilm, name, spy)
+    result = run_sweep(minilm, minilm_engine, calibration, max_drop=0.002, holdout=held)
+    held_texts = {p.query for p in held} | {p.document for p in held}
+    sweep_calls = [texts for texts in seen if not held_texts & set(texts)]
+    assert len(seen) - len(sweep_calls) == 2  # the held-out pairs: base and the chosen map, nothing else
+    assert result.holdout["pairs"] == 3
+    chosen = {k: v for k, v in result.precision_map.items() if v != "bf16"}
+    direct = ShadowEvaluator(minilm_engine, minilm, held).evaluate(chosen).deltas
+    assert result.holdout["drop"] == pytest.approx(-direct["cosine_to_base"], abs=FLOAT_NOISE)
+    assert result.holdout["drop"] != result.calibration_drop

@@ -1,0 +1,1 @@
+"""The incident-room dashboard: pages, live regions and actions over the control plane's services."""

@@ -1,0 +1,97 @@
+"""Write calls with a definite outcome: nothing commits after the caller's deadline, and a call retried
+with the same request id is applied once (SQLite and Postgres)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import grpc
+import pytest
+from support import LAYERS, rules, snapshot, stubs
+
+from controlplane import domain
+from controlplane.storage.database import open_engine, upgrade
+from controlplane.storage.repositories import utcnow
+from controlplane.storage.unit_of_work import unit_of_work_factory
+from controlplane.storage.write_requests import WriteScope, current_scope
+from mixprec.cli.main import main
+from mixprec.errors import Unavailable
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import policy_pb2 as pb
+
+
+def write_an_endpoint(url: str, scope: WriteScope, pause: float = 0.0) -> None:
+    engine = open_engine(url)
+    token = current_scope.set(scope)
+    try:
+        with unit_of_work_factory(engine)() as uow:
+            uow.endpoints.add(domain.Endpoint("emb", "bf16", "", tuple(LAYERS), utcnow()))
+            time.sleep(pause)  # the transaction outlives its caller's patience
+            uow.commit()
+    finally:
+        current_scope.reset(token)
+        engine.dispose()
+
+
+def test_a_transaction_whose_deadline_passes_before_commit_writes_nothing(db_url):
+    before = snapshot(db_url)
+    with pytest.raises(Unavailable, match="deadline passed before committing; nothing was written"):
+        write_an_endpoint(db_url, WriteScope.open("r-1", "CreateEndpoint", time_remaining=0.3), pause=0.3)
+    assert snapshot(db_url) == before
+    write_an_endpoint(db_url, WriteScope.open("r-2", "CreateEndpoint", time_remaining=30))
+    assert [row[1] for row in snapshot(db_url)["endpoints"]] == ["emb"]
+    assert [row[1] for row in snapshot(db_url)["write_requests"]] == ["r-2"]
+
+
+def test_postgres_itself_refuses_a_commit_that_arrives_after_the_deadline(empty_pg_url):
+    engine = open_engine(empty_pg_url)
+    upgrade(engine)
+    engine.dispose()
+    before = snapshot(empty_pg_url)
+    # The control plane's own clock says there is time left; the database's says the deadline has passed
+    # (a COMMIT held up on the way): the trigger at COMMIT decides.
+    late = WriteScope("r-late", "CreateEndpoint", time.monotonic() + 30, utcnow() - timedelta(seconds=1))
+    with pytest.raises(Unavailable, match="after its deadline"):
+        write_an_endpoint(empty_pg_url, late)
+    assert snapshot(empty_pg_url) == before
+
+
+def test_a_retried_write_with_the_same_request_id_is_applied_once_and_answered_alike(control_plane, db_url):
+    policies, fleet = stubs(control_plane.address)
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS, request_id="e-1"))
+    again = policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS, request_id="e-1"))
+    assert again.name == "emb"  # not ALREADY_EXISTS: it is the first call's answer
+    create = pb.CreatePolicyRequest(endpoint="emb", parent_version=0, rules=rules(("layers.*", "fp8")),
+                                    request_id="p-1")
+    first, retried = policies.CreatePolicy(create), policies.CreatePolicy(create)
+    assert first == retried and first.version == 1
+    assert len(policies.ListPolicies(pb.ListPoliciesRequest(endpoint="emb")).versions) == 1
+    # Without the key, the same retry is a second write (here refused by compare-and-swap).
+    create.request_id = ""
+    with pytest.raises(grpc.RpcError) as conflict:
+        policies.CreatePolicy(create)
+    assert conflict.value.code() == grpc.StatusCode.ABORTED
+
+    for bad in ("x" * 101, "a\x00b"):
+        with pytest.raises(grpc.RpcError) as refused:
+            fleet.Activate(apb.ActivateRequest(endpoint="emb", version=1, request_id=bad))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in refused.value.details()
+    assert snapshot(db_url)["activations"] == []
+
+
+def test_the_cli_retries_safely_with_request_id(control_plane, capsys):
+    policies, fleet = stubs(control_plane.address)
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+    for parent, match in enumerate(("layers.0.*", "layers.*")):
+        policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=parent,
+                                                     rules=rules((match, "fp8"))))
+    for _ in range(2):
+        assert main(["--server", control_plane.address, "activate", "emb", "2", "--request-id", "deploy-7"]) == 0
+    outputs = capsys.readouterr().out.splitlines()
+    assert outputs[0] == outputs[1] and "v0 -> v2" in outputs[0]
+    audit = fleet.ListAudit(apb.ListAuditRequest(endpoint="emb")).entries
+    assert [e.action for e in audit].count("activate") == 1
+    # Without --request-id the CLI makes one up: a failure it cannot see the end of names it.
+    assert main(["--server", "127.0.0.1:1", "activate", "emb", "1"]) == 5
+    assert "retry with --request-id cli-" in capsys.readouterr().err

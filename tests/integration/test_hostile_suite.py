@@ -1,0 +1,278 @@
+"""Generated hostile requests against every RPC the server lists through reflection, and the CLI.
+
+Each case is one call with an admin token (so nothing is refused for want of rights): the answer is
+never UNKNOWN or INTERNAL, never carries SQL or a stack, and a refused call writes nothing. The
+server (in this process, on Postgres, port 0) is reused by every case; its memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import LAYERS, RunningControlPlane, rules, stubs
+
+from controlplane.auth import TokenService
+from controlplane.storage.database import open_engine, upgrade
+from controlplane.storage.unit_of_work import unit_of_work_factory
+from mixprec import transport
+from mixprec.cli.main import main
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import policy_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+CASES = int(os.environ.get("MIXPREC_HOSTILE_CASES", "500"))  # unary cases; streams and the CLI get a fifth each
+LEAKS = ("SELECT", "INSERT", "UPDATE ", "Traceback", "sqlalchemy", "psycopg", "[SQL", "parameters")
+FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+# Texts that hit every limit and every storage quirk: NUL, control characters, sizes just over limits.
+SIZES = (0, 1, 62, 63, 64, 100, 101, 128, 129, 200, 201, 256, 257, 10_000, 10_001, 1_000_001, 3_800_000)
+# Plausible values too (three times as likely), so that generated calls also get past validation.
+PLAUSIBLE = st.sampled_from(["emb", "other", "fp8", "bf16", "layers.*.mlp.*", "*", "layers.0.mlp.up_proj",
+                             "viewer", "operator", "new-endpoint", "a reason", "{}"])
+TEXT = st.one_of(
+    PLAUSIBLE, PLAUSIBLE, PLAUSIBLE,
+    st.sampled_from(["[", "[]", "a\x00b", "\x00", "é", "🙂", "[[[[", " ", "\n", "DROP TABLE endpoints; --"]),
+    st.builds(lambda n, c: c * n, st.sampled_from(SIZES), st.sampled_from(["a", "\x00", "*a", "[", "é"])),
+    st.text(max_size=40),
+)
+INTS = {
+    FieldDescriptor.TYPE_UINT32: st.sampled_from([0, 1, 1, 1, 2, 2, 3, 2**31 - 1, 2**31, 2**32 - 1]),
+    FieldDescriptor.TYPE_UINT64: st.sampled_from([0, 1, 2**31 - 1, 2**31, 2**53 + 1, 2**63, 2**64 - 1]),
+    FieldDescriptor.TYPE_INT32: st.sampled_from([0, 1, -1, 2**31 - 1, -(2**31)]),
+    FieldDescriptor.TYPE_INT64: st.sampled_from([0, -1, 2**63 - 1, -(2**63)]),
+}
+DOUBLES = st.one_of(st.sampled_from([0.0, 0.01, 1.0, 25.0, 100.0]), st.sampled_from([0.0, 0.5, 50.0]),
+                    st.sampled_from([-1.0, 1e14, 1e308, float("inf"), float("nan"), 5e-324]),
+                    st.floats(allow_nan=True, allow_infinity=True))
+
+
+def message_strategy(descriptor, depth: int = 0):
+    """Messages of `descriptor` with any subset of fields set to hostile values."""
+    fields = {}
+    for field in descriptor.fields:
+        value = _field_strategy(field, depth)
+        if value is not None:
+            fields[field.name] = st.one_of(st.none(), value)
+    cls = message_factory.GetMessageClass(descriptor)
+
+    def build(values):
+        message = cls()
+        for name, value in values.items():
+            if value is None:
+                continue
+            field = descriptor.fields_by_name[name]
+            target = getattr(message, name)
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                for k, v in value.items():
+                    if field.message_type.fields_by_name["value"].message_type is not None:
+                        target[k].CopyFrom(v)
+                    else:
+                        target[k] = v
+            elif field.is_repeated:
+                if field.message_type is not None:
+                    for item in value:
+                        target.add().CopyFrom(item)
+                else:
+                    target.extend(value)
+            elif field.message_type is not None:
+                target.CopyFrom(value)
+            else:
+                setattr(message, name, value)
+        return message
+
+    return st.fixed_dictionaries({}, optional=fields).map(build)
+
+
+def _scalar(field, depth):
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return TEXT
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return st.binary(max_size=300)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return DOUBLES
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return st.sampled_from([v.number for v in field.enum_type.values])
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return message_strategy(field.message_type, depth + 1) if depth < 3 else None
+    return INTS.get(field.type, st.integers(0, 2**31 - 1))
+
+
+def _field_strategy(field, depth):
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value = _scalar(field.message_type.fields_by_name["value"], depth)
+        return st.dictionaries(TEXT, value, max_size=3) | st.builds(
+            lambda n: {f"m{i}": 1.0 for i in range(n)}, st.sampled_from([64, 65, 1000]))
+    item = _scalar(field, depth)
+    if item is None:
+        return None
+    if field.is_repeated:
+        # Long lists of short items (a long list of long items is only the client's own memory).
+        short = st.just("layers.0.x") if field.type == FieldDescriptor.TYPE_STRING else item
+        many = st.builds(lambda n, v: [v] * n, st.sampled_from([21, 65, 1001, 20_001]), short)
+        return st.lists(item, max_size=4) | many
+    return item
+
+
+@pytest.fixture(scope="module")
+def target(postgres):
+    url = postgres.create()
+    engine = open_engine(url)
+    upgrade(engine)
+    admin, _ = TokenService(unit_of_work_factory(engine)).create("fuzz-admin", "admin")
+    engine.dispose()
+    # The controller never runs during the suite: only the fuzzed calls write.
+    running = RunningControlPlane(url, auth="required", rollout_interval=3600, stream_limits={"hello_timeout": 1})
+    policy, fleet = stubs(running.address, admin)
+    for name in ("emb", "other"):
+        policy.CreateEndpoint(pb.CreateEndpointRequest(name=name, layers=LAYERS))
+        policy.CreatePolicy(pb.CreatePolicyRequest(endpoint=name, rules=rules(("layers.*.mlp.*", "fp8"))))
+    fleet.Activate(apb.ActivateRequest(endpoint="emb", version=1))
+    channel = transport.channel(running.address, admin)
+    database = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(running.address))
+    pool = DescriptorPool(database)
+    methods = [
+        method
+        for service in database.get_services() if service.startswith("mixprec.")
+        for method in pool.FindServiceByName(service).methods
+    ]
+    engine = open_engine(url)
+    yield running, channel, methods, engine, admin, url
+    engine.dispose()
+    running.stop()
+    postgres.drop(url)
+
+
+def _fingerprint(engine) -> tuple:
+    """Row count and largest id of every table: changes whenever anything is written."""
+    with engine.connect() as conn:
+        tables = [t for t in sa.inspect(conn).get_table_names() if t != "alembic_version"]
+        query = " UNION ALL ".join(f"SELECT '{t}', COUNT(*), COALESCE(MAX(id), 0) FROM {t}" for t in tables)
+        return tuple(sorted(conn.execute(sa.text(query))))
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (the server runs in it), after a collection."""
+    gc.collect()
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _check(err: grpc.RpcError, what: str) -> None:
+    assert err.code() not in FORBIDDEN, f"{what}: {err.code().name} {err.details()}"
+    details = err.details() or ""
+    assert not any(leak in details for leak in LEAKS), f"{what} leaks internals: {details[:300]}"
+
+
+def test_every_unary_rpc_survives_generated_hostile_requests(target):
+    running, channel, methods, engine, _, _ = target
+    unary = [m for m in methods if not m.client_streaming and not m.server_streaming]
+    assert {m.name for m in unary} >= {"CreateEndpoint", "DeleteEndpoint", "CreatePolicy", "ResolvePolicy",
+                                       "Activate", "Rollback", "StartRollout", "GetRollout", "CreateToken"}
+    counted = {"cases": 0}
+    outcomes: dict[str, int] = {}
+    rss_before = _rss_mib()
+
+    @settings(max_examples=CASES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(st.data())
+    def case(data):
+        method = data.draw(st.sampled_from(unary), label="method")
+        raw = data.draw(st.booleans(), label="raw bytes") and data.draw(st.binary(max_size=64), label="bytes")
+        request = raw if raw else data.draw(message_strategy(method.input_type), label="request")
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        call = channel.unary_unary(path, request_serializer=None if raw else type(request).SerializeToString)
+        before = _fingerprint(engine)
+        counted["cases"] += 1
+        try:
+            call(request, timeout=30)
+            outcomes["OK"] = outcomes.get("OK", 0) + 1
+        except grpc.RpcError as err:
+            outcomes[err.code().name] = outcomes.get(err.code().name, 0) + 1
+            _check(err, path)
+            assert _fingerprint(engine) == before, f"{path} was refused ({err.code().name}) but wrote"
+
+    case()
+    print("outcomes:", sorted(outcomes.items()))
+    assert counted["cases"] >= CASES
+    grown = _rss_mib() - rss_before
+    assert grown < 150, f"the server kept {grown:.0f} MiB after {CASES} cases"
+
+
+def test_agent_streams_survive_generated_hostile_messages(target):
+    running, _, methods, _, admin, _ = target
+    connect = next(m for m in methods if m.name == "Connect")
+    from mixprec.v1 import agent_pb2_grpc
+
+    stub = agent_pb2_grpc.AgentServiceStub(transport.channel(running.address, admin))
+    hello = apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id="fuzz", layers=LAYERS))
+    messages = message_strategy(connect.input_type)
+
+    @settings(max_examples=max(CASES // 5, 50), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(st.booleans(), st.lists(messages, max_size=4))
+    def case(start_with_hello, sent):
+        stop = threading.Event()
+
+        def outgoing():
+            if start_with_hello:
+                yield hello
+            yield from sent
+            stop.wait(0.2)
+
+        try:
+            for _ in stub.Connect(outgoing(), timeout=5):
+                pass
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                _check(err, "Connect")
+        finally:
+            stop.set()
+
+    case()
+    assert stubs(running.address, admin)[0].ListEndpoints(pb.ListEndpointsRequest(), timeout=10) is not None
+
+
+CLI_COMMANDS = [
+    ["endpoint", "create"], ["endpoint", "show"], ["endpoint", "delete", "--reason", "fuzz"],
+    ["policy", "show"], ["policy", "history"], ["policy", "diff"], ["activate"], ["rollback", "--reason", "fuzz"],
+    ["fleet"], ["audit"], ["rollout", "status"], ["rollout", "start"], ["rollout", "abort"], ["token", "revoke"],
+]
+CLI_TEXT = st.one_of(st.sampled_from(["emb", "-1", "4294967295", "99999999999", "1e14", "nan", "", "é", "a" * 300]),
+                     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                             max_size=20))
+
+
+def test_the_cli_answers_generated_arguments_with_its_exit_codes(target, capsys, monkeypatch):
+    running, _, _, engine, admin, _ = target
+    monkeypatch.setenv("MIXPREC_TOKEN", admin)
+
+    @settings(max_examples=max(CASES // 5, 50), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(CLI_COMMANDS), st.lists(CLI_TEXT, min_size=1, max_size=3))
+    def case(command, values):
+        try:
+            code = main(["--server", running.address, *command, "--", *values])
+        except SystemExit as exit_:  # argparse: usage errors are exit 2
+            code = exit_.code
+        out, err = capsys.readouterr()
+        assert code in (0, 2, 3, 4, 6), f"{command} {values!r}: exit {code}\n{err}"
+        assert "Traceback" not in err and not any(leak in err for leak in LEAKS[:3])
+
+    started = time.monotonic()
+    case()
+    assert time.monotonic() - started < 600

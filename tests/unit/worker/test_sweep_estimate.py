@@ -1,0 +1,97 @@
+"""The fast sweep's arithmetic on small modules whose exact change is known, and its margins."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.engine import HybridEngine
+from worker.engine.fp8 import dequantize, quantize
+from worker.sweep_estimate import COSINE, Probe, estimate, rank_correlation
+from worker.sweep_fast import Margin
+
+
+def toy(width: int = 24):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(width, 48), nn.Tanh(), nn.Linear(48, 16))
+    engine = HybridEngine(model, {"up": "0", "down": "2"}, kernel="emulated")
+    x = torch.randn(64, width)
+    return model, engine, [(list(range(32)), {"x": x[:32]}), (list(range(32, 64)), {"x": x[32:]})], x
+
+
+@torch.no_grad()
+def fp8_error(x, weight, bias):
+    """y(FP8 weights per channel, activations per token) - y(base), written out by hand."""
+    wq, ws = quantize(weight, rowwise=True)
+    xq, xs = quantize(x, rowwise=True)
+    return F.linear(dequantize(xq, xs), dequantize(wq, ws), bias) - F.linear(x, weight, bias)
+
+
+def test_a_first_order_probe_gives_gradient_times_quantization_error_exactly():
+    model, engine, batches, x = toy()
+    # The output's sum is linear in the last layer's output: the estimate is the sum of its FP8 error.
+    total = Probe("sum", lambda out, tokens, gen: out.sum(), lambda out, tokens: out.shape[0], quadratic=False, probes=1)
+    est = estimate(engine, batches, lambda tokens: model(tokens["x"]), total, ["fp8"])
+    hidden = torch.tanh(model[0](x)).detach()
+    expected = fp8_error(hidden, model[2].weight, model[2].bias).sum(1).mean()
+    assert est.worsening({"down": "fp8"}) == pytest.approx(float(expected), rel=1e-4)
+    assert abs(float(expected)) > 1e-4  # a real change, not float noise
+
+
+def test_random_probes_recover_half_the_squared_norm_of_the_output_change():
+    model, engine, batches, x = toy()
+    plain = Probe("norm", COSINE.draw, lambda out, tokens: out.shape[0], probes=300)
+    est = estimate(engine, batches, lambda tokens: model(tokens["x"]), plain, ["fp8"], seed=3)
+    hidden = torch.tanh(model[0](x))
+    expected = 0.5 * fp8_error(hidden, model[2].weight, model[2].bias).pow(2).sum(1).mean()
+    assert est.worsening({"down": "fp8"}) == pytest.approx(float(expected), rel=0.05)
+
+
+def test_the_cosine_estimate_matches_the_measured_cosine_drop_alone_and_together():
+    model, engine, batches, x = toy()
+
+    def embed(tokens):
+        return F.normalize(model(tokens["x"]), dim=-1)
+
+    est = estimate(engine, batches, embed, COSINE.__class__(**{**COSINE.__dict__, "probes": 200}), ["fp8"], seed=1)
+    with torch.no_grad():
+        base = embed({"x": x})
+        for assignment in ({"up": "fp8"}, {"down": "fp8"}, {"up": "fp8", "down": "fp8"}):
+            with engine.using(assignment):
+                measured = float((1 - (embed({"x": x}) * base).sum(1)).mean())
+            assert est.worsening(assignment) == pytest.approx(measured, rel=0.1), assignment
+    assert est.worsening({}) == 0.0
+
+
+def test_margin_is_unbounded_until_enough_trials_then_follows_the_largest_miss():
+    margin = Margin(scaled=False)
+    assert margin.bounds(1.0) == (-math.inf, math.inf)
+    for raw, measured in ((1.0, 1.1), (2.0, 1.8), (1.0, 1.0)):
+        margin.learn(raw, measured)
+    assert margin.width == pytest.approx(1.5 * 0.1)
+    assert margin.bounds(2.0) == pytest.approx((2.0 * (1 - 0.15), 2.0 * (1 + 0.15)))
+    proxy = Margin(scaled=True)
+    for raw in (1.0, 2.0, 3.0):
+        proxy.learn(raw, 10 * raw)  # a proxy ten times smaller than the metric
+    assert proxy.scale == pytest.approx(10.0) and proxy.width == pytest.approx(0.0)
+
+
+def test_rank_correlation_is_spearmans():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(("argv", "field"), [(["--precision", "fp8,int4"], "--precision"),
+                                             (["--precision", "fp8,fp8"], "--precision"),
+                                             (["--holdout", "1"], "--holdout")])
+def test_bad_sweep_options_are_refused_by_name_before_anything_loads(argv, field, tmp_path, capsys):
+    from mixprec.cli.main import main
+
+    assert main(["sweep", "--model", "minilm", *argv, "-o", str(tmp_path / "map.yaml")]) == 2
+    assert field in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

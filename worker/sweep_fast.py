@@ -1,0 +1,286 @@
+"""The fast sweep: every unit's drop estimated, exact runs only where a decision depends on them.
+
+It walks the same path as the exact sweep (`Sweep.choose`): each unit at its first precision within the
+budget alone, then the most sensitive unit down its ladder until the combined drop fits. The walk runs
+on estimates (worker.sweep_estimate), each taken as an interval: the estimate plus or minus a margin
+learned from how far the estimates missed on the trials measured exactly (1.5 times the largest
+relative miss so far; unbounded until three trials are measured). A trial is measured exactly only when
+its interval leaves a decision open: whether it fits the budget alone, or whether it sits on the other
+side of the walk's stopping point from a unit it might swap places with. The combined drop of each
+state of the walk is predicted the same way (cross terms included); the state predicted to be the first
+within the budget is checked exactly, and so is the state before it (which must fail), and any earlier
+state whose prediction is within the combined margin of the budget (which might pass).
+"""
+
+from __future__ import annotations
+
+import math
+
+from mixprec.errors import FieldError, InvalidArgument
+from worker.models.staged import mean_pooled
+from worker.sweep import Sweep, SweepProgress, Unit, assignment_of, settle
+from worker.sweep_estimate import COSINE, KL, NLL, Estimates, Estimator, Probe, rank_correlation
+
+SAFETY = 1.5       # the margin: this many times the largest relative miss seen
+MIN_MEASURED = 3   # trials measured before the margin is trusted at all
+PROBES = 2         # backward passes per batch: the estimate's noise falls as 1 / sqrt(probes * texts)
+
+
+class Margin:
+    """How far estimates missed, relative; with `scaled`, the estimates are a proxy of the metric (e.g. the
+    cosine estimate for a retrieval metric), and the scale between them is fitted on the measured ones."""
+
+    def __init__(self, scaled: bool, minimum: int = MIN_MEASURED):
+        self.scaled, self.minimum = scaled, minimum
+        self.seen: list[tuple[float, float]] = []  # (raw estimate, measured)
+        self.scale, self.floor = 1.0, 0.0
+
+    def learn(self, raw: float, measured: float) -> None:
+        self.seen.append((raw, measured))
+        if self.scaled:
+            square = sum(e * e for e, _ in self.seen)
+            self.scale = sum(e * x for e, x in self.seen) / square if square > 0 else 1.0
+
+    def misses(self) -> list[float]:
+        return [abs(x - self.scale * e) / max(abs(self.scale * e), self.floor, 1e-30) for e, x in self.seen]
+
+    @property
+    def width(self) -> float:
+        if len(self.seen) < self.minimum:
+            return math.inf
+        return SAFETY * max(self.misses())
+
+    def bounds(self, raw: float) -> tuple[float, float]:
+        value, width = self.scale * raw, self.width
+        if math.isinf(width) or math.isnan(value):
+            return -math.inf, math.inf
+        spread = width * max(abs(value), self.floor)
+        return value - spread, value + spread
+
+
+class FastChooser:
+    def __init__(self, sweep: Sweep, progress: SweepProgress, estimator: Estimator):
+        self.sweep, self.progress, self.estimator = sweep, progress, estimator
+        self.direct = sweep.metric == estimator.probe.name  # else a proxy whose scale is fitted
+        self.history: list[dict] = []
+        self._checks: dict[frozenset, dict] = {}
+        self.measured_why: list[dict] = []
+        self.skipped_checks = 0
+
+    # --- estimates ----------------------------------------------------------------------------------
+
+    def estimates(self) -> Estimates:
+        """The estimator's record of the reference pass, or (where the staged runner cannot carry it) a
+        pass of its own."""
+        if not self.estimator.items:
+            _, outputs = probe_for(self.sweep.model, self.sweep.metric)
+            with self.estimator.recording(), self.sweep.engine.using({}):
+                for _index, tokens in batches_for(self.sweep):
+                    self.estimator.batch(outputs(tokens), tokens)
+        return self.estimator.result()
+
+    # --- the walk -----------------------------------------------------------------------------------
+
+    def choose(self, units: list[Unit], max_drop: float) -> tuple[dict[str, str], list[dict]]:
+        self.units, self.budget, ladder = units, max_drop, self.sweep.ladder
+        self.est = self.estimates()
+        # A unit with a layer the estimate cannot see (a KV cache) has none: it is always measured.
+        self.raw = {(i, k): self.est.worsening(dict.fromkeys(unit.layers, p)) if self.est.covers(unit.layers)
+                    else math.nan for i, unit in enumerate(units) for k, p in enumerate(ladder)}
+        for i, unit in enumerate(units):
+            for k, trial in enumerate(self.sweep.trials(unit)):
+                trial.estimate = self.raw[(i, k)]
+        self.margin = Margin(scaled=not self.direct)
+        finite = sorted(abs(v) for v in self.raw.values() if math.isfinite(v)) or [0.0]
+        typical = finite[len(finite) // 2]
+        self.margin.floor = 1e-3 * typical  # a near-zero estimate is not held to a relative miss
+        self.combined_margin = Margin(scaled=False, minimum=1)
+        self.combined_margin.floor = self.margin.floor
+        self.progress.estimated(units, self.est.seconds, None)
+        while True:
+            states, pops, doubts = self._walk()
+            predicted = [self._predict(state) for state in states]
+            outcome = self._verify(states, pops, doubts, predicted)
+            if isinstance(outcome, tuple):
+                self._measure(*outcome)
+                continue
+            final = outcome
+            break
+        for unit in units:
+            unit.reverted = False
+        for i, _ in pops[:final]:
+            units[i].reverted = True
+        for check in self.history:
+            check["final"] = check["assignment"] == assignment_of(units, states[final], ladder)
+        for check in self.history:
+            del check["assignment"]
+        return settle(units, states[final], ladder), self.history
+
+    def _value(self, i: int, k: int) -> float:
+        trial = self.units[i].trials[k]
+        return trial.measured if trial.measured is not None else self.margin.scale * self.raw[(i, k)]
+
+    def _bounds(self, i: int, k: int) -> tuple[float, float]:
+        trial = self.units[i].trials[k]
+        return (trial.measured, trial.measured) if trial.measured is not None else self.margin.bounds(self.raw[(i, k)])
+
+    def _walk(self):
+        """The exact sweep's walk on what is known: the states (unit -> rung), the units moved between
+        them, and the trials whose fit to the budget alone is in doubt (with the first state it affects)."""
+        for i, unit in enumerate(self.units):
+            for k, trial in enumerate(unit.trials):
+                if trial.measured is None:
+                    trial.estimate = self.margin.scale * self.raw[(i, k)]
+        doubts: list[tuple[int, int, int]] = []
+
+        def next_rung(i: int, rung: int, state_index: int) -> int | None:
+            for k in range(rung + 1, len(self.sweep.ladder)):
+                low, high = self._bounds(i, k)
+                if low <= self.budget < high:
+                    doubts.append((state_index, i, k))
+                if self._value(i, k) <= self.budget:
+                    return k
+            return None
+
+        rungs = {i: next_rung(i, -1, 0) for i in range(len(self.units))}
+        states, pops = [dict(rungs)], []
+        while any(r is not None for r in rungs.values()):
+            worst = max((i for i, r in rungs.items() if r is not None), key=lambda i: (self._value(i, rungs[i]), i))
+            pops.append((worst, rungs[worst]))
+            rungs[worst] = next_rung(worst, rungs[worst], len(states))
+            states.append(dict(rungs))
+        return states, pops, doubts
+
+    def _predict(self, state: dict[int, int | None]) -> float:
+        assignment = assignment_of(self.units, state, self.sweep.ladder)
+        return self.margin.scale * self.est.worsening(assignment)
+
+    def _verify(self, states, pops, doubts, predicted):
+        """The final state's index, or (unit, rung) of a trial to measure first."""
+        within = [j for j, p in enumerate(predicted) if p <= self.budget]
+        j = within[0] if within else len(states) - 1
+        while True:
+            need = self._open_question(j, states, pops, doubts)
+            if need:
+                return need
+            if self._check(states[j], predicted[j]) > self.budget:
+                j += 1
+                continue
+            low = self.combined_margin.width
+            earlier = [e for e in range(j) if self._might_pass(states[e], predicted[e], low, last=e == j - 1)]
+            moved = False
+            for e in earlier:
+                need = self._open_question(e, states, pops, doubts)
+                if need:
+                    return need
+                if self._check(states[e], predicted[e]) <= self.budget:
+                    j, moved = e, True
+                    break
+            if not moved:
+                self.skipped_checks = sum(self._known(states[e]) is None for e in range(j))
+                return j
+
+    def _open_question(self, j, states, pops, doubts):
+        """A trial to measure before state `j` can be trusted to be the exact walk's `j`-th state."""
+        open_doubts = [(abs(self._value(i, k) - self.budget), i, k) for s, i, k in doubts if s <= j]
+        if open_doubts:
+            _, i, k = min(open_doubts)
+            return i, k, "its estimate is within the margin of the budget"
+        popped = {(i, k) for i, k in pops[:j]}
+        current = [(i, r) for i, r in states[j].items() if r is not None]
+        ambiguous = set()
+        for i, k in popped:
+            low = self._bounds(i, k)[0]
+            for c, r in current:
+                if c != i and low < self._bounds(c, r)[1] and (
+                        self.units[i].trials[k].measured is None or self.units[c].trials[r].measured is None):
+                    ambiguous.update(t for t in ((i, k), (c, r)) if self.units[t[0]].trials[t[1]].measured is None)
+        if ambiguous:
+            i, k = max(ambiguous, key=lambda t: self._bounds(*t)[1] - self._bounds(*t)[0])
+            return i, k, "its estimate is within the margin of a unit on the other side of the combined check's cut"
+        return None
+
+    def _measure(self, i: int, k: int, why: str) -> None:
+        trial = self.sweep.measure_trial(self.units[i], k)
+        self.margin.learn(self.raw[(i, k)], trial.measured)
+        self.measured_why.append({"unit": self.units[i].name, "precision": trial.precision, "why": why})
+        self.progress.exact(self.units[i], trial, why)
+
+    def _might_pass(self, state, predicted: float, width: float, last: bool) -> bool:
+        """Whether the exact walk could stop at `state`: measured within the budget, or not measured and
+        either just before the stop (the exact walk checks it) or predicted within the margin of the budget."""
+        known = self._known(state)
+        if known is not None:
+            return known <= self.budget
+        return last or predicted * (1 - min(width, 1.0)) <= self.budget
+
+    def _known(self, state) -> float | None:
+        check = self._checks.get(frozenset(assignment_of(self.units, state, self.sweep.ladder).items()))
+        return None if check is None else check["measured_drop"]
+
+    def _check(self, state: dict[int, int | None], predicted: float) -> float:
+        assignment = assignment_of(self.units, state, self.sweep.ladder)
+        key = frozenset(assignment.items())
+        if key in self._checks:
+            return self._checks[key]["measured_drop"]
+        if not assignment:
+            check = {"units": [], "precisions": [], "predicted_drop": 0.0, "measured_drop": 0.0, "deltas": {}}
+        else:
+            deltas = self.sweep.check(assignment)
+            at = [(self.units[i], r) for i, r in state.items() if r is not None]
+            check = {"units": [u.name for u, _ in at], "precisions": [self.sweep.ladder[r] for _, r in at],
+                     "predicted_drop": predicted, "measured_drop": self.sweep.worsening(deltas), "deltas": deltas}
+            self.combined_margin.learn(predicted, check["measured_drop"])
+            self.history.append({**check, "assignment": assignment})
+            self.progress.combined(check, self.budget, None)
+        self._checks[key] = check
+        return check["measured_drop"]
+
+    def account(self) -> dict:
+        """What the fast sweep did, for the artifact: its estimates' cost and accuracy, what it measured, why."""
+        first = [(self.raw[(i, 0)], u.trials[0].measured) for i, u in enumerate(self.units)
+                 if u.trials[0].measured is not None]
+        return {
+            "estimate_seconds": self.est.seconds, "probes": self.estimator.probe.probes,
+            "estimate_of": self.estimator.probe.name,
+            "scale": self.margin.scale, "margin": self.margin.width, "combined_margin": self.combined_margin.width,
+            "measured": self.measured_why, "combined_checks": len(self.history),
+            "checks_skipped": self.skipped_checks,
+            "rank_correlation_measured": (rank_correlation([e for e, _ in first], [x for _, x in first])
+                                          if len(first) > 2 else None),
+        }
+
+
+
+def estimator_for(model, engine, metric: str, ladder: list[str], probes: int = PROBES, seed: int = 0) -> Estimator:
+    probe, _ = probe_for(model, metric)
+    if probe.quadratic:
+        probe = Probe(**{**probe.__dict__, "probes": probes})
+    return Estimator(engine, probe, ladder, seed)
+
+
+def probe_for(model, metric: str):
+    """(probe, differentiable outputs of one batch) for the model and metric: the embeddings for an
+    embedder (cosine to base), the logits for a decoder (KL divergence; perplexity from the NLL). The
+    probe's own metric is estimated in its units, any other through it as a proxy."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        def logits(ids):
+            hidden = decoder.module.model(input_ids=ids, cache=decoder.new_cache(), use_cache=True).last_hidden_state
+            return decoder.head(hidden)
+
+        return (NLL if metric == "perplexity" else KL), logits
+    if model.embed is None or model.batches is None:  # the same refusal as the evaluator's, before any pass
+        raise InvalidArgument(FieldError("model", f"{model.name!r} is not an embedder; the retrieval set "
+                                                  "cannot measure its quality"))
+
+    def embeddings(tokens):
+        return mean_pooled(model.module(**tokens).last_hidden_state, tokens["attention_mask"])
+
+    return COSINE, embeddings
+
+
+def batches_for(sweep: Sweep) -> list:
+    if getattr(sweep.model, "decoder", None) is not None:
+        return sweep.evaluator.batches()
+    return sweep.model.batches(sweep.texts)
