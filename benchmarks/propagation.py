@@ -50,6 +50,7 @@ LAYERS = [f"layers.{i}.{g}" for i in range(6) for g in
            "mlp.down_proj")]
 POLICIES = [("layers.*.mlp.*", "fp8"), ("layers.*", "fp8"), ("layers.*.attention.*", "fp8")]
 AGENTS_PER_PROCESS = 3400
+POLL_WAIT_S = 30.0  # how long the polling baseline waits for every poller to see the change
 ENDPOINT = "bench"
 PG_ADMIN_URL = os.environ.get("MIXPREC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MIXPREC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -189,13 +190,18 @@ async def run_floor(port: int) -> None:
             streams.discard(wake)
             reader.cancel()
 
-    async def activate(request: apb.ActivateRequest, context) -> apb.ActivationResponse:
-        match = POLICIES[(request.version - 1) % len(POLICIES)][0]
+    def assignment(version: int) -> bytes:
+        match = POLICIES[(version - 1) % len(POLICIES)][0]
         precision_map = [pb.LayerPrecision(layer=layer, precision="fp8" if fnmatch.fnmatch(layer, match) else "bf16")
                          for layer in LAYERS]
-        current["payload"] = apb.ControlMessage(assignment=apb.Assignment(
-            version=request.version, nonce=uuid.uuid4().hex[:12], reason="change", precision_map=precision_map,
+        return apb.ControlMessage(assignment=apb.Assignment(
+            version=version, nonce=uuid.uuid4().hex[:12], reason="change", precision_map=precision_map,
         )).SerializeToString()
+
+    current["payload"] = assignment(1)  # like the control plane, every stream gets the active map at connect
+
+    async def activate(request: apb.ActivateRequest, context) -> apb.ActivationResponse:
+        current["payload"] = assignment(request.version)
         for wake in streams:
             wake.set()
         return apb.ActivationResponse(endpoint=request.endpoint, active_version=request.version,
@@ -260,7 +266,8 @@ class Child:
 class Fleet:
     """Agent processes and what they report: connected counts and ACK times per version."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "agents") -> None:
+        self.name = name
         self.children: list[Child] = []
         self.connected: dict[int, int] = {}
         self.acks: dict[int, list[float]] = {}
@@ -276,7 +283,7 @@ class Fleet:
                     str(first), "--count", str(count), "--connect-window", str(window)]
             if report_quality:
                 argv.append("--report-quality")
-            self.children.append(await Child.start(argv, os.path.join(logdir, f"agents-{index}.log"),
+            self.children.append(await Child.start(argv, os.path.join(logdir, f"{self.name}-{index}.log"),
                                                    lambda words, i=index: self._line(i, words)))
         await self.until(lambda: self.total_connected() >= n, 60 + 2 * window, "agents to connect")
         return time.monotonic() - started
@@ -311,11 +318,11 @@ class Fleet:
         self.children, self.connected, self.acks = [], {}, {}
 
 
-async def start_server(db: str, logdir: str, name: str, redis: str | None = None, port: int | None = None,
-                       extra_env: dict | None = None) -> tuple[Child, str]:
+async def start_server(db: str, logdir: str, name: str, redis: str | None = None,
+                       port: int | None = None) -> tuple[Child, str]:
     port = port or free_port()
     argv = [sys.executable, "-m", "mixprec.cli.main", "server", "--db", db, "--listen", f"127.0.0.1:{port}",
-            "--log-level", "WARNING"]
+            "--log-level", "WARNING", "--max-streams-per-token", "100000"]
     if redis:
         argv += ["--redis", redis]
     child = await Child.start(argv, os.path.join(logdir, f"{name}.log"))
@@ -362,18 +369,6 @@ async def changes(fleet: Fleet, address: str, rounds: int) -> dict[str, list[flo
     return results
 
 
-async def floor_rounds(fleet: Fleet, address: str, rounds: int) -> list[float]:
-    samples: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = agent_pb2_grpc.FleetServiceStub(channel)
-        for r in range(2 * rounds):
-            version = 10 + r  # every round a new version, as every push round is a real change
-            samples += await fleet.round(
-                lambda v=version: stub.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v), timeout=60), version)
-            await asyncio.sleep(1)
-    return samples
-
-
 async def polling(address: str, n: int, logdir: str, interval: float = 1.0) -> tuple[list[float], float]:
     seen: list[float] = []
     calls: dict[int, int] = {}
@@ -395,7 +390,7 @@ async def polling(address: str, n: int, logdir: str, interval: float = 1.0) -> t
     async with grpc.aio.insecure_channel(address) as channel:
         called = time.monotonic()
         await agent_pb2_grpc.FleetServiceStub(channel).Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=3))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + POLL_WAIT_S
     while len(seen) < n and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     rate = (sum(calls.values()) - before) / (time.monotonic() - t0)
@@ -415,45 +410,63 @@ HEADER = f"{'mode':<34} {'agents':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} 
 
 
 async def one_replica(n: int, rounds: int, window: float, logdir: str) -> tuple[list[str], str]:
-    lines = []
-    fleet = Fleet()
-    progress(f"floor: bare grpc.aio server, {n} agents connecting over {window:.0f}s")
+    """The floor and the control plane, each with its own N agents, measured in alternating rounds (the
+    machine's other load then weighs on both alike)."""
+    floor_fleet, fleet = Fleet("floor"), Fleet("push")
     floor, floor_address = await start_floor(logdir)
-    await fleet.start([floor_address], n, window, logdir)
-    floor_idle = rss_kib(floor.process.pid)
-    floor_samples = await floor_rounds(fleet, floor_address, rounds)
-    await fleet.stop()
-    await floor.stop()
-    lines.append(row("floor: bare grpc.aio -> ACK", n, floor_samples, f"{2 * rounds} rounds"))
-
-    db = f"sqlite:///{os.path.join(logdir, 'bench.db')}"
-    server, address = await start_server(db, logdir, "control-plane")
+    server, address = await start_server(f"sqlite:///{os.path.join(logdir, 'bench.db')}", logdir, "control-plane")
     try:
         await prepare(address)
+        progress(f"floor: bare grpc.aio server, {n} agents connecting over {window:.0f}s")
+        await floor_fleet.start([floor_address], n, window, logdir)
         before = rss_kib(server.process.pid)
         progress(f"control plane: {n} agents connecting over {window:.0f}s")
         connect_s = await fleet.start([address], n, window, logdir)
         await asyncio.sleep(2)
         per_agent = (rss_kib(server.process.pid) - before) / n
-        progress(f"control plane: {rounds} rounds of activate + rollback")
-        push = await changes(fleet, address, rounds)
+        progress(f"{rounds} rounds of: floor, activate, floor, rollback")
+        floor_samples: list[float] = []
+        push: dict[str, list[float]] = {"activate": [], "rollback": []}
+        async with grpc.aio.insecure_channel(floor_address) as floor_channel, \
+                grpc.aio.insecure_channel(address) as channel:
+            floor_stub, stub = agent_pb2_grpc.FleetServiceStub(floor_channel), agent_pb2_grpc.FleetServiceStub(channel)
+            for r in range(rounds):
+                for kind, version, call in (
+                    ("activate", 2 + r % 2, lambda v: stub.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v),
+                                                                  timeout=60)),
+                    ("rollback", 1, lambda v: stub.Rollback(apb.RollbackRequest(endpoint=ENDPOINT, reason="bench",
+                                                                              to_version=v), timeout=60)),
+                ):
+                    floor_version = 10 + 2 * r + (kind == "rollback")
+                    floor_samples += await floor_fleet.round(
+                        lambda v=floor_version: floor_stub.Activate(apb.ActivateRequest(endpoint=ENDPOINT, version=v)),
+                        floor_version)
+                    await asyncio.sleep(1)
+                    push[kind] += await fleet.round(lambda v=version, c=call: c(v), version)
+                    await asyncio.sleep(1)
+        await floor_fleet.stop()
+        await floor.stop()
         await fleet.stop()
         progress(f"polling: {n} pollers, once a second")
         polled, rate = await polling(address, n, logdir)
     finally:
+        await floor_fleet.stop()
+        await floor.stop()
         await fleet.stop()
         await server.stop()
-    all_push = push["activate"] + push["rollback"]
-    lines.append(row("push: Activate -> ACK", n, push["activate"]))
-    lines.append(row("push: Rollback -> ACK", n, push["rollback"]))
-    lines.append(row("poll every 1 s", n, polled, f"{rate:.0f} RPC/s of polling load"))
-    lines.append(f"{'':<34} memory {per_agent:.1f} KiB per connected agent (control plane RSS; floor idle "
-                 f"{floor_idle / 1024:.0f} MiB); {n} agents connected in {connect_s:.1f}s "
-                 f"(jittered over {window:.0f}s)")
-    floor_p99, push_p99 = percentile(floor_samples, 99) * 1000, percentile(all_push, 99) * 1000
+    lines = [row("floor: bare grpc.aio -> ACK", n, floor_samples, f"{2 * rounds} rounds, alternating with push"),
+             row("push: Activate -> ACK", n, push["activate"]),
+             row("push: Rollback -> ACK", n, push["rollback"])]
+    saw = f"{len(polled)}/{n} saw the change within {POLL_WAIT_S:.0f}s; {rate:.0f} RPC/s of polling load"
+    lines.append(row("poll every 1 s", n, polled + [POLL_WAIT_S] * (n - len(polled)), saw))
+    lines.append(f"{'':<34} memory {per_agent:.1f} KiB per connected agent (control plane RSS); {n} agents "
+                 f"connected in {connect_s:.1f}s (jittered over {window:.0f}s)")
+    floor_p99 = percentile(floor_samples, 99) * 1000
+    push_p99 = percentile(push["activate"] + push["rollback"], 99) * 1000
+    poll_p99 = (f"{percentile(polled, 99) * 1000:.0f} ms" if len(polled) == n
+                else f"over {POLL_WAIT_S * 1000:.0f} ms ({n - len(polled)} never saw it)")
     summary = (f"N={n}: push p99 {push_p99:.0f} ms = {push_p99 / floor_p99:.2f}x the bare floor "
-               f"({floor_p99:.0f} ms); polling p99 {percentile(polled, 99) * 1000:.0f} ms; "
-               f"{per_agent:.1f} KiB/agent; connected in {connect_s:.0f}s")
+               f"({floor_p99:.0f} ms); polling p99 {poll_p99}; {per_agent:.1f} KiB/agent; connected in {connect_s:.0f}s")
     return lines, summary
 
 

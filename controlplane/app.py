@@ -38,7 +38,7 @@ from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from controlplane.web.pages import Pages
 from controlplane.web.server import DashboardServer
-from mixprec.errors import FieldError, InvalidArgument, MixprecError
+from mixprec.errors import FieldError, InvalidArgument, MixprecError, NotFound
 from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, is_loopback
 from mixprec.v1 import (
@@ -232,6 +232,9 @@ class ControlPlane:
         """Re-read an endpoint's target and push it to the streams of this replica."""
         try:
             target = await blocking.run_blocking(self.fleet.target, endpoint)
+        except NotFound:
+            self.hub.forget(endpoint)
+            return
         except MixprecError as err:
             log.warning("cannot refresh %s: %s", endpoint, err)
             return

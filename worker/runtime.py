@@ -95,7 +95,7 @@ def build_runtime(model_spec: str, kernel: str = "auto", residency: str = "both"
     if model.decoder is not None and eval_samples != 0:
         from worker.quality.language import language_evaluator
 
-        evaluator = language_evaluator(engine, model, eval_samples or DECODER_EVAL_WINDOWS, prompts=2)
+        evaluator = language_evaluator(engine, model, eval_samples or DECODER_EVAL_WINDOWS, prompts=2, greedy_tokens=8)
     elif model.embed is not None and eval_samples != 0:
         evaluator = ShadowEvaluator(engine, model, load_pairs(eval_samples or 64))
     if evaluator is not None:

@@ -7,12 +7,13 @@ import math
 import pathlib
 
 from mixprec import policy as lang
+from mixprec.metrics import limit_word
 from worker.sweep import SweepResult
 
 
 def policy_text(result: SweepResult) -> str:
     spec = lang.compact_rules(result.precision_map)
-    header = (f"# sensitivity sweep of {result.model}: {result.metric} drop <= {result.max_drop:g} "
+    header = (f"# sensitivity sweep of {result.model}: {result.metric} {limit_word(result.metric)} <= {result.max_drop:g} "
               f"({sum(p != lang.BASE_PRECISION for p in result.precision_map.values())} of "
               f"{len(result.precision_map)} layers at {result.precision})\n")
     return header + lang.dump_policy(spec)
@@ -46,9 +47,10 @@ def draw_chart(result: SweepResult, path: pathlib.Path) -> None:
     if math.isfinite(result.max_drop):
         ax.axvline(result.max_drop, color="#c92a2a", linestyle="--", label=f"budget {result.max_drop:g}")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel(f"how much worse {result.metric} gets with the unit alone at {result.precision.split(',')[0]} "
+    first = result.precision.split(",")[0]
+    ax.set_xlabel(f"{limit_word(result.metric)} of {result.metric} with the unit alone at {first} "
                   "(higher = more sensitive)")
-    ax.set_title(f"{result.model}: per-{result.granularity} sensitivity at {result.precision.split(',')[0]} "
+    ax.set_title(f"{result.model}: per-{result.granularity} sensitivity at {first} "
                  f"(green: below bf16, grey: bf16, orange: moved by the combined check; hatched: estimated)",
                  fontsize=9)
     fig.tight_layout()

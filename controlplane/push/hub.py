@@ -29,6 +29,10 @@ class TargetHub:
         for event in self._watchers.get(target.endpoint, ()):
             event.set()
 
+    def forget(self, endpoint: str) -> None:
+        """The endpoint is gone: no target to hand out (a new hello then goes to the database and is refused)."""
+        self._targets.pop(endpoint, None)
+
     @contextmanager
     def watch(self, endpoint: str) -> Iterator[asyncio.Event]:
         event = asyncio.Event()

@@ -2,7 +2,8 @@
 
 Thousands of agents ACK within milliseconds of a change; writing each ACK in its own transaction
 would put the database on the push path. Updates are merged per worker and written together a few
-times a second; a failed write keeps them for the next try. A report's `on_stored` runs once it is
+times a second, at a quiet moment (a push's burst of ACKs is not competed with for the interpreter,
+but nothing waits longer than `max_delay`); a failed write keeps them for the next try. A report's `on_stored` runs once it is
 in the database (the stream then acknowledges it to its worker, which stops resending it).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from typing import Callable
 
@@ -23,9 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class FleetRecorder:
-    def __init__(self, fleet: FleetService, interval: float = 0.2, heartbeat: float = 15.0):
+    def __init__(self, fleet: FleetService, interval: float = 0.2, heartbeat: float = 15.0, quiet: float = 0.05,
+                 max_delay: float = 1.0):
         self._fleet = fleet
         self._interval = interval
+        self._quiet = quiet
+        self._max_delay = max_delay
+        self._first_change: float | None = None  # monotonic time of the oldest unwritten change
+        self._last_change = 0.0
         self._heartbeat = heartbeat
         self._updates: dict[tuple[str, str], domain.WorkerUpdate] = {}
         self._reports: list[tuple[domain.ReportRecord, Callable[[], None] | None]] = []
@@ -33,13 +40,26 @@ class FleetRecorder:
         self._live: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
 
+    def _changed(self) -> None:
+        self._last_change = time.monotonic()
+        if self._first_change is None:
+            self._first_change = self._last_change
+
+    def _busy(self) -> bool:
+        """A burst is still arriving and nothing has waited too long: write a little later."""
+        now = time.monotonic()
+        return (self._first_change is not None and now - self._last_change < self._quiet
+                and now - self._first_change < self._max_delay)
+
     def update(self, change: domain.WorkerUpdate) -> None:
+        self._changed()
         key = (change.endpoint, change.worker_id)
         stamped = change.merged(domain.WorkerUpdate(change.endpoint, change.worker_id, seen_at=utcnow()))
         previous = self._updates.get(key)
         self._updates[key] = previous.merged(stamped) if previous else stamped
 
     def connected(self, hello: domain.WorkerConnect) -> None:
+        self._changed()
         key = (hello.endpoint, hello.worker_id)
         self._connects[key] = hello
         pending = self._updates.get(key)
@@ -47,6 +67,7 @@ class FleetRecorder:
             self._updates[key] = replace(pending, connected=None)
 
     def report(self, record: domain.ReportRecord, on_stored: Callable[[], None] | None = None) -> None:
+        self._changed()
         self._reports.append((record, on_stored))
 
     def live(self, endpoint: str, worker_id: str, connected: bool) -> None:
@@ -59,12 +80,14 @@ class FleetRecorder:
                 return True
             updates, reports, connects = self._updates, self._reports, self._connects
             self._updates, self._reports, self._connects = {}, [], {}
+            self._first_change = None
             try:
                 await run_blocking(self._fleet.record, list(updates.values()), [record for record, _ in reports],
                                    list(connects.values()))
             except Unavailable as err:
                 log.warning("could not record fleet state (%s); keeping %d updates for the next try", err, len(updates))
                 self._keep(updates, reports, connects)
+                self._changed()
                 return False
             except Exception:  # noqa: BLE001 - one record the database refuses must not cost the batch
                 log.warning("a fleet batch was refused; writing its %d updates and %d reports one by one",
@@ -130,6 +153,8 @@ class FleetRecorder:
                 for endpoint, worker_id in self._live:
                     self.update(domain.WorkerUpdate(endpoint, worker_id, connected=True))
                 next_heartbeat = loop.time() + self._heartbeat
+            if self._busy():
+                continue
             try:
                 await self.flush()
             except Exception:  # noqa: BLE001 - the recorder must outlive a bad batch

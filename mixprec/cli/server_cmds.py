@@ -8,6 +8,7 @@ import os
 import sys
 
 from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
+from mixprec.errors import FieldError, InvalidArgument
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -39,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--auth", choices=("required", "off"), default="auto",
                    help="require a bearer token on every call (default: required unless --listen is loopback; "
                    "off is refused beyond loopback)")
+    p.add_argument("--max-streams-per-token", type=int, default=None, metavar="N",
+                   help="agent streams one token (or, with --auth off, all agents) may hold open on this replica "
+                   "(default 1000; a fleet sharing one agent token needs its size here)")
     add_tls_server_options(p)
     add_log_level_option(p)
 
@@ -56,7 +60,10 @@ def _server(args) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
-    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth,
+    if args.max_streams_per_token is not None and args.max_streams_per_token < 1:
+        raise InvalidArgument(FieldError("--max-streams-per-token", f"{args.max_streams_per_token} must be >= 1"))
+    limits = {} if args.max_streams_per_token is None else {"max_streams_per_token": args.max_streams_per_token}
+    asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth, stream_limits=limits,
                       tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen,
                       http_listen=args.http_listen, http_tls=(args.tls_cert, args.tls_key) if args.tls_cert else None))
     return 0

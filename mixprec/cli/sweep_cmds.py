@@ -50,8 +50,9 @@ def register(sub) -> None:
                    "its largest drop (0 keeps everything at base, inf allows everything; default 0.001)")
     p.add_argument("--max-rise", type=float, default=None, help="quality budget for a metric that must not rise "
                    "(kl_divergence, perplexity): its largest rise (default 0.02 for kl_divergence)")
-    p.add_argument("--samples", type=int, default=64, help="calibration pairs (2 texts each), 2 to 796; more is "
-                   "slower (default 64: under a minute on 2 cores)")
+    p.add_argument("--samples", type=int, default=None, help="calibration pairs (2 texts each) for embedders, 2 to "
+                   "796 (default 64: under a minute on 2 cores); for decoders, 64-token windows of their text "
+                   "(default 4: every unit of Gemma 3 270M costs a pass over the 262k-token head)")
     p.add_argument("--holdout", type=int, default=None, metavar="N",
                    help="pairs kept out of the sweep, on which the chosen map's drop is measured too (default a fifth "
                    "of --samples, at least 2; 0: none)")
@@ -69,13 +70,15 @@ def _sweep(args) -> int:
         return _show(args)
     if not args.model:
         raise InvalidArgument(FieldError("--model", "is required (e.g. --model minilm)"))
+    decoder = family_of(args.model) is LLAMA
+    args.samples = args.samples if args.samples is not None else (4 if decoder else 64)
     if args.samples < 2:
         raise InvalidArgument(FieldError("--samples", f"must be >= 2, got {args.samples}"))
     for option in ("max_drop", "max_rise"):
         value = getattr(args, option)
         if value is not None and (math.isnan(value) or value < 0):
             raise InvalidArgument(FieldError(f"--{option.replace('_', '-')}", f"must be >= 0 (or inf), got {value}"))
-    args.metric = args.metric or ("kl_divergence" if family_of(args.model) is LLAMA else "cosine_to_base")
+    args.metric = args.metric or ("kl_divergence" if decoder else "cosine_to_base")
     budget = _budget(args)
     ladder = _ladder(args.precision)
     holdout = max(2, round(args.samples / 5)) if args.holdout is None else args.holdout

@@ -81,3 +81,29 @@ def test_tiny_decoder_worker_serves_generate_under_a_kv_fp8_policy(tmp_path):
     finally:
         worker.stop()
         plane.stop()
+
+
+def test_gemma_worker_generates_and_reports_llm_quality_of_a_kv_fp8_policy(tmp_path):
+    """The real model: one worker, one Generate, one evaluation (the worker's, of the activated map)."""
+    plane, worker = serve_decoder(tmp_path, "gemma3-270m", "gemma", eval_samples=1)
+    try:
+        worker.wait_serving(timeout=600)  # the first load ever dequantizes the GGUF into the cache
+        wait_until(lambda: "w1" in plane.workers("gemma"), 60, "worker to connect")
+        assert len(worker.info().layers) == 144
+        version = plane.policies.CreatePolicy(pb.CreatePolicyRequest(
+            endpoint="gemma", parent_version=0, rules=[pb.Rule(match="layers.*.mlp.down_proj", precision="fp8")],
+            kv_cache="fp8")).version
+        plane.fleet.Activate(apb.ActivateRequest(endpoint="gemma", version=version, reason="kv fp8"))
+        wait_until(lambda: plane.workers("gemma")["w1"].applied_version == version, 120, "the map applied")
+
+        responses = generate(worker, "The capital of France is", max_tokens=4)
+        assert {r.policy_version for r in responses} == {version} and responses[-1].generated_tokens >= 1
+        assert "".join(r.text for r in responses).strip()
+
+        wait_until(lambda: plane.workers("gemma")["w1"].last_quality.version == version, 300, "the evaluation")
+        quality = plane.workers("gemma")["w1"].last_quality
+        assert quality.deltas["kl_divergence"] > 0 and quality.metrics["perplexity"] > 1
+        assert set(quality.deltas) == {"kl_divergence", "top1_agreement", "perplexity", "greedy_match"}
+    finally:
+        worker.stop()
+        plane.stop()

@@ -44,7 +44,9 @@ def test_catalog_learning_push_ack_reports_rollback_and_audit(control_plane):
 
         fleet.Activate(apb.ActivateRequest(endpoint="emb", version=2, actor="ana", reason="everything"))
         await eventually(lambda: a.applied == b.applied == [1, 2], what="v2 everywhere")
-        await eventually(lambda: fleet_of(fleet, "emb")["b"].last_quality.version == 2, what="v2 reports")
+        # Hellos, ACKs and reports are written behind, a moment after they arrive.
+        await eventually(lambda: fleet_of(fleet, "emb").get("b", apb.WorkerStatus()).last_quality.version == 2,
+                         what="v2 reports")
         status = fleet_of(fleet, "emb")
         assert {w: (s.connected, s.applied_version, s.last_ack_version) for w, s in status.items()} == {
             "a": (True, 2, 2), "b": (True, 2, 2)}
