@@ -26,6 +26,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from mixprec.cli.sweep_cmds import DEFAULT_BUDGET  # noqa: E402
 from worker.engine import HybridEngine  # noqa: E402
 from worker.models import load_model  # noqa: E402
 from worker.quality.docstrings import load_pairs  # noqa: E402
@@ -39,16 +40,20 @@ ROWS = (("fast", "fast (mixprec sweep)", {"algorithm": "fast"}),
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm", help="minilm (default)")
+    parser.add_argument("--model", default="minilm", help="minilm (default), gemma3-270m, tiny-llama")
     parser.add_argument("--samples", type=int, nargs="+", default=[64], help="calibration pairs; several sizes run one after another")
-    parser.add_argument("--max-drop", type=float, default=0.001, help="budget (the CLI's default)")
-    parser.add_argument("--metric", default="cosine_to_base")
+    parser.add_argument("--max-drop", type=float, default=None,
+                        help="budget on the metric's worse side (default: the CLI's for the metric)")
+    parser.add_argument("--metric", default=None, help="default: cosine_to_base for embedders, kl_divergence for decoders")
     parser.add_argument("--granularity", default="layer", choices=("layer", "group"))
     parser.add_argument("--precision", default="fp8", help="a ladder, e.g. fp8,fp8-weight-only")
     parser.add_argument("--kernel", default="auto", choices=("auto", "scaled_mm", "emulated"))
     parser.add_argument("--skip-naive", action="store_true", help="only fast and exact staged (speed against exact)")
     args = parser.parse_args()
     model = load_model(args.model)
+    args.metric = args.metric or ("kl_divergence" if model.decoder is not None else "cosine_to_base")
+    if args.max_drop is None:
+        args.max_drop = DEFAULT_BUDGET.get(args.metric, 0.001)
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
     verdicts = []
     for samples in args.samples:
@@ -69,9 +74,13 @@ def compare(model, engine, args, pairs) -> str:
         results[name] = run_sweep(model, engine, pairs, metric=args.metric, precision=args.precision,
                                   granularity=args.granularity, max_drop=args.max_drop, **options)
         seconds[name] = time.perf_counter() - started
+        print(f"  {name}: {seconds[name]:.1f}s, {len(results[name].combined)} combined checks", file=sys.stderr,
+              flush=True)
     exact, fast = results["exact"], results["fast"]
     baseline = "naive" if "naive" in results else "exact"
-    print(f"{model.name}, {len(exact.units)} {args.granularity}s, {len(pairs)} pairs ({2 * len(pairs)} texts), "
+    size = (f"{exact.samples} windows" if model.decoder is not None
+            else f"{len(pairs)} pairs ({2 * len(pairs)} texts)")
+    print(f"{model.name}, {len(exact.units)} {args.granularity}s, {size}, "
           f"{args.metric} budget {args.max_drop:g}, precision {args.precision}, kernel {engine.kernel}, CPU")
     print(f"{'sweep':<40} {'total s':>8} {'speed':>7} {'runs':>5} {'checks':>7} {'chosen':>7}  same map")
     for name, label, _ in rows:
@@ -93,7 +102,7 @@ def compare(model, engine, args, pairs) -> str:
         print(f"  differs: {f.name}: fast {f.precision} (estimated {f.trials[0].estimate:.6f}), exact {e.precision} "
               f"(measured {e.trials[0].measured:.6f})")
     same = "yes" if not differ and fast.precision_map == exact.precision_map else "no"
-    return f"{model.name} at {len(pairs)} pairs: sweep speed: {seconds[baseline] / seconds['fast']:.1f}x {baseline}, same map: {same}"
+    return f"{model.name} at {size}: sweep speed: {seconds[baseline] / seconds['fast']:.1f}x {baseline}, same map: {same}"
 
 
 if __name__ == "__main__":

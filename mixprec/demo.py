@@ -156,7 +156,7 @@ class Demo:
         print(f"    most tolerant: {', '.join(u.name for u in ranked[:3])}")
         print(f"    most sensitive: {', '.join(u.name for u in ranked[-3:])}")
         print(f"    chosen: {chosen} of {len(result.units)} layers in FP8; combined drop measured "
-              f"{result.combined[-1]['measured_drop']:.5f} (chart: {policy_file[:-5]}.png)")
+              f"{result.calibration_drop:.5f} (chart: {policy_file[:-5]}.png)")
         spec = compact_rules(result.precision_map)
         version = self.policies.CreatePolicy(pb.CreatePolicyRequest(
             endpoint=ENDPOINT, parent_version=0, rules=rules_proto(spec), author="demo",
@@ -165,7 +165,7 @@ class Demo:
         )).version
         print(f"    proposed as policy v{version} ({len(spec.rules)} rules)")
         self.summary.append({"step": "sweep + propose", "version": f"v{version}", "outcome": f"{chosen}/36 layers FP8",
-                             "cosine delta": f"{-result.combined[-1]['measured_drop']:+.5f}", "took": f"{result.seconds:.0f}s"})
+                             "cosine delta": f"{-result.calibration_drop:+.5f}", "took": f"{result.seconds:.0f}s"})
         return version
 
     def roll_out(self, version: int, label: str) -> rpb.Rollout:

@@ -38,15 +38,21 @@ def draw_chart(result: SweepResult, path: pathlib.Path) -> None:
     height = max(3.0, 0.22 * len(units) + 1.2)
     fig, ax = plt.subplots(figsize=(8, height))
     colours = ["#2b8a3e" if u.chosen else ("#e8590c" if u.reverted else "#868e96") for u in units]
-    ax.barh(range(len(units)), [u.drop for u in units], color=colours)
+    bars = ax.barh(range(len(units)), [u.drop for u in units], color=colours)
+    for bar, unit in zip(bars, units, strict=True):
+        if unit.trials and unit.trials[0].measured is None:
+            bar.set_hatch("//")  # the fast sweep's estimate: this unit was not measured exactly
     ax.set_yticks(range(len(units)), [u.name for u in units], fontsize=7)
     ax.invert_yaxis()
     if math.isfinite(result.max_drop):
         ax.axvline(result.max_drop, color="#c92a2a", linestyle="--", label=f"budget {result.max_drop:g}")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel(f"{limit_word(result.metric)} of {result.metric} with the layer alone at {result.precision} (higher = more sensitive)")
-    ax.set_title(f"{result.model}: per-{result.granularity} FP8 sensitivity "
-                 f"(green: {result.precision}, grey: bf16, orange: returned by the combined check)", fontsize=9)
+    first = result.precision.split(",")[0]
+    ax.set_xlabel(f"{limit_word(result.metric)} of {result.metric} with the unit alone at {first} "
+                  "(higher = more sensitive)")
+    ax.set_title(f"{result.model}: per-{result.granularity} sensitivity at {first} "
+                 f"(green: below bf16, grey: bf16, orange: moved by the combined check; hatched: estimated)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

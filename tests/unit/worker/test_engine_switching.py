@@ -80,7 +80,8 @@ def layer_by_layer(model: SlowStack, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def run_concurrently(engine: HybridEngine, model, forward, flips: int = 60) -> tuple[list, dict, list]:
+def run_concurrently(engine: HybridEngine, model, forward, flips: int = 60,
+                     min_passes: int = 20) -> tuple[list, dict, list]:
     """A thread runs `forward` in a loop while this one flips all-base <-> all-FP8 `flips` times;
     returns the outputs, the two reference outputs and the device base bytes after each switch to FP8."""
     x = torch.randn(4, 64)
@@ -102,11 +103,15 @@ def run_concurrently(engine: HybridEngine, model, forward, flips: int = 60) -> t
 
     thread = threading.Thread(target=forward_loop)
     thread.start()
-    for i in range(flips):
+    # Flip at least `flips` times and until the loop has run enough passes: on a loaded machine the
+    # forward thread may get few time slices, and a handful of passes would prove little.
+    i, deadline = 0, time.monotonic() + 60
+    while i < flips or (len(outputs) <= min_passes and time.monotonic() < deadline):
         engine.apply(maps["fp8" if i % 2 == 0 else "base"], tag=i)
         if i % 2 == 0:
             base_bytes.append(engine.resident_bytes()["base"])
         time.sleep(0.002)
+        i += 1
     stop.set()
     thread.join()
     assert not failures, failures
