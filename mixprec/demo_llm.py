@@ -28,7 +28,7 @@ from mixprec.v1 import rollout_pb2 as rpb
 MODEL = "gemma3-270m"
 ENDPOINT = "demo-llm"
 WORKERS = ("llm-a", "llm-b")
-MAX_RISE = {"kl_divergence": 0.025}  # how far the distribution may move from BF16
+MAX_RISE = {"kl_divergence": 0.015}  # how far the distribution may move from BF16
 MAX_DROP = {"top1_agreement": 0.10}
 SWEEP_BUDGET = 0.01  # KL rise of the sweep's whole map
 PROMPTS = ["def read_lines(path):", "The json module", "Sort a list of tuples by"]

@@ -12,6 +12,8 @@ from mixprec.errors import InvalidArgument
 from worker.models import load_model
 from worker.models.tiny import byte_tokenizer, tiny_module
 
+pytestmark = pytest.mark.slow  # real forward passes and sweeps: tens of seconds on 2 cores
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

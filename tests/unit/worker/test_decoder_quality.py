@@ -13,6 +13,8 @@ from worker.quality.docstrings import load_pairs
 from worker.quality.language import language_evaluator
 from worker.sweep import run_sweep, units_for
 
+pytestmark = pytest.mark.slow  # real forward passes and sweeps: tens of seconds on 2 cores
+
 
 @pytest.fixture(scope="module")
 def tiny():
