@@ -12,7 +12,7 @@ import shutil
 
 import grpc
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from support import LightAgent, RunningControlPlane, eventually, rules, stubs
 
 from mixprec.v1 import agent_pb2 as apb
@@ -31,13 +31,25 @@ LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args():
-    """pytest-playwright launches this machine's Chromium, never a downloaded one."""
+@pytest.fixture(scope="module")
+def browser():
+    """This machine's Chromium, never a downloaded one. Playwright's sync API holds an asyncio loop in the
+    main thread while it runs, so it is stopped with this module: the tests after it run their own loops."""
     if CHROMIUM is None:
         pytest.skip("no Chromium installed (Debian: apt-get install chromium; `make test` installs it when it runs "
                     "as root): the dashboard's browser tests need it")
-    return {"executable_path": CHROMIUM, "args": ["--no-sandbox", "--disable-dev-shm-usage"]}
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser):
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
 
 
 def sweep_artifact() -> str:

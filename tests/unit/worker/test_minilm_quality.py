@@ -78,8 +78,10 @@ def test_the_retrieval_set_is_deterministic_and_large_enough():
 
 def test_catalog_and_eval_commands(capsys, tmp_path):
     assert main(["catalog", "--model", "minilm"]) == 0
-    lines = capsys.readouterr().out.split()
-    assert len(lines) == 36 and lines[0] == "layers.0.attention.q_proj"
+    lines = capsys.readouterr().out.splitlines()
+    notes, layers = [x for x in lines if x.startswith("#")], [x for x in lines if not x.startswith("#")]
+    assert len(layers) == 36 and layers[0] == "layers.0.attention.q_proj"
+    assert any("embeddings" in note and "always at base" in note for note in notes)
     policy = tmp_path / "mlp.yaml"
     policy.write_text("rules:\n  - {match: 'layers.*.mlp.*', precision: fp8}\n")
     assert main(["eval", "--model", "minilm", "--policy", str(policy), "--samples", "16", "--output", "json"]) == 0
