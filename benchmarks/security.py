@@ -2,7 +2,7 @@
 
 Starts one control plane in this process (SQLite, loopback) per configuration and times sequential
 GetEndpoint calls: no tokens on plaintext (the demo), tokens on plaintext, tokens over TLS (a
-run-time CA from trustme). Then times the refusal of the hostile requests issue 11 reproduced: a
+run-time CA from trustme). Then times the refusal of two requests that used to exhaust the server: a
 3.8 MB glob in ResolvePolicy and a 100,000-deep artifact. With --server it times that server instead
 (pass --token and, for TLS, --tls-ca).
 
