@@ -7,13 +7,12 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from support import RunningControlPlane
+from support import IN_CI, RunningControlPlane
 
 from controlplane.storage.database import open_engine, upgrade
 
 PG_ADMIN_URL = os.environ.get("MIXPREC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MIXPREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def service_missing(what: str, err: Exception):

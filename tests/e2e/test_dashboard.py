@@ -13,7 +13,7 @@ import shutil
 import grpc
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import LightAgent, RunningControlPlane, eventually, rules, stubs
+from support import IN_CI, LightAgent, RunningControlPlane, eventually, rules, stubs
 
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc, rollout_pb2_grpc
@@ -36,8 +36,11 @@ def browser():
     """This machine's Chromium, never a downloaded one. Playwright's sync API holds an asyncio loop in the
     main thread while it runs, so it is stopped with this module: the tests after it run their own loops."""
     if CHROMIUM is None:
-        pytest.skip("no Chromium installed (Debian: apt-get install chromium; `make test` installs it when it runs "
-                    "as root): the dashboard's browser tests need it")
+        missing = ("no Chromium installed (Debian: apt-get install chromium; `make test` installs it when it runs "
+                   "as root): the dashboard's browser tests need it")
+        if IN_CI:
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(missing)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM,
                                               args=["--no-sandbox", "--disable-dev-shm-usage"])
