@@ -19,6 +19,7 @@ Usage: python benchmarks/sweep.py [--model minilm] [--samples 64 [200 ...]] [--m
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -91,10 +92,13 @@ def compare(model, engine, args, pairs) -> str:
         same = "yes" if result.precision_map == exact.precision_map else "no"
         print(f"{label:<40} {seconds[name]:>8.1f} {seconds[baseline] / seconds[name]:>6.1f}x {runs:>5} "
               f"{len(result.combined):>7} {chosen:>7}  {same}")
-    estimates = [u.trials[0].estimate for u in fast.units]
-    drops = [u.trials[0].measured for u in exact.units]
+    # Units without an estimate (none where the estimate covers every unit) are left out of the ranks.
+    pairs_ = [(f.trials[0].estimate, e.trials[0].measured) for f, e in zip(fast.units, exact.units, strict=True)
+              if f.trials[0].estimate is not None and math.isfinite(f.trials[0].estimate)
+              and math.isfinite(e.trials[0].measured)]
+    estimates, drops = [a for a, _ in pairs_], [b for _, b in pairs_]
     print(f"rank correlation of the fast sweep's estimates and the exact per-unit drops: "
-          f"{rank_correlation(estimates, drops):.3f} (Spearman, {len(drops)} units); "
+          f"{rank_correlation(estimates, drops):.3f} (Spearman, {len(drops)} of {len(exact.units)} units); "
           f"estimate pass {fast.fast['estimate_seconds']:.1f}s, margin +/-{100 * fast.fast['margin']:.0f}%")
     print(f"measured drop of the chosen map: fast {fast.calibration_drop:.6f}, exact {exact.calibration_drop:.6f}")
     differ = [(f, e) for f, e in zip(fast.units, exact.units, strict=True) if f.precision != e.precision]

@@ -7,8 +7,12 @@ divergence) is flat at base, so its change is second order: 1/2 |J_L eps_L|^2 in
 geometry. That square is estimated without ever forming J_L: for a random probe v whose covariance is
 the metric's curvature, the backward pass of v . output gives g_L = J_L^T v at every layer at once, and
 s_L = g_L . eps_L has E[s_L^2] = |J_L eps_L|^2 (Hutchinson's trick; for KL, v is the score of a token
-drawn from the base distribution: the empirical Fisher). A metric that moves at first order (perplexity)
-takes s_L = g_L . eps_L from the metric's own gradient instead.
+drawn from the base distribution: the Fisher, whose probes start below the vocabulary-wide head, see
+fisher_probe). A metric that moves at first order (perplexity) takes s_L = g_L . eps_L from the
+metric's own gradient instead. A KV cache's eps is the FP8 rounding of the K and V attention reads.
+
+Cost, beyond the forward pass: each layer's eps (one matmul on the real rows: padding rows feed nothing
+the metric reads), and one backward pass per probe.
 
 The per-item scalars s (one per text, layer, precision and probe) are kept, so the estimate of any
 set of layers switched together is the same formula on their sum, cross terms included: the combined
@@ -23,10 +27,15 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 
+from mixprec.policy import KV_CACHE_PRECISIONS
 from worker.engine import HybridEngine
-from worker.engine.binding import HybridLinear
-from worker.engine.kernels import EMULATED
+from worker.engine.binding import HybridLinear, KVCacheBinding
+from worker.engine.fp8 import _TINY, E4M3_MAX, FP8, dequantize
+from worker.engine.kv_cache import dequantize as kv_dequantize
+from worker.engine.kv_cache import quantize as kv_quantize
+from worker.engine.methods import FP8 as FP8Linear
 from worker.engine.methods import METHODS
 
 
@@ -36,45 +45,87 @@ class Probe:
     metric's own gradient (`quadratic=False`, a first-order change)."""
 
     name: str
-    # (differentiable outputs of a batch, its tokens, torch.Generator) -> scalar whose gradient is the probe
-    draw: Callable[[torch.Tensor, dict, torch.Generator], torch.Tensor]
+    # (outputs of a batch, its tokens, torch.Generator, how many) -> that many probe vectors, each shaped
+    # like the outputs: what the backward passes start from
+    draw: Callable[[torch.Tensor, object, torch.Generator, int], list[torch.Tensor]]
     # (outputs, tokens) -> how many items the metric averages over in this batch
-    count: Callable[[torch.Tensor, dict], int]
+    count: Callable[[torch.Tensor, object], int]
     quadratic: bool = True
     probes: int = 2
 
 
-def _signs_on_embeddings(outputs: torch.Tensor, tokens: dict, generator: torch.Generator) -> torch.Tensor:
+def _signs_on_embeddings(outputs: torch.Tensor, tokens, generator: torch.Generator, count: int) -> list[torch.Tensor]:
     # Normalised embeddings e: 1 - cos(e + de, e) = 1/2 |de|^2 to second order, and de is what the
     # backward pass sees through the normalisation. Random signs have the identity as covariance (and
     # a smaller variance of (v . de)^2 than Gaussian probes).
-    v = torch.randint(0, 2, outputs.shape, generator=generator).mul(2).sub(1)
-    v = v.to(outputs.device, outputs.dtype)
-    return (outputs * v).sum()
+    return [torch.randint(0, 2, outputs.shape, generator=generator).mul(2).sub(1).to(outputs.device, outputs.dtype)
+            for _ in range(count)]
 
 
-def _sampled_tokens(logits: torch.Tensor, tokens, generator: torch.Generator) -> torch.Tensor:
-    # KL(base || policy) = 1/2 dz^T F dz to second order, F the Fisher of the base distribution at each
-    # position; the score of a token drawn from that distribution has F as its covariance.
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    drawn = torch.multinomial(logp.detach().exp().reshape(-1, logp.shape[-1]).cpu(), 1, generator=generator)
-    return logp.reshape(-1, logp.shape[-1]).gather(1, drawn.to(logp.device)).sum()
+def _positions(hidden: torch.Tensor, ids) -> int:
+    return hidden.shape[0] * (hidden.shape[1] - 1)
 
 
-def _next_token_nll(logits: torch.Tensor, ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, ids[:, 1:].unsqueeze(-1).to(logp.device)).sum()
+def fisher_probe(head_weight: torch.Tensor, softcap: float | None, probes: int = 16) -> Probe:
+    """KL(base || policy) = 1/2 dz^T F dz to second order in the logits z, F the Fisher of the base
+    distribution p at each position; the score of a token y drawn from p, e_y - p, has F as its
+    covariance. The probes start at the final hidden states h (z = W h, softcapped): there the score is
+    c_y W_y - W^T (p c), with c the softcap's slope, so one product with the head per batch serves
+    every probe and no probe pays the vocabulary-wide backward."""
+
+    def draw(hidden, ids, generator, count):
+        return _head_directions(hidden, head_weight, softcap, generator, count, targets=None)
+
+    return Probe("kl_divergence", draw, _positions, probes=probes)
 
 
-def _positions(logits: torch.Tensor, ids) -> int:
-    return logits.shape[0] * (logits.shape[1] - 1)
+def nll_probe(head_weight: torch.Tensor, softcap: float | None) -> Probe:
+    """Perplexity moves at first order: the gradient of the windows' next-token NLL (exp of their mean is
+    perplexity, so the estimate is a proxy whose scale, about the base perplexity, is fitted on measured
+    units), taken at the final hidden states as the Fisher probe is."""
+
+    def draw(hidden, ids, generator, count):
+        return _head_directions(hidden, head_weight, softcap, generator, count, targets=ids[:, 1:])
+
+    return Probe("next-token NLL", draw, _positions, quadratic=False, probes=1)
+
+
+HEAD_ROWS = 256  # positions whose vocabulary-wide distribution is held at once (262k floats each on Gemma)
+
+
+@torch.no_grad()
+def _head_directions(hidden, weight, softcap, generator, count, targets):
+    """d/dh of log p(y) at every position but the last, for y drawn from p (`count` draws) or y = `targets`
+    (negated: the NLL's gradient)."""
+    windows, length, size = hidden.shape
+    h = hidden.detach()[:, :-1].reshape(-1, size)
+    goals = None if targets is None else targets.reshape(-1).to(h.device)
+    out = torch.zeros(count if goals is None else 1, windows, length, size, dtype=hidden.dtype, device=hidden.device)
+    directions = []
+    for start in range(0, h.shape[0], HEAD_ROWS):
+        raw = (h[start:start + HEAD_ROWS] @ weight.t()).float()
+        slope = None
+        if softcap:
+            capped = torch.tanh(raw / softcap)
+            slope, raw = 1 - capped.square(), capped * softcap
+        p = torch.softmax(raw, dim=-1)
+        mean = (p if slope is None else p * slope) @ weight.float()  # W^T (p c), per position
+        if goals is None:
+            drawn = torch.multinomial(p.cpu(), count, replacement=True, generator=generator).to(p.device)
+        else:
+            drawn = goals[start:start + HEAD_ROWS, None]
+        chunk = []
+        for k in range(drawn.shape[1]):
+            y = drawn[:, k]
+            score = weight[y].float() * (1.0 if slope is None else slope.gather(1, y[:, None]))
+            chunk.append(score - mean if goals is None else mean - score)
+        directions.append(torch.stack(chunk))
+    every = torch.cat(directions, dim=1).reshape(-1, windows, length - 1, size)
+    out[:, :, :-1] = every.to(hidden.dtype)
+    return list(out)
 
 
 COSINE = Probe("cosine_to_base", _signs_on_embeddings, lambda outputs, tokens: outputs.shape[0])
-KL = Probe("kl_divergence", _sampled_tokens, _positions)
-# Perplexity moves at first order: the gradient of the windows' mean NLL (exp of which is perplexity, so
-# the estimate is a proxy whose scale, about the base perplexity, is fitted on measured units).
-NLL = Probe("next-token NLL", _next_token_nll, _positions, quadratic=False, probes=1)
 
 
 @dataclass
@@ -86,9 +137,10 @@ class Estimates:
     quadratic: bool
     seconds: float = 0.0
 
-    def covers(self, layers) -> bool:
-        """Whether every one of `layers` has an estimate (a KV cache has none: it is measured)."""
-        return all(any(key[0] == layer for key in self.scalars) for layer in layers)
+    def covers(self, assignment: Mapping[str, str]) -> bool:
+        """Whether every layer of `assignment` has an estimate at its precision (a KV cache has one only
+        where a decoder's cache was watched, and only at a precision a cache can take)."""
+        return all(key in self.scalars for key in assignment.items())
 
     def worsening(self, assignment: Mapping[str, str]) -> float:
         """Estimated change of the metric (in its worse direction) with `assignment`'s layers at their
@@ -104,53 +156,118 @@ class Estimates:
 
 class Estimator:
     """Records, batch by batch, what the estimates need: inside `recording()`, every bound linear layer's
-    quantization error at each precision on the input it sees; `batch(outputs, tokens)` then runs the
-    probes' backward passes from that batch's outputs. Run it on its own (`estimate`) or inside a pass
-    that does something else with the same forward (the staged runner's capture)."""
+    input and output; `batch(outputs, tokens)` then runs the probes' backward passes from that batch's
+    outputs and takes each layer's quantization error at each precision on the rows that count (real
+    tokens, for token-wise precisions). Run it on its own (`estimate`) or inside a pass that does
+    something else with the same forward (the staged runner's capture)."""
 
     def __init__(self, engine: HybridEngine, probe: Probe, precisions: list[str], seed: int = 0):
         self.engine, self.probe, self.precisions = engine, probe, precisions
         self.generator = torch.Generator().manual_seed(seed)
-        # Linear layers only: a KV cache's error enters inside attention, where no output of its own carries it.
         self.layers = [layer for layer in engine.catalog if isinstance(engine.bindings[layer], HybridLinear)]
+        # A KV cache's error enters where attention reads K and V: `watch` a decoder's cache to see them.
+        self.kv_layers = [layer for layer in engine.catalog if isinstance(engine.bindings[layer], KVCacheBinding)]
+        self.kv_precisions = [p for p in precisions if p in KV_CACHE_PRECISIONS]
+        # Each layer's weights as its FP8 copy dequantizes them, once (the emulated kernel would redo it
+        # for every batch): the error is then one ordinary matmul on the FP8-rounded input.
+        self._weights: dict[tuple[str, str], torch.Tensor] = {}
         for layer in self.layers:
+            binding = engine.bindings[layer]
             for precision in precisions:
-                engine.bindings[layer].prepare(precision)
+                binding.prepare(precision)
+                kind = METHODS[precision].weights
+                if kind is not None and (layer, kind) not in self._weights:
+                    prepared = binding.prepared[kind]
+                    self._weights[(layer, kind)] = dequantize(prepared.weight, prepared.scale, binding.weight.dtype)
         self.parts: dict[tuple[str, str], list[torch.Tensor]] = {(layer, p): [] for layer in self.layers
                                                                  for p in precisions}
         self.items, self.seconds = 0, 0.0
-        self._errors: dict[str, list[torch.Tensor]] = {}
-        self._outputs: dict[str, torch.Tensor] = {}
+        self._seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (input, output with its graph)
+        self._seen_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # kv layer -> (K, V) as attention read them
+
+    def watch(self, cache):
+        """Makes `cache` (a decoder's, built for one recorded forward) keep the K and V its layers give
+        attention, for the KV-cache units' estimates; returns it."""
+        for i, layer in enumerate(getattr(cache, "layers", ())):
+            name = f"layers.{i}.kv_cache"
+            if name in self.kv_layers and self.kv_precisions:
+                layer.update = _kv_recorder(name, layer.update, self._seen_kv)
+        return cache
 
     @contextmanager
     def recording(self):
         started = time.perf_counter()
-        handles = [self.engine.bindings[layer].register_forward_hook(
-            _recorder(layer, self.precisions, self._errors, self._outputs)) for layer in self.layers]
+        handles = [self.engine.bindings[layer].register_forward_hook(_recorder(layer, self._seen))
+                   for layer in self.layers]
         try:
             with torch.enable_grad():
                 yield self
         finally:
             for handle in handles:
                 handle.remove()
-            self._errors.clear()
-            self._outputs.clear()
+            self._seen.clear()
+            self._seen_kv.clear()
             self.seconds += time.perf_counter() - started
 
     def batch(self, outputs: torch.Tensor, tokens) -> None:
         """The probes' backward passes from one batch's `outputs` (with their graph), then the scalars."""
         self.items += self.probe.count(outputs, tokens)
-        wanted = [self._outputs[layer] for layer in self.layers]
-        grads = [torch.autograd.grad(self.probe.draw(outputs, tokens, self.generator), wanted,
-                                     retain_graph=True, allow_unused=True) for _ in range(self.probe.probes)]
-        for i, layer in enumerate(self.layers):
-            for p, precision in enumerate(self.precisions):
-                eps = self._errors[layer][p]
-                rows = [torch.zeros(eps.shape[0]) if g[i] is None else
-                        (g[i].detach() * eps).reshape(eps.shape[0], -1).sum(1).float().cpu() for g in grads]
-                self.parts[(layer, precision)].append(torch.stack(rows))
-        self._errors.clear()
-        self._outputs.clear()
+        kv = [layer for layer in self.kv_layers if layer in self._seen_kv]
+        wanted = [self._seen[layer][1] for layer in self.layers] + [t for layer in kv for t in self._seen_kv[layer]]
+        grads = [torch.autograd.grad(outputs, wanted, grad_outputs=direction, retain_graph=True, allow_unused=True)
+                 for direction in self.probe.draw(outputs, tokens, self.generator, self.probe.probes)]
+        mask = tokens.get("attention_mask") if isinstance(tokens, dict) else None
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                x, out = self._seen[layer]
+                texts = out.shape[0]
+                x, out = x.reshape(-1, x.shape[-1]), out.detach().reshape(-1, out.shape[-1])
+                text_of_row = torch.arange(texts, device=out.device).repeat_interleave(out.shape[0] // texts)
+                real = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1)
+                probes = [None if g[i] is None else g[i].detach().reshape(-1, out.shape[-1]) for g in grads]
+                for precision in self.precisions:
+                    # Padding rows feed nothing the metric reads (their gradient is zero), except through
+                    # a per-tensor scale, which looks at every row of the batch.
+                    rows = real if METHODS[precision].token_wise else None
+                    eps = self._error(layer, precision, x, out, rows)
+                    owner = text_of_row if rows is None else text_of_row[rows]
+                    per_probe = []
+                    for g in probes:
+                        scalar = torch.zeros(texts, dtype=torch.float64, device=out.device)
+                        if g is not None:
+                            g = g if rows is None else g[rows]
+                            scalar.index_add_(0, owner, (g * eps).sum(1).double())
+                        per_probe.append(scalar.cpu())
+                    self.parts[(layer, precision)].append(torch.stack(per_probe))
+            for j, layer in enumerate(kv):
+                states = self._seen_kv[layer]
+                at = len(self.layers) + 2 * j
+                for precision in self.kv_precisions:
+                    # K and V stored as e4m3 with a scale per token and head, as the FP8 cache layer does.
+                    errors = [kv_dequantize(*kv_quantize(t), t.dtype) - t.detach() for t in states]
+                    per_probe = []
+                    for g in grads:
+                        scalar = torch.zeros(states[0].shape[0], dtype=torch.float64)
+                        for gradient, eps in zip(g[at:at + 2], errors, strict=True):
+                            if gradient is not None:
+                                scalar += (gradient.detach() * eps).reshape(eps.shape[0], -1).sum(1).double().cpu()
+                        per_probe.append(scalar)
+                    self.parts.setdefault((layer, precision), []).append(torch.stack(per_probe))
+        self._seen.clear()
+        self._seen_kv.clear()
+
+    def _error(self, layer: str, precision: str, x: torch.Tensor, out: torch.Tensor,
+               rows: torch.Tensor | None) -> torch.Tensor:
+        """The layer's output at `precision` minus its base output, on `rows` (None: all): the same rounding
+        as the FP8 kernel's (quantize, dequantize, matmul)."""
+        if rows is not None:
+            x, out = x[rows], out[rows]
+        method = METHODS[precision]
+        if method.weights is None:
+            return torch.zeros_like(out)
+        if isinstance(method, FP8Linear):  # W8A8: the input is rounded too (weight-only keeps it)
+            x = fake_quantize(x, rowwise=method.token_wise)
+        return F.linear(x, self._weights[(layer, method.weights)], self.engine.bindings[layer].bias) - out
 
     def result(self) -> Estimates:
         scalars = {key: torch.cat(parts, dim=1) for key, parts in self.parts.items()}
@@ -168,26 +285,42 @@ def estimate(engine: HybridEngine, batches: list, outputs: Callable[[object], to
     return estimator.result()
 
 
-def _recorder(layer: str, precisions: list[str], errors: dict, outputs: dict):
-    """A forward hook: keeps the layer's quantization error at each precision on the input it saw, and its
-    output, made part of the graph (the first layer's output starts it) so its gradient can be asked for."""
+def _kv_recorder(layer: str, update, seen: dict):
+    """Wraps a cache layer's `update`: keeps the K and V it returns (what attention reads, with their graph)."""
+
+    def recorded(key_states, value_states, *args, **kwargs):
+        keys, values = update(key_states, value_states, *args, **kwargs)
+        seen[layer] = (keys, values)
+        return keys, values
+
+    return recorded
+
+
+def _recorder(layer: str, seen: dict):
+    """A forward hook: keeps the layer's input and its output, made part of the graph (the first layer's
+    output starts it) so its gradient can be asked for."""
 
     def hook(module, inputs, output):
-        x = inputs[0].detach()
-        with torch.no_grad():
-            base = output.detach()
-            errors[layer] = []
-            for precision in precisions:
-                method = METHODS[precision]
-                # Emulated FP8 (quantize, dequantize, matmul): the same rounding as the kernel, at the
-                # cost of one ordinary matmul.
-                quantized = method.forward(x, module.weight, module.bias, module.prepared.get(method.weights), EMULATED)
-                errors[layer].append(quantized - base)
         if not output.requires_grad:
             output.requires_grad_()
-        outputs[layer] = output
+        seen[layer] = (inputs[0].detach(), output)
 
     return hook
+
+
+# Every FP8 e4m3 code's value, by its bits: reading them back through this table is several times faster
+# on CPU than the dtype conversion, and the same numbers.
+_E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(FP8).float()
+
+
+def fake_quantize(x: torch.Tensor, rowwise: bool) -> torch.Tensor:
+    """x rounded through FP8 e4m3 with dynamic scales (per row or per tensor) and back: what
+    worker.engine.fp8's quantize then dequantize give, computed faster."""
+    x32 = x.float()
+    amax = x32.abs().amax(dim=-1, keepdim=True) if rowwise else x32.abs().amax()
+    scale = amax.div_(E4M3_MAX).clamp_(min=_TINY)
+    codes = torch.div(x32, scale).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8).view(torch.uint8)
+    return torch.take(_E4M3_VALUES.to(x.device), codes.long()).mul_(scale).to(x.dtype)
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

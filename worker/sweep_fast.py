@@ -19,11 +19,13 @@ import math
 from mixprec.errors import FieldError, InvalidArgument
 from worker.models.staged import mean_pooled
 from worker.sweep import Sweep, SweepProgress, Unit, assignment_of, settle
-from worker.sweep_estimate import COSINE, KL, NLL, Estimates, Estimator, Probe, rank_correlation
+from worker.sweep_estimate import COSINE, Estimates, Estimator, Probe, fisher_probe, nll_probe, rank_correlation
 
 SAFETY = 1.5       # the margin: this many times the largest relative miss seen
 MIN_MEASURED = 3   # trials measured before the margin is trusted at all
-PROBES = 2         # backward passes per batch: the estimate's noise falls as 1 / sqrt(probes * texts)
+# Backward passes per batch (the estimate's noise falls as 1 / sqrt(probes * items)): an embedder's cost
+# a whole pass each; a decoder's start below its vocabulary-wide head, which is most of its pass.
+PROBES = {"cosine_to_base": 2, "kl_divergence": 16}
 
 
 class Margin:
@@ -73,7 +75,7 @@ class FastChooser:
         """The estimator's record of the reference pass, or (where the staged runner cannot carry it) a
         pass of its own."""
         if not self.estimator.items:
-            _, outputs = probe_for(self.sweep.model, self.sweep.metric)
+            _, outputs = probe_for(self.sweep.model, self.sweep.metric, watch=self.estimator.watch)
             with self.estimator.recording(), self.sweep.engine.using({}):
                 for _index, tokens in batches_for(self.sweep):
                     self.estimator.batch(outputs(tokens), tokens)
@@ -84,9 +86,11 @@ class FastChooser:
     def choose(self, units: list[Unit], max_drop: float) -> tuple[dict[str, str], list[dict]]:
         self.units, self.budget, ladder = units, max_drop, self.sweep.ladder
         self.est = self.estimates()
-        # A unit with a layer the estimate cannot see (a KV cache) has none: it is always measured.
-        self.raw = {(i, k): self.est.worsening(dict.fromkeys(unit.layers, p)) if self.est.covers(unit.layers)
-                    else math.nan for i, unit in enumerate(units) for k, p in enumerate(ladder)}
+        # A unit at a precision the estimate does not cover (a KV cache outside a recorded decoder pass, or at a
+        # precision it cannot take) has none: it is measured (at no cost where the precision cannot run).
+        self.raw = {(i, k): self.est.worsening(dict.fromkeys(unit.layers, p))
+                    if self.est.covers(dict.fromkeys(unit.layers, p)) else math.nan
+                    for i, unit in enumerate(units) for k, p in enumerate(ladder)}
         for i, unit in enumerate(units):
             for k, trial in enumerate(self.sweep.trials(unit)):
                 trial.estimate = self.raw[(i, k)]
@@ -202,7 +206,8 @@ class FastChooser:
 
     def _measure(self, i: int, k: int, why: str) -> None:
         trial = self.sweep.measure_trial(self.units[i], k)
-        self.margin.learn(self.raw[(i, k)], trial.measured)
+        if math.isfinite(self.raw[(i, k)]) and math.isfinite(trial.measured):
+            self.margin.learn(self.raw[(i, k)], trial.measured)
         self.measured_why.append({"unit": self.units[i].name, "precision": trial.precision, "why": why})
         self.progress.exact(self.units[i], trial, why)
 
@@ -252,24 +257,29 @@ class FastChooser:
 
 
 
-def estimator_for(model, engine, metric: str, ladder: list[str], probes: int = PROBES, seed: int = 0) -> Estimator:
+def estimator_for(model, engine, metric: str, ladder: list[str], probes: int | None = None,
+                  seed: int = 0) -> Estimator:
     probe, _ = probe_for(model, metric)
     if probe.quadratic:
-        probe = Probe(**{**probe.__dict__, "probes": probes})
+        probe = Probe(**{**probe.__dict__, "probes": probes or PROBES.get(probe.name, probe.probes)})
     return Estimator(engine, probe, ladder, seed)
 
 
-def probe_for(model, metric: str):
+def probe_for(model, metric: str, watch=None):
     """(probe, differentiable outputs of one batch) for the model and metric: the embeddings for an
-    embedder (cosine to base), the logits for a decoder (KL divergence; perplexity from the NLL). The
-    probe's own metric is estimated in its units, any other through it as a proxy."""
+    embedder (cosine to base), the final hidden states for a decoder (KL divergence; perplexity from the
+    NLL), whose probes pass through its head themselves (`watch(cache)`, if given, sees the KV cache each
+    forward builds). The probe's own metric is estimated in its units, any other through it as a proxy."""
     decoder = getattr(model, "decoder", None)
     if decoder is not None:
-        def logits(ids):
-            hidden = decoder.module.model(input_ids=ids, cache=decoder.new_cache(), use_cache=True).last_hidden_state
-            return decoder.head(hidden)
+        def hidden(ids):
+            cache = decoder.new_cache() if watch is None else watch(decoder.new_cache())
+            return decoder.module.model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state
 
-        return (NLL if metric == "perplexity" else KL), logits
+        weight = decoder.module.lm_head.weight.detach()
+        probe = (nll_probe(weight, decoder.softcap) if metric == "perplexity"
+                 else fisher_probe(weight, decoder.softcap, PROBES["kl_divergence"]))
+        return probe, hidden
     if model.embed is None or model.batches is None:  # the same refusal as the evaluator's, before any pass
         raise InvalidArgument(FieldError("model", f"{model.name!r} is not an embedder; the retrieval set "
                                                   "cannot measure its quality"))

@@ -11,7 +11,8 @@ from torch import nn
 
 from worker.engine import HybridEngine
 from worker.engine.fp8 import dequantize, quantize
-from worker.sweep_estimate import COSINE, Probe, estimate, rank_correlation
+from worker.models.staged import mean_pooled
+from worker.sweep_estimate import COSINE, Probe, estimate, fake_quantize, fisher_probe, nll_probe, rank_correlation
 from worker.sweep_fast import Margin
 
 
@@ -34,7 +35,8 @@ def fp8_error(x, weight, bias):
 def test_a_first_order_probe_gives_gradient_times_quantization_error_exactly():
     model, engine, batches, x = toy()
     # The output's sum is linear in the last layer's output: the estimate is the sum of its FP8 error.
-    total = Probe("sum", lambda out, tokens, gen: out.sum(), lambda out, tokens: out.shape[0], quadratic=False, probes=1)
+    total = Probe("sum", lambda out, tokens, gen, n: [torch.ones_like(out)] * n, lambda out, tokens: out.shape[0],
+                  quadratic=False, probes=1)
     est = estimate(engine, batches, lambda tokens: model(tokens["x"]), total, ["fp8"])
     hidden = torch.tanh(model[0](x)).detach()
     expected = fp8_error(hidden, model[2].weight, model[2].bias).sum(1).mean()
@@ -95,3 +97,46 @@ def test_bad_sweep_options_are_refused_by_name_before_anything_loads(argv, field
     assert main(["sweep", "--model", "minilm", *argv, "-o", str(tmp_path / "map.yaml")]) == 2
     assert field in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rowwise", [True, False])
+def test_the_estimates_fp8_rounding_is_the_engines_quantize_then_dequantize_bit_for_bit(rowwise):
+    torch.manual_seed(0)
+    x = torch.randn(37, 96) * torch.logspace(-4, 2, 96)  # normal and subnormal e4m3 codes alike
+    assert torch.equal(fake_quantize(x, rowwise), dequantize(*quantize(x, rowwise=rowwise)))
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_head_probes_are_the_gradient_of_the_token_log_probability_at_the_final_hidden_state(softcap):
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 16, requires_grad=True)
+    weight, targets = torch.randn(40, 16), torch.randint(0, 40, (2, 5))
+    logits = hidden @ weight.t()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, targets.unsqueeze(-1)).sum()
+    expected, = torch.autograd.grad(nll, hidden)
+    (direction,) = nll_probe(weight, softcap).draw(hidden, torch.cat([targets[:, :1], targets], 1), None, 1)
+    assert torch.allclose(direction, expected, atol=1e-5) and direction[:, -1].abs().max() == 0
+    # A Fisher probe is the same score at a token drawn from the model's own distribution: zero mean.
+    draws = fisher_probe(weight, softcap).draw(hidden, None, torch.Generator().manual_seed(0), 4000)
+    assert torch.stack(draws).mean(0).abs().max() < 0.15 * expected.abs().max()
+
+
+def test_padding_rows_change_no_estimate(minilm, engine_at_base):
+    """Texts padded in one batch get the scalars they get alone: only real rows are computed, and each is
+    counted for its own text (up to FP8 codes that float noise in the inputs rounds the other way)."""
+    texts = ["Return the sum.", "Read a whole file into memory and return its lines without trailing newlines."]
+    first_order = Probe("sum", lambda out, tokens, gen, n: [torch.ones_like(out)] * n, lambda out, tokens: out.shape[0],
+                        quadratic=False, probes=1)
+
+    def outputs(tokens):
+        return mean_pooled(minilm.module(**tokens).last_hidden_state, tokens["attention_mask"])
+
+    together = estimate(engine_at_base, minilm.batches(texts, batch_size=2), outputs, first_order, ["fp8"])
+    alone = estimate(engine_at_base, minilm.batches(texts, batch_size=1), outputs, first_order, ["fp8"])
+    assert not minilm.batches(texts, batch_size=2)[0][1]["attention_mask"].all()  # the short text is padded
+    for key, scalars in together.scalars.items():
+        order = [i for batch, _ in minilm.batches(texts, batch_size=2) for i in batch]
+        by_text = dict(zip(order, scalars[0].tolist(), strict=True))
+        assert [by_text[0], by_text[1]] == pytest.approx(alone.scalars[key][0].tolist(), rel=0.03), key
