@@ -8,8 +8,10 @@ relative miss so far; unbounded until three trials are measured). A trial is mea
 its interval leaves a decision open: whether it fits the budget alone, or whether it sits on the other
 side of the walk's stopping point from a unit it might swap places with. The combined drop of each
 state of the walk is predicted the same way (cross terms included); the state predicted to be the first
-within the budget is checked exactly, and so is the state before it (which must fail), and any earlier
-state whose prediction is within the combined margin of the budget (which might pass).
+within the budget is checked exactly. From then on a state's drop is predicted from the nearest state
+checked: its measured drop plus the estimated change of the few units between them, with their
+margin. Earlier states that might still pass are bisected with exact checks, so the walk stops where
+the exact walk's first passing check is.
 """
 
 from __future__ import annotations
@@ -160,29 +162,47 @@ class FastChooser:
         return self.margin.scale * self.est.worsening(assignment)
 
     def _verify(self, states, pops, doubts, predicted):
-        """The final state's index, or (unit, rung) of a trial to measure first."""
+        """The final state's index, or (unit, rung, why) of a trial to measure first. The exact walk stops at
+        the first state whose check passes: starting from a state checked to pass, every earlier state
+        that might pass is a candidate, and the middle candidate is checked next (a bisection that each
+        check, passed or failed, also narrows through `_anchored`)."""
+        passing = [j for j in range(len(states)) if (known := self._known(states[j])) is not None
+                   and known <= self.budget]
         within = [j for j, p in enumerate(predicted) if p <= self.budget]
-        j = within[0] if within else len(states) - 1
+        j = passing[0] if passing else within[0] if within else len(states) - 1
         while True:
             need = self._open_question(j, states, pops, doubts)
             if need:
                 return need
             if self._check(states[j], predicted[j]) > self.budget:
-                j += 1
+                # The last state (every unit at base) passes, so a later one exists: the first predicted
+                # within the budget from this check on.
+                later = [e for e in range(j + 1, len(states)) if self._anchored(e, states, predicted)[0] <= self.budget]
+                j = later[0] if later else len(states) - 1
                 continue
-            low = self.combined_margin.width
-            earlier = [e for e in range(j) if self._might_pass(states[e], predicted[e], low, last=e == j - 1)]
-            moved = False
-            for e in earlier:
-                need = self._open_question(e, states, pops, doubts)
-                if need:
-                    return need
-                if self._check(states[e], predicted[e]) <= self.budget:
-                    j, moved = e, True
-                    break
-            if not moved:
+            earlier = [e for e in range(j) if self._might_pass(e, states, predicted)]
+            if not earlier:
                 self.skipped_checks = sum(self._known(states[e]) is None for e in range(j))
                 return j
+            e = earlier[len(earlier) // 2]
+            need = self._open_question(e, states, pops, doubts)
+            if need:
+                return need
+            if self._check(states[e], predicted[e]) <= self.budget:
+                j = e
+
+    def _anchored(self, e: int, states, predicted) -> tuple[float, float]:
+        """State `e`'s combined drop and its margin, predicted from the nearest state already checked: that
+        check's measured drop plus the estimated change between the two states (the few units in which
+        they differ, cross terms included), which is far better known than a whole map's prediction."""
+        checked = [(abs(s - e), s) for s in range(len(states)) if self._known(states[s]) is not None]
+        if not checked:
+            width = self.combined_margin.width
+            return predicted[e], (math.inf if math.isinf(width) else width * abs(predicted[e]))
+        _, s = min(checked)
+        change = predicted[e] - predicted[s]
+        spread = 0.0 if change == 0 else self.margin.width * abs(change)
+        return self._known(states[s]) + change, spread
 
     def _open_question(self, j, states, pops, doubts):
         """A trial to measure before state `j` can be trusted to be the exact walk's `j`-th state."""
@@ -211,13 +231,14 @@ class FastChooser:
         self.measured_why.append({"unit": self.units[i].name, "precision": trial.precision, "why": why})
         self.progress.exact(self.units[i], trial, why)
 
-    def _might_pass(self, state, predicted: float, width: float, last: bool) -> bool:
-        """Whether the exact walk could stop at `state`: measured within the budget, or not measured and
-        either just before the stop (the exact walk checks it) or predicted within the margin of the budget."""
-        known = self._known(state)
+    def _might_pass(self, e: int, states, predicted) -> bool:
+        """Whether the exact walk could stop at state `e`: checked within the budget, or not checked and
+        predicted (from the nearest check) within the margin of the budget."""
+        known = self._known(states[e])
         if known is not None:
             return known <= self.budget
-        return last or predicted * (1 - min(width, 1.0)) <= self.budget
+        value, spread = self._anchored(e, states, predicted)
+        return not value - spread > self.budget
 
     def _known(self, state) -> float | None:
         check = self._checks.get(frozenset(assignment_of(self.units, state, self.sweep.ladder).items()))
