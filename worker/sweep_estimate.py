@@ -217,28 +217,26 @@ class Estimator:
         grads = [torch.autograd.grad(outputs, wanted, grad_outputs=direction, retain_graph=True, allow_unused=True)
                  for direction in self.probe.draw(outputs, tokens, self.generator, self.probe.probes)]
         mask = tokens.get("attention_mask") if isinstance(tokens, dict) else None
+        real = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1)
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
                 x, out = self._seen[layer]
                 texts = out.shape[0]
                 x, out = x.reshape(-1, x.shape[-1]), out.detach().reshape(-1, out.shape[-1])
                 text_of_row = torch.arange(texts, device=out.device).repeat_interleave(out.shape[0] // texts)
-                real = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1)
-                probes = [None if g[i] is None else g[i].detach().reshape(-1, out.shape[-1]) for g in grads]
+                seen = [g[i] for g in grads]
+                probes = None if any(g is None for g in seen) else torch.stack(seen).reshape(len(seen), -1, out.shape[-1])
                 for precision in self.precisions:
-                    # Padding rows feed nothing the metric reads (their gradient is zero), except through
-                    # a per-tensor scale, which looks at every row of the batch.
-                    rows = real if METHODS[precision].token_wise else None
-                    eps = self._error(layer, precision, x, out, rows)
-                    owner = text_of_row if rows is None else text_of_row[rows]
-                    per_probe = []
-                    for g in probes:
-                        scalar = torch.zeros(texts, dtype=torch.float64, device=out.device)
-                        if g is not None:
-                            g = g if rows is None else g[rows]
-                            scalar.index_add_(0, owner, (g * eps).sum(1).double())
-                        per_probe.append(scalar.cpu())
-                    self.parts[(layer, precision)].append(torch.stack(per_probe))
+                    scalar = torch.zeros(texts, len(grads), dtype=torch.float64, device=out.device)
+                    if probes is not None:
+                        # Padding rows feed nothing the metric reads (their gradient is zero), except
+                        # through a per-tensor scale, which looks at every row of the batch.
+                        rows = real if METHODS[precision].token_wise else None
+                        eps = self._error(layer, precision, x, out, rows)
+                        owner = text_of_row if rows is None else text_of_row[rows]
+                        chosen = probes if rows is None else probes[:, rows]
+                        scalar.index_add_(0, owner, (chosen * eps).sum(-1).t().double())
+                    self.parts[(layer, precision)].append(scalar.t().cpu())
             for j, layer in enumerate(kv):
                 states = self._seen_kv[layer]
                 at = len(self.layers) + 2 * j
