@@ -21,6 +21,7 @@ checks are predicted before they are run.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,6 +153,24 @@ class Estimates:
         if self.quadratic:
             return float(0.5 * total.double().pow(2).mean(0).sum() / self.items)
         return float(total.double().mean(0).sum() / self.items)
+
+    def _squares(self, assignment: Mapping[str, str]) -> torch.Tensor | float:
+        parts = [self.scalars[key] for key in assignment.items() if key in self.scalars]
+        return 0.5 * sum(parts).double().pow(2) if parts else 0.0
+
+    def noise(self, assignment: Mapping[str, str], minus: Mapping[str, str] | None = None) -> float:
+        """The standard error of `worsening(assignment)` (less `worsening(minus)`, if given) from the
+        probes' randomness alone (the spread of each item's probes around their mean; with one probe, the
+        spread across items, which is larger): 0 for a first-order estimate, which draws nothing."""
+        if not self.quadratic:
+            return 0.0
+        squares = self._squares(assignment) - (self._squares(minus) if minus else 0.0)  # (probes, columns)
+        if not isinstance(squares, torch.Tensor):
+            return 0.0
+        probes, columns = squares.shape
+        if probes > 1:
+            return float(squares.var(0).sum().div(probes).sqrt() / self.items)
+        return float(squares[0].std() * columns ** 0.5 / self.items) if columns > 1 else math.inf
 
 
 class Estimator:

@@ -7,8 +7,8 @@ learned from how far the estimates missed on the trials measured exactly (1.5 ti
 relative miss so far; unbounded until three trials are measured). A trial is measured exactly only when
 its interval leaves a decision open: whether it fits the budget alone, or whether it sits on the other
 side of the walk's stopping point from a unit it might swap places with. The combined drop of each
-state of the walk is predicted the same way (cross terms included); the state predicted to be the first
-within the budget is checked exactly. From then on a state's drop is predicted from the nearest state
+state of the walk is predicted the same way (cross terms included); the state predicted nearest the
+budget is checked exactly first. From then on a state's drop is predicted from the nearest state
 checked: its measured drop plus the estimated change of the few units between them, with their
 margin. Earlier states that might still pass are bisected with exact checks, so the walk stops where
 the exact walk's first passing check is.
@@ -25,6 +25,7 @@ from worker.sweep_estimate import COSINE, Estimates, Estimator, Probe, fisher_pr
 
 SAFETY = 1.5       # the margin: this many times the largest relative miss seen
 MIN_MEASURED = 3   # trials measured before the margin is trusted at all
+NOISE_SIGMAS = 3   # an estimate's interval is never narrower than this many standard errors of its probes
 # Backward passes per batch (the estimate's noise falls as 1 / sqrt(probes * items)): an embedder's cost
 # a whole pass each; a decoder's start below its vocabulary-wide head, which is most of its pass.
 PROBES = {"cosine_to_base": 2, "kl_divergence": 16}
@@ -54,11 +55,13 @@ class Margin:
             return math.inf
         return SAFETY * max(self.misses())
 
-    def bounds(self, raw: float) -> tuple[float, float]:
+    def bounds(self, raw: float, noise: float = 0.0) -> tuple[float, float]:
+        """The interval of an estimate `raw` whose probes' standard error is `noise`: the learned margin,
+        and never less than NOISE_SIGMAS standard errors (the misses seen so far can all be small by luck)."""
         value, width = self.scale * raw, self.width
-        if math.isinf(width) or math.isnan(value):
+        if math.isinf(width) or math.isnan(value) or math.isinf(noise):
             return -math.inf, math.inf
-        spread = width * max(abs(value), self.floor)
+        spread = max(width * max(abs(value), self.floor), NOISE_SIGMAS * abs(self.scale) * noise)
         return value - spread, value + spread
 
 
@@ -93,6 +96,8 @@ class FastChooser:
         self.raw = {(i, k): self.est.worsening(dict.fromkeys(unit.layers, p))
                     if self.est.covers(dict.fromkeys(unit.layers, p)) else math.nan
                     for i, unit in enumerate(units) for k, p in enumerate(ladder)}
+        self.noise = {(i, k): self.est.noise(dict.fromkeys(unit.layers, p)) if math.isfinite(self.raw[(i, k)])
+                      else math.inf for i, unit in enumerate(units) for k, p in enumerate(ladder)}
         for i, unit in enumerate(units):
             for k, trial in enumerate(self.sweep.trials(unit)):
                 trial.estimate = self.raw[(i, k)]
@@ -128,7 +133,9 @@ class FastChooser:
 
     def _bounds(self, i: int, k: int) -> tuple[float, float]:
         trial = self.units[i].trials[k]
-        return (trial.measured, trial.measured) if trial.measured is not None else self.margin.bounds(self.raw[(i, k)])
+        if trial.measured is not None:
+            return trial.measured, trial.measured
+        return self.margin.bounds(self.raw[(i, k)], self.noise[(i, k)])
 
     def _walk(self):
         """The exact sweep's walk on what is known: the states (unit -> rung), the units moved between
@@ -164,12 +171,14 @@ class FastChooser:
     def _verify(self, states, pops, doubts, predicted):
         """The final state's index, or (unit, rung, why) of a trial to measure first. The exact walk stops at
         the first state whose check passes: starting from a state checked to pass, every earlier state
-        that might pass is a candidate, and the middle candidate is checked next (a bisection that each
-        check, passed or failed, also narrows through `_anchored`)."""
+        that might pass is a candidate; the latest, if predicted to fail, else the middle one is checked
+        next (a bisection that each check, passed or failed, also narrows through `_anchored`)."""
         passing = [j for j in range(len(states)) if (known := self._known(states[j])) is not None
                    and known <= self.budget]
-        within = [j for j, p in enumerate(predicted) if p <= self.budget]
-        j = passing[0] if passing else within[0] if within else len(states) - 1
+        # The first check: the state predicted nearest the budget, on either side (each check then moves
+        # the walk's stop from what it measured).
+        nearest = min(range(len(states)), key=lambda e: (abs(predicted[e] - self.budget), e))
+        j = passing[0] if passing else nearest
         while True:
             need = self._open_question(j, states, pops, doubts)
             if need:
@@ -184,7 +193,10 @@ class FastChooser:
             if not earlier:
                 self.skipped_checks = sum(self._known(states[e]) is None for e in range(j))
                 return j
-            e = earlier[len(earlier) // 2]
+            # The latest candidate when it is predicted to fail (the usual case: the state just before the
+            # stop, left to rule out), else the middle one (the stop is further back: bisect).
+            latest = earlier[-1]
+            e = latest if self._anchored(latest, states, predicted)[0] > self.budget else earlier[len(earlier) // 2]
             need = self._open_question(e, states, pops, doubts)
             if need:
                 return need
@@ -200,16 +212,36 @@ class FastChooser:
             width = self.combined_margin.width
             return predicted[e], (math.inf if math.isinf(width) else width * abs(predicted[e]))
         _, s = min(checked)
-        change = predicted[e] - predicted[s]
-        spread = 0.0 if change == 0 else self.margin.width * abs(change)
-        return self._known(states[s]) + change, spread
+        ladder = self.sweep.ladder
+        here, there = assignment_of(self.units, states[e], ladder), assignment_of(self.units, states[s], ladder)
+        if here == there:
+            return self._known(states[s]), 0.0
+        # The change's margin: the learned one on the differing layers' own estimates on both sides (a
+        # difference of estimates is no better known than they are), and its probes' noise, cross terms included.
+        own = (self.est.worsening({k: v for k, v in here.items() if there.get(k) != v})
+               + self.est.worsening({k: v for k, v in there.items() if here.get(k) != v}))
+        width = self.margin.width
+        if math.isinf(width):
+            return self._known(states[s]) + predicted[e] - predicted[s], math.inf
+        scale = abs(self.margin.scale)
+        spread = scale * (width * own + NOISE_SIGMAS * self.est.noise(here, minus=there))
+        return self._known(states[s]) + predicted[e] - predicted[s], spread
 
     def _open_question(self, j, states, pops, doubts):
         """A trial to measure before state `j` can be trusted to be the exact walk's `j`-th state."""
-        open_doubts = [(abs(self._value(i, k) - self.budget), i, k) for s, i, k in doubts if s <= j]
+        # Until the margin is learned every trial is in doubt; the first ones measured are those nearest
+        # the combined check's cut (which its decision needs measured anyway), the cheapest runs first.
+        if math.isinf(self.margin.width) and j > 0:
+            cut = self._cut(j, states, pops)
+            open_doubts = [(abs(self._value(i, k) - cut) * self.sweep.work(self.units[i]), i, k)
+                           for s, i, k in doubts if s <= j]
+        else:
+            open_doubts = [(abs(self._value(i, k) - self.budget), i, k) for s, i, k in doubts if s <= j]
         if open_doubts:
             _, i, k = min(open_doubts)
-            return i, k, "its estimate is within the margin of the budget"
+            why = ("its estimate is within the margin of the budget" if not math.isinf(self.margin.width) else
+                   "the margin is not learned yet, and it is among the cheapest units near the combined check's cut")
+            return i, k, why
         popped = {(i, k) for i, k in pops[:j]}
         current = [(i, r) for i, r in states[j].items() if r is not None]
         ambiguous = set()
@@ -223,6 +255,12 @@ class FastChooser:
             i, k = max(ambiguous, key=lambda t: self._bounds(*t)[1] - self._bounds(*t)[0])
             return i, k, "its estimate is within the margin of a unit on the other side of the combined check's cut"
         return None
+
+    def _cut(self, j: int, states, pops) -> float:
+        """Where state `j` divides the units: between the last one moved down and the most sensitive kept."""
+        kept = [self._value(i, r) for i, r in states[j].items() if r is not None]
+        last = self._value(*pops[j - 1])
+        return (last + max(kept)) / 2 if kept else last
 
     def _measure(self, i: int, k: int, why: str) -> None:
         trial = self.sweep.measure_trial(self.units[i], k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -12,7 +13,16 @@ from torch import nn
 from worker.engine import HybridEngine
 from worker.engine.fp8 import dequantize, quantize
 from worker.models.staged import mean_pooled
-from worker.sweep_estimate import COSINE, Probe, estimate, fake_quantize, fisher_probe, nll_probe, rank_correlation
+from worker.sweep_estimate import (
+    COSINE,
+    Estimates,
+    Probe,
+    estimate,
+    fake_quantize,
+    fisher_probe,
+    nll_probe,
+    rank_correlation,
+)
 from worker.sweep_fast import Margin
 
 
@@ -140,3 +150,18 @@ def test_padding_rows_change_no_estimate(minilm, engine_at_base):
         order = [i for batch, _ in minilm.batches(texts, batch_size=2) for i in batch]
         by_text = dict(zip(order, scalars[0].tolist(), strict=True))
         assert [by_text[0], by_text[1]] == pytest.approx(alone.scalars[key][0].tolist(), rel=0.03), key
+
+
+def test_an_estimates_noise_is_the_spread_its_probes_really_have():
+    model, engine, batches, x = toy()
+    many = Probe("norm", COSINE.draw, lambda out, tokens: out.shape[0], probes=400)
+    est = estimate(engine, batches, lambda tokens: model(tokens["x"]), many, ["fp8"], seed=5)
+    groups = [Estimates({k: v[g * 4:(g + 1) * 4] for k, v in est.scalars.items()}, est.items, True) for g in range(100)]
+    spread = statistics.stdev(g.worsening({"down": "fp8"}) for g in groups)
+    claimed = statistics.mean(g.noise({"down": "fp8"}) for g in groups)
+    assert 0.7 < claimed / spread < 1.4
+    both = {"up": "fp8", "down": "fp8"}
+    change = statistics.stdev(g.worsening(both) - g.worsening({"down": "fp8"}) for g in groups)
+    assert 0.7 < statistics.mean(g.noise(both, minus={"down": "fp8"}) for g in groups) / change < 1.4
+    first_order = Estimates(est.scalars, est.items, quadratic=False)
+    assert first_order.noise({"down": "fp8"}) == 0.0
