@@ -323,9 +323,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         received = utcnow()
         body = MessageToDict(report, preserving_proto_field_name=True) | {"received_at": received.isoformat()}
         # Acknowledged once stored: until then the worker sends it again on every reconnect.
-        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version))
+        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version,
+                                                                      report_id=report.report_id))
         self._recorder.report(domain.ReportRecord(session.endpoint, session.worker_id, report.version, kind, body,
-                                                  received),
+                                                  received, report_id=report.report_id),
                               on_stored=lambda: session.send_soon(acknowledgement))
         field_name = "last_quality" if kind == "quality" else "last_serving"
         self._recorder.update(domain.WorkerUpdate(session.endpoint, session.worker_id, **{field_name: body}))
