@@ -183,8 +183,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 while not reader.done() and not holder.replaced.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
-                    if latest is not None:
-                        await self._send_target(context, session, latest, reason)
+                    if latest is None:  # deleted: the worker keeps serving its last map and retries
+                        await context.abort(grpc.StatusCode.NOT_FOUND, f"endpoint {hello.endpoint!r} was deleted")
+                    await self._send_target(context, session, latest, reason)
                     while session.outbox:
                         await context.write(session.outbox.pop(0))
                     reason = "change"
