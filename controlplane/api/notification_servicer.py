@@ -51,6 +51,7 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
         return npb.ListWebhooksResponse(webhooks=[webhook_to_proto(w, last) for w, last in webhooks])
 
     @maps_domain_errors
+    @write_rpc(npb.TestWebhookResponse)
     async def TestWebhook(self, request: npb.TestWebhookRequest, context) -> npb.TestWebhookResponse:
         await run_blocking(self._notifications.test_webhook, request.endpoint, request.name, actor(request.actor))
         return npb.TestWebhookResponse()

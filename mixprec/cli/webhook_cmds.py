@@ -41,6 +41,7 @@ def register(sub) -> None:
     t = command(webhook, "test", "send a test notification to one webhook", _test)
     t.add_argument("endpoint")
     t.add_argument("name")
+    add_request_id_option(t)
 
 
 def _stub(args):
@@ -91,7 +92,7 @@ def _delete(args) -> int:
 def _test(args) -> int:
     from mixprec.v1 import notify_pb2 as npb
 
-    _stub(args).TestWebhook(npb.TestWebhookRequest(endpoint=args.endpoint, name=args.name, actor=actor(args)),
-                            timeout=RPC_TIMEOUT_S)
+    _stub(args).TestWebhook(npb.TestWebhookRequest(endpoint=args.endpoint, name=args.name, actor=actor(args),
+                                                   request_id=request_id(args)), timeout=RPC_TIMEOUT_S)
     print(f"queued a test notification to {args.name}; see `mixprec webhook list {args.endpoint}`")
     return 0

@@ -90,14 +90,16 @@ class ListWebhooksResponse(_message.Message):
     def __init__(self, webhooks: _Optional[_Iterable[_Union[Webhook, _Mapping]]] = ...) -> None: ...
 
 class TestWebhookRequest(_message.Message):
-    __slots__ = ("endpoint", "name", "actor")
+    __slots__ = ("endpoint", "name", "actor", "request_id")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     name: str
     actor: str
-    def __init__(self, endpoint: _Optional[str] = ..., name: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., name: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class TestWebhookResponse(_message.Message):
     __slots__ = ()

@@ -107,6 +107,10 @@ def test_deletes_token_and_webhook_writes_are_applied_once_per_request_id(contro
 
     hook = notify_pb2.SetWebhookRequest(endpoint="emb", name="chat", url="http://127.0.0.1:9/hook", request_id="w-1")
     assert notify.SetWebhook(hook) == notify.SetWebhook(hook)
+    probe = notify_pb2.TestWebhookRequest(endpoint="emb", name="chat", request_id="w-3")
+    notify.TestWebhook(probe)
+    notify.TestWebhook(probe)
+    assert sum("webhook.test" in row for row in snapshot(db_url)["audit_log"]) == 1
     drop_hook = notify_pb2.DeleteWebhookRequest(endpoint="emb", name="chat", request_id="w-2")
     notify.DeleteWebhook(drop_hook)
     notify.DeleteWebhook(drop_hook)  # answered alike, not NOT_FOUND
