@@ -41,6 +41,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/propagation.py
+	$(PY) benchmarks/apply_latency.py
 	$(PY) benchmarks/toggle.py
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/fp8_gemm.py

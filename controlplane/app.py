@@ -148,7 +148,7 @@ class ControlPlane:
         self.dashboard = None
         if http_listen is not None:  # the dashboard: same services, same tokens, its own listener
             authenticate = self.authenticator.authenticate if tokens_required(auth, http_listen, "http_listen") else None
-            self.dashboard = DashboardServer(Pages(self.policies, self.fleet, self.rollouts), self.endpoint_changed,
+            self.dashboard = DashboardServer(Pages(self.policies, self.fleet, self.rollouts, self.requests), self.endpoint_changed,
                                              http_listen, authenticate, *(http_tls or ()))
 
     async def start(self) -> int:
@@ -172,8 +172,8 @@ class ControlPlane:
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
             RolloutServicer(self.rollouts, self.endpoint_changed, self.requests), server
         )
-        auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens), server)
-        notify_pb2_grpc.add_NotificationServiceServicer_to_server(NotificationServicer(self.notifications), server)
+        auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.tokens, self.requests), server)
+        notify_pb2_grpc.add_NotificationServiceServicer_to_server(NotificationServicer(self.notifications, self.requests), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -113,6 +113,7 @@ class ReportRecord:
     body: dict
     at: datetime
     id: int = 0
+    report_id: str = ""  # the worker's id of the measurement: a resend is the same report
 
 
 OPEN_ROLLOUT_STATES = ("RUNNING", "PAUSED")

@@ -3,25 +3,15 @@ rollout read in LLM metrics while Generate traffic flows, an automatic rollback,
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import threading
-import time
 from contextlib import ExitStack
 
 import grpc
 
-from mixprec.cli import output
-from mixprec.cli.fleet_cmds import worker_rows
-from mixprec.cli.policy_cmds import rules_proto
-from mixprec.demo import spawn, step, terminate
-from mixprec.localhost import free_port, wait_until
-from mixprec.policy import compact_rules
-from mixprec.v1 import agent_pb2 as apb
-from mixprec.v1 import agent_pb2_grpc, inference_pb2_grpc, policy_pb2_grpc, rollout_pb2_grpc
+from mixprec.demo_story import Story, step, tell
 from mixprec.v1 import inference_pb2 as ipb
+from mixprec.v1 import inference_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import rollout_pb2 as rpb
 
@@ -57,40 +47,22 @@ class GenerateTraffic(threading.Thread):
             self.stop.wait(1.0)  # steady, not saturating: on 2 cores the sweep and the evaluations need them too
 
 
-class LlmDemo:
-    def __init__(self, workdir: str, windows: int):
-        self.workdir, self.windows = workdir, windows
-        self.summary: list[dict] = []
+class LlmDemo(Story):
+    endpoint = ENDPOINT
+    model = MODEL
+    workers = WORKERS
+    fleet_columns = ["worker", "applied", "quality (delta vs base)", "tok/s prefill/decode"]
 
     def start(self, stack: ExitStack) -> None:
-        step(f"control plane on sqlite:///{self.workdir}/mixprec.db")
-        address = f"127.0.0.1:{free_port()}"
-        stack.callback(terminate, spawn(self.workdir, "control-plane", "server", "--db",
-                                        f"sqlite:///{self.workdir}/mixprec.db", "--listen", address))
-        channel = grpc.insecure_channel(address)
-        grpc.channel_ready_future(channel).result(timeout=60)
-        self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
-        self.fleet = agent_pb2_grpc.FleetServiceStub(channel)
-        self.rollouts = rollout_pb2_grpc.RolloutServiceStub(channel)
-        self.policies.CreateEndpoint(pb.CreateEndpointRequest(name=ENDPOINT, model=MODEL, actor="demo"))
-
+        self.start_control_plane(stack)
         step(f"{len(WORKERS)} {MODEL} workers: BF16 and FP8 weights resident, KV cache precision per request")
-        ports = {w: free_port() for w in WORKERS}
-        for worker_id, port in ports.items():
-            stack.callback(terminate, spawn(
-                self.workdir, worker_id, "worker", "--endpoint", ENDPOINT, "--model", MODEL, "--server", address,
-                "--worker-id", worker_id, "--state-dir", os.path.join(self.workdir, "state"),
-                "--inference-listen", f"127.0.0.1:{port}", "--eval-samples", str(self.windows),
-                "--report-interval", "2"))
-        wait_until(lambda: sum(w.connected for w in self.fleet.GetFleet(
-            apb.GetFleetRequest(endpoint=ENDPOINT)).workers) == len(WORKERS), 900,
-                   "workers to connect (the first load ever dequantizes the GGUF weights)")
+        addresses = self.start_workers(stack, 900, "the first load ever dequantizes the GGUF weights")
         catalog = list(self.policies.GetEndpoint(pb.GetEndpointRequest(name=ENDPOINT)).layers)
         print(f"    connected; catalog: {len(catalog)} units (q/k/v/o, gate/up/down and the KV cache of 18 blocks); "
               f"embeddings and lm_head are not in it and stay at base")
 
         step("traffic: steady Generate streams to both workers, each naming the policy version that produced it")
-        self.traffic = GenerateTraffic([f"127.0.0.1:{p}" for p in ports.values()])
+        self.traffic = GenerateTraffic(addresses)
         self.traffic.start()
         stack.callback(self.traffic.stop.set)
 
@@ -105,18 +77,16 @@ class LlmDemo:
 
         model = load_model(MODEL)
         engine = HybridEngine(model.module, model.layer_map)
-        result = run_sweep(model, engine, load_pairs(self.windows), metric=None, granularity="group", algorithm="exact",
-                           max_drop=SWEEP_BUDGET, progress=SweepBar("kl_divergence", sys.stdout, indent="    "))
+        result = run_sweep(model, engine, load_pairs(self.eval_samples), metric=None, granularity="group",
+                           algorithm="exact", max_drop=SWEEP_BUDGET,
+                           progress=SweepBar("kl_divergence", sys.stdout, indent="    "))
         ranked = sorted(result.units, key=lambda u: u.drop)
         chosen = sum(p != "bf16" for p in result.precision_map.values())
         print(f"    most tolerant: {', '.join(u.name for u in ranked[:3])}")
         print(f"    most sensitive: {', '.join(u.name for u in ranked[-3:])}")
         print(f"    chosen: {chosen} of {len(result.precision_map)} units in FP8; combined KL rise "
               f"{result.combined[-1]['measured_drop']:.4f} ({result.seconds:.0f}s)")
-        spec = compact_rules(result.precision_map)
-        version = self.policies.CreatePolicy(pb.CreatePolicyRequest(
-            endpoint=ENDPOINT, parent_version=0, rules=rules_proto(spec), author="demo",
-            message=f"sweep: KL rise <= {SWEEP_BUDGET}")).version
+        version, _ = self.propose(result.precision_map, f"sweep: KL rise <= {SWEEP_BUDGET}")
         self.summary.append({"step": "sweep + propose", "version": f"v{version}",
                              "outcome": f"{chosen}/{len(result.precision_map)} units FP8",
                              "KL rise": f"{result.combined[-1]['measured_drop']:.4f}", "took": f"{result.seconds:.0f}s"})
@@ -125,38 +95,17 @@ class LlmDemo:
     def roll_out(self, version: int, label: str) -> rpb.Rollout:
         step(f"rollout of v{version} ({label}): 1 worker, then 100%; guardrails: KL rise <= "
              f"{MAX_RISE['kl_divergence']}, top-1 agreement drop <= {MAX_DROP['top1_agreement']}")
-        started = time.monotonic()
-        self.rollouts.StartRollout(rpb.StartRolloutRequest(
-            endpoint=ENDPOINT, version=version, actor="demo",
-            steps=[rpb.RolloutStep(workers=1), rpb.RolloutStep(percent=100)],
-            guardrails=rpb.Guardrails(max_rise=MAX_RISE, max_drop=MAX_DROP, reports_per_step=1, bake_seconds=2,
-                                      step_timeout_seconds=600)))
-        seen = None
-        while True:
-            current = self.rollouts.GetRollout(rpb.GetRolloutRequest(endpoint=ENDPOINT))
-            key = (current.state, current.current_step, len(current.new_version_workers))
-            if key != seen:
-                seen = key
-                print(f"    [{rpb.RolloutState.Name(current.state)}] {current.message}", flush=True)
-            if current.state != rpb.RUNNING:
-                break
-            if time.monotonic() - started > 900:
-                raise RuntimeError("the rollout did not finish in 900 s")
-            time.sleep(1)
-        wanted = current.to_version if current.state == rpb.SUCCEEDED else current.from_version
-        wait_until(lambda: all(w.applied_version == wanted for w in self.fleet.GetFleet(
-            apb.GetFleetRequest(endpoint=ENDPOINT)).workers), 120, "every worker on the outcome")
+        current, wanted, took = super().roll_out(
+            version, [rpb.RolloutStep(workers=1), rpb.RolloutStep(percent=100)],
+            rpb.Guardrails(max_rise=MAX_RISE, max_drop=MAX_DROP, reports_per_step=1, bake_seconds=2,
+                           step_timeout_seconds=600),
+            limit=900, poll=1, settle_timeout=120)
         self.show_fleet(f"after the rollout of v{version}")
         kl = [c.measured for c in current.last_checks if c.guardrail == "max_rise[kl_divergence]"]
         self.summary.append({"step": f"rollout v{version} ({label})", "version": f"v{wanted}",
                              "outcome": rpb.RolloutState.Name(current.state),
-                             "KL rise": f"{max(kl):.4f}" if kl else "-", "took": f"{time.monotonic() - started:.0f}s"})
+                             "KL rise": f"{max(kl):.4f}" if kl else "-", "took": f"{took:.0f}s"})
         return current
-
-    def show_fleet(self, title: str) -> None:
-        response = self.fleet.GetFleet(apb.GetFleetRequest(endpoint=ENDPOINT))
-        print(f"--- {title} (active v{response.active_version})")
-        output.table(worker_rows(response), ["worker", "applied", "quality (delta vs base)", "tok/s prefill/decode"])
 
     def everything_fp8(self, parent: int) -> int:
         return self.policies.CreatePolicy(pb.CreatePolicyRequest(
@@ -164,22 +113,13 @@ class LlmDemo:
             rules=[pb.Rule(match="*", precision="fp8")], kv_cache="fp8")).version
 
     def one_call_rollback(self) -> None:
-        step(f"incident: `mixprec rollback {ENDPOINT} --to-base`, one call, every worker")
-        started = time.monotonic()
-        rolled = self.fleet.Rollback(apb.RollbackRequest(endpoint=ENDPOINT, reason="demo: incident drill",
-                                                         to_base=True, actor="oncall"))
-        wait_until(lambda: all(w.applied_version == rolled.active_version for w in self.fleet.GetFleet(
-            apb.GetFleetRequest(endpoint=ENDPOINT)).workers), 120, "every worker at base")
-        took = time.monotonic() - started
+        rolled, took = self.rollback_to_base(120)
         self.summary.append({"step": "one-call rollback", "version": f"v{rolled.active_version}",
                              "outcome": f"all base in {took:.1f}s", "KL rise": "0.0000", "took": f"{took:.0f}s"})
 
 
 def run(keep: bool = False, windows: int = 2) -> int:
-    workdir = tempfile.mkdtemp(prefix="mixprec-llm-demo-")
-    started = time.monotonic()
-    demo = LlmDemo(workdir, windows)
-    with ExitStack() as stack:
+    def plot(demo: LlmDemo, stack: ExitStack) -> tuple[bool, str]:
         demo.start(stack)
         proposed = demo.sweep_and_propose()
         first = demo.roll_out(proposed, "the sweep's policy")
@@ -187,15 +127,10 @@ def run(keep: bool = False, windows: int = 2) -> int:
         demo.one_call_rollback()
         demo.traffic.stop.set()
         demo.traffic.join(timeout=180)
-    traffic = demo.traffic
-    print(f"\nsummary ({traffic.sent} Generate streams during the demo, {traffic.failed} failed, {traffic.mixed} "
-          f"mixing two versions; {time.monotonic() - started:.0f}s in all):")
-    output.table(demo.summary)
-    ok = first.state == rpb.SUCCEEDED and second.state == rpb.ROLLED_BACK and not traffic.failed and not traffic.mixed
-    if keep:
-        print(f"logs and database kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if not ok:
-        print("error: the demo did not go as expected (see above)", file=sys.stderr)
-    return 0 if ok else 1
+        traffic = demo.traffic
+        ok = (first.state == rpb.SUCCEEDED and second.state == rpb.ROLLED_BACK and not traffic.failed
+              and not traffic.mixed)
+        return ok, (f"{traffic.sent} Generate streams during the demo, {traffic.failed} failed, {traffic.mixed} "
+                    "mixing two versions")
+
+    return tell(LlmDemo, windows, keep, "mixprec-llm-demo-", plot)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -136,6 +137,8 @@ class SyncLoop:
         """Send a report. Quality reports are kept and sent again on every reconnect until the control
         plane acknowledges them; serving reports are dropped when no stream is up (the next window
         carries fresher numbers)."""
+        if not report.report_id:  # one id per measurement: resends of it are stored once
+            report.report_id = uuid.uuid4().hex
         if report.kind == apb.Report.QUALITY:
             self._quality[report.version] = report
             self._unacked.add(report.version)
@@ -144,6 +147,12 @@ class SyncLoop:
                 self._unacked.discard(old)
         if self._outbox is not None and self.connected.is_set():
             self._outbox.put_nowait(apb.AgentMessage(report=report))
+
+    def _acknowledged(self, ack: apb.ReportAck) -> None:
+        kept = self._quality.get(ack.version)
+        # An ACK of an older measurement of this version leaves the newer one to be sent again.
+        if ack.kind == apb.Report.QUALITY and kept is not None and ack.report_id in ("", kept.report_id):
+            self._unacked.discard(ack.version)
 
     @property
     def unacknowledged_reports(self) -> list[int]:
@@ -216,8 +225,7 @@ class SyncLoop:
             if kind == "assignment":
                 await self._handle(message.assignment, outbox)
             elif kind == "report_ack":
-                if message.report_ack.kind == apb.Report.QUALITY:
-                    self._unacked.discard(message.report_ack.version)
+                self._acknowledged(message.report_ack)
             elif kind == "report_request":
                 self._report_requested(message.report_request.version)
 

@@ -22,7 +22,7 @@ DEFAULT_NUMBER = 1e12
 # Longest string per field name (the same name means the same thing in every message).
 TEXT_LIMITS: dict[str, int] = {
     "name": 63, "endpoint": 63, "role": 16, "kv_cache": 32, "precision": 32, "base_precision": 32,
-    "actor": 100, "author": 100, "worker_id": 128, "nonce": 64,
+    "actor": 100, "author": 100, "worker_id": 128, "nonce": 64, "report_id": 64,
     "match": 256, "layers": 200,
     "model": 200, "inference_address": 200, "device": 200, "kernel": 32, "dtype": 32, "torch_version": 64,
     "message": 10_000, "reason": 10_000, "error": 10_000,

@@ -6,8 +6,10 @@ from controlplane import domain
 from controlplane.api import convert
 from controlplane.api.edge import actor
 from controlplane.api.errors import maps_domain_errors
+from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
 from controlplane.services.notifications import NotificationService, masked
+from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import notify_pb2 as npb
 from mixprec.v1 import notify_pb2_grpc
 
@@ -26,16 +28,19 @@ def webhook_to_proto(webhook: domain.Webhook, last: domain.Delivery | None = Non
 
 
 class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
-    def __init__(self, notifications: NotificationService):
+    def __init__(self, notifications: NotificationService, requests: RequestLog | None = None):
         self._notifications = notifications
+        self._requests = requests
 
     @maps_domain_errors
+    @write_rpc(npb.Webhook)
     async def SetWebhook(self, request: npb.SetWebhookRequest, context) -> npb.Webhook:
         webhook = await run_blocking(self._notifications.set_webhook, request.endpoint, request.name, request.url,
                                      list(request.events), actor(request.actor))
         return webhook_to_proto(webhook)
 
     @maps_domain_errors
+    @write_rpc(npb.DeleteWebhookResponse)
     async def DeleteWebhook(self, request: npb.DeleteWebhookRequest, context) -> npb.DeleteWebhookResponse:
         await run_blocking(self._notifications.delete_webhook, request.endpoint, request.name, actor(request.actor))
         return npb.DeleteWebhookResponse()
@@ -46,6 +51,7 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
         return npb.ListWebhooksResponse(webhooks=[webhook_to_proto(w, last) for w, last in webhooks])
 
     @maps_domain_errors
+    @write_rpc(npb.TestWebhookResponse)
     async def TestWebhook(self, request: npb.TestWebhookRequest, context) -> npb.TestWebhookResponse:
         await run_blocking(self._notifications.test_webhook, request.endpoint, request.name, actor(request.actor))
         return npb.TestWebhookResponse()

@@ -40,6 +40,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return convert.endpoint_to_proto(endpoint)
 
     @maps_domain_errors
+    @write_rpc(pb.DeleteEndpointResponse)
     async def DeleteEndpoint(self, request: pb.DeleteEndpointRequest, context) -> pb.DeleteEndpointResponse:
         versions = await run_blocking(self._service.delete_endpoint, request.name, request.reason,
                                       actor(request.actor))

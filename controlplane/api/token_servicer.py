@@ -8,8 +8,10 @@ from controlplane import domain
 from controlplane.api import convert
 from controlplane.api.edge import current_principal
 from controlplane.api.errors import maps_domain_errors
+from controlplane.api.idempotency import write_rpc
 from controlplane.auth import TokenService
 from controlplane.blocking import run_blocking
+from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import auth_pb2 as apb
 from mixprec.v1 import auth_pb2_grpc
 
@@ -24,11 +26,18 @@ def token_to_proto(info: domain.TokenInfo) -> apb.Token:
     return token
 
 
+def without_secret(response: apb.CreateTokenResponse) -> apb.CreateTokenResponse:
+    """What a retry of CreateToken is answered: the secret is never stored, not even for retries."""
+    return apb.CreateTokenResponse(token=response.token)
+
+
 class TokenServicer(auth_pb2_grpc.TokenServiceServicer):
-    def __init__(self, tokens: TokenService):
+    def __init__(self, tokens: TokenService, requests: RequestLog | None = None):
         self._tokens = tokens
+        self._requests = requests
 
     @maps_domain_errors
+    @write_rpc(apb.CreateTokenResponse, kept=without_secret)
     async def CreateToken(self, request: apb.CreateTokenRequest, context) -> apb.CreateTokenResponse:
         expires = timedelta(seconds=request.expires_seconds) if request.expires_seconds else None
         secret, info = await run_blocking(self._tokens.create, request.name, request.role, request.endpoint,
@@ -41,5 +50,6 @@ class TokenServicer(auth_pb2_grpc.TokenServiceServicer):
         return apb.ListTokensResponse(tokens=[token_to_proto(t) for t in tokens])
 
     @maps_domain_errors
+    @write_rpc(apb.Token)
     async def RevokeToken(self, request: apb.RevokeTokenRequest, context) -> apb.Token:
         return token_to_proto(await run_blocking(self._tokens.revoke, request.name, current_principal().name))

@@ -183,8 +183,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 while not reader.done() and not holder.replaced.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
-                    if latest is not None:
-                        await self._send_target(context, session, latest, reason)
+                    if latest is None:  # deleted: the worker keeps serving its last map and retries
+                        await context.abort(grpc.StatusCode.NOT_FOUND, f"endpoint {hello.endpoint!r} was deleted")
+                    await self._send_target(context, session, latest, reason)
                     while session.outbox:
                         await context.write(session.outbox.pop(0))
                     reason = "change"
@@ -323,9 +324,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         received = utcnow()
         body = MessageToDict(report, preserving_proto_field_name=True) | {"received_at": received.isoformat()}
         # Acknowledged once stored: until then the worker sends it again on every reconnect.
-        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version))
+        acknowledgement = apb.ControlMessage(report_ack=apb.ReportAck(kind=report.kind, version=report.version,
+                                                                      report_id=report.report_id))
         self._recorder.report(domain.ReportRecord(session.endpoint, session.worker_id, report.version, kind, body,
-                                                  received),
+                                                  received, report_id=report.report_id),
                               on_stored=lambda: session.send_soon(acknowledgement))
         field_name = "last_quality" if kind == "quality" else "last_serving"
         self._recorder.update(domain.WorkerUpdate(session.endpoint, session.worker_id, **{field_name: body}))

@@ -30,8 +30,11 @@ class TargetHub:
             event.set()
 
     def forget(self, endpoint: str) -> None:
-        """The endpoint is gone: no target to hand out (a new hello then goes to the database and is refused)."""
-        self._targets.pop(endpoint, None)
+        """The endpoint is gone: no target to hand out (a new hello then goes to the database and is
+        refused), and its streams wake to find none and close."""
+        if self._targets.pop(endpoint, None) is not None:
+            for event in self._watchers.get(endpoint, ()):
+                event.set()
 
     @contextmanager
     def watch(self, endpoint: str) -> Iterator[asyncio.Event]:

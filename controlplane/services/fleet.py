@@ -231,8 +231,7 @@ class FleetService:
                 if update.last_nack_version:  # rare, and worth a notification: in the audit log
                     uow.audit.record(update.endpoint, "worker.nack", update.worker_id, update.last_nack_error or "",
                                      worker=update.worker_id, version=update.last_nack_version)
-            for report in reports:
-                uow.reports.add(report)
+            uow.reports.add_all(reports)
             uow.commit()
 
     def release_replica(self, replica: str) -> None:

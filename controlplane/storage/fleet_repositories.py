@@ -91,8 +91,7 @@ class WorkerRepository(EndpointScoped):
         ]
         if not rows:
             return
-        dialect = postgresql if self._session.get_bind().dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(WorkerRow.__table__)
+        insert = _dialect(self._session).insert(WorkerRow.__table__)
         refreshed = ("connected", "replica", "applied_version", "hardware", "inference_address", "last_seen")
         statement = insert.on_conflict_do_update(index_elements=["endpoint_id", "worker_id"],
                                                  set_={name: insert.excluded[name] for name in refreshed})
@@ -127,13 +126,21 @@ class WorkerRepository(EndpointScoped):
 
 
 class ReportRepository(EndpointScoped):
-    def add(self, report: domain.ReportRecord) -> None:
-        self._session.add(
-            ReportRow(
-                endpoint_id=self._endpoint_id(report.endpoint), worker_id=report.worker_id, version=report.version,
-                kind=report.kind, body=report.body, at=report.at,
-            )
-        )
+    def add_all(self, reports: Iterable[domain.ReportRecord]) -> None:
+        """Stores reports; one the worker sent before (same report id) is not stored again: its arrival
+        time moves on instead, so a report resent on a rollout's request counts for the step that asked,
+        while a resend after a lost ACK never counts twice."""
+        rows = [
+            {"endpoint_id": self._endpoint_id(r.endpoint), "worker_id": r.worker_id, "version": r.version,
+             "kind": r.kind, "body": r.body, "at": r.at, "report_id": r.report_id or None}
+            for r in _latest_per_report(reports)
+        ]
+        if not rows:
+            return
+        insert = _dialect(self._session).insert(ReportRow.__table__)
+        statement = insert.on_conflict_do_update(index_elements=["endpoint_id", "worker_id", "report_id"],
+                                                 set_={"at": insert.excluded.at})
+        self._session.connection().execute(statement, rows)
 
     def since(self, endpoint: str, after_id: int = 0, kind: str | None = None, at_or_after=None,
               versions: tuple[int, ...] | None = None) -> list[domain.ReportRecord]:
@@ -146,6 +153,23 @@ class ReportRepository(EndpointScoped):
         if versions is not None:
             query = query.where(ReportRow.version.in_(versions))
         return [
-            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), aware(r.at), r.id)
+            domain.ReportRecord(endpoint, r.worker_id, r.version, r.kind, dict(r.body), aware(r.at), r.id,
+                                r.report_id or "")
             for r in self._session.scalars(query.order_by(ReportRow.id))
         ]
+
+
+def _dialect(session):
+    """The dialect module whose `insert` has ON CONFLICT (Postgres and SQLite both do)."""
+    return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+
+
+def _latest_per_report(reports: Iterable[domain.ReportRecord]) -> list[domain.ReportRecord]:
+    """One row per report id in a batch, in arrival order (Postgres refuses to update a row twice in
+    one statement); reports without an id are all kept."""
+    batch: dict[tuple, domain.ReportRecord] = {}
+    for position, report in enumerate(reports):
+        key = (report.endpoint, report.worker_id, report.report_id) if report.report_id else (position,)
+        batch.pop(key, None)
+        batch[key] = report
+    return list(batch.values())

@@ -105,6 +105,10 @@ class ReportRow(Base):
     kind: Mapped[str] = mapped_column(String(16))  # quality | serving
     body: Mapped[dict] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Unique per worker (NULL for workers that send none): a resent report is stored once.
+    report_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (UniqueConstraint("endpoint_id", "worker_id", "report_id", name="uq_reports_worker_report"),)
 
 
 class RolloutRow(Base):

@@ -7,6 +7,7 @@ service in a worker thread and renders a template. Domain errors map to HTTP sta
 from __future__ import annotations
 
 import pathlib
+import uuid
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from controlplane.api.idempotency import applied_once
 from controlplane.auth import Action, Principal, authorize
 from controlplane.blocking import run_blocking
 from controlplane.web import views
@@ -77,6 +79,7 @@ class SecurityHeaders:
 def _templates() -> Jinja2Templates:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
+    env.globals["new_request_id"] = lambda: f"web-{uuid.uuid4().hex}"  # one per rendered action form
     return Jinja2Templates(env=env)
 
 
@@ -295,22 +298,36 @@ class Dashboard:
             return JSONResponse({"ok": True, "message": message})
         return RedirectResponse(f"/endpoints/{quote(name)}?notice={quote(message)}", status_code=303)
 
+    async def _once(self, form: dict, method: str, write: Callable[[], Awaitable[str]]) -> str:
+        """An action applied once per form (a resubmitted or retried form gets the first answer)."""
+        return await applied_once(self.pages.requests, str(form.get("request_id", "")), method, None, write,
+                                  str.encode, bytes.decode)
+
     async def rollback(self, request: Request) -> Response:
         name, form, principal = await self._act(request, Action.ROLLBACK)
         to_version, to_base = _rollback_target(form.get("target", ""))
-        result = await run_blocking(self.pages.fleet.rollback, name, form.get("reason", ""), to_version, to_base,
-                                    principal.name)
-        await self.changed(name)
-        return self._done(request, name, f"rolled back {name}: v{result.previous_version} → v{result.active_version}")
+
+        async def write() -> str:
+            result = await run_blocking(self.pages.fleet.rollback, name, form.get("reason", ""), to_version, to_base,
+                                        principal.name)
+            await self.changed(name)
+            return f"rolled back {name}: v{result.previous_version} → v{result.active_version}"
+
+        return self._done(request, name, await self._once(form, "dashboard.rollback", write))
 
     async def rollout_action(self, request: Request) -> Response:
         verb = request.path_params["verb"]
         if verb not in ROLLOUT_VERBS:
             raise InvalidArgument(FieldError("action", f"{verb[:20]!r} is not one of {', '.join(ROLLOUT_VERBS)}"))
         name, form, principal = await self._act(request, Action.ROLLOUT)
-        rollout = await run_blocking(getattr(self.pages.rollouts, verb), name, principal.name, form.get("reason", ""))
-        await self.changed(name)
-        return self._done(request, name, f"rollout {rollout.id} of {name} {ROLLOUT_VERBS[verb]}: {rollout.message}")
+
+        async def write() -> str:
+            rollout = await run_blocking(getattr(self.pages.rollouts, verb), name, principal.name,
+                                         form.get("reason", ""))
+            await self.changed(name)
+            return f"rollout {rollout.id} of {name} {ROLLOUT_VERBS[verb]}: {rollout.message}"
+
+        return self._done(request, name, await self._once(form, f"dashboard.rollout.{verb}", write))
 
 
 def _seen_by(principal: Principal, session: Session | None, endpoint: str | None) -> dict:

@@ -14,6 +14,7 @@ from controlplane.auth import Principal
 from controlplane.services.fleet import FleetService, RollbackPreview
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
+from controlplane.services.write_requests import RequestLog
 from controlplane.web import views
 from mixprec import policy as lang
 from mixprec.errors import NotFound
@@ -56,10 +57,12 @@ class EndpointState:
 
 
 class Pages:
-    def __init__(self, policies: PolicyService, fleet: FleetService, rollouts: RolloutService):
+    def __init__(self, policies: PolicyService, fleet: FleetService, rollouts: RolloutService,
+                 requests: RequestLog | None = None):
         self.policies = policies
         self.fleet = fleet
         self.rollouts = rollouts
+        self.requests = requests  # actions are applied once per request id
 
     def _latest_rollout(self, endpoint: str) -> domain.Rollout | None:
         try:

@@ -40,6 +40,7 @@ def register(sub) -> None:
                 "history and records who deleted it and why. Needs an admin token.")
     d.add_argument("name")
     d.add_argument("--reason", required=True, help="why, for the audit log")
+    add_request_id_option(d)
 
 
 def stub(args) -> policy_pb2_grpc.PolicyServiceStub:
@@ -115,7 +116,8 @@ def _show(args) -> int:
 
 def _delete(args) -> int:
     response = stub(args).DeleteEndpoint(
-        pb.DeleteEndpointRequest(name=args.name, reason=args.reason, actor=actor(args)), timeout=RPC_TIMEOUT_S
+        pb.DeleteEndpointRequest(name=args.name, reason=args.reason, actor=actor(args), request_id=request_id(args)),
+        timeout=RPC_TIMEOUT_S,
     )
     print(f"deleted endpoint {response.name} and its {response.policy_versions} policy versions")
     return 0

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import sys
 
-from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, channel, command, group, timestamp_text
+from mixprec.cli import exits, output
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    add_request_id_option,
+    channel,
+    command,
+    group,
+    request_id,
+    timestamp_text,
+)
 
 ROLES = ("viewer", "operator", "admin", "agent")
 
@@ -23,12 +31,14 @@ def register(sub) -> None:
     c.add_argument("--endpoint", default="", help="limit the token to this one endpoint")
     c.add_argument("--expires", default="", metavar="DURATION", help="e.g. 12h, 30d, 2w (default: never)")
     c.add_argument("--db", default=None, metavar="URL", help=db_help)
+    add_request_id_option(c)
     ls = command(token, "list", "list tokens (never their secrets)", _list)
     ls.add_argument("--all", action="store_true", help="include revoked tokens")
     ls.add_argument("--db", default=None, metavar="URL", help=db_help)
     r = command(token, "revoke", "revoke a token by name; calls with it fail from then on", _revoke)
     r.add_argument("name")
     r.add_argument("--db", default=None, metavar="URL", help=db_help)
+    add_request_id_option(r)
 
 
 def _direct(url: str):
@@ -81,10 +91,16 @@ def _create(args) -> int:
 
         response = _stub(args).CreateToken(
             auth_pb2.CreateTokenRequest(name=args.name, role=args.role, endpoint=args.endpoint,
-                                        expires_seconds=int(expires.total_seconds()) if expires else 0),
+                                        expires_seconds=int(expires.total_seconds()) if expires else 0,
+                                        request_id=request_id(args)),
             timeout=RPC_TIMEOUT_S,
         )
         secret, row = response.secret, _proto_row(response.token)
+        if not secret:  # a retry of a request an earlier try applied: the secret went to that try only
+            print(f"error: request {args.request_id} already created token {row['name']}; its secret was shown "
+                  f"only to that call and is not stored. Revoke it (mixprec token revoke {row['name']}) and create "
+                  "a new one", file=sys.stderr)
+            return exits.CONFLICT
     if args.output == "json":
         output.as_json(row | {"token": secret})
         return 0
@@ -113,6 +129,7 @@ def _revoke(args) -> int:
     else:
         from mixprec.v1 import auth_pb2
 
-        _stub(args).RevokeToken(auth_pb2.RevokeTokenRequest(name=args.name), timeout=RPC_TIMEOUT_S)
+        _stub(args).RevokeToken(auth_pb2.RevokeTokenRequest(name=args.name, request_id=request_id(args)),
+                                timeout=RPC_TIMEOUT_S)
     print(f"revoked token {args.name}")
     return 0

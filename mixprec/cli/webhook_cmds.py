@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, channel, command, group, timestamp_text, to_dict
+from mixprec.cli.common import (
+    RPC_TIMEOUT_S,
+    actor,
+    add_request_id_option,
+    channel,
+    command,
+    group,
+    request_id,
+    timestamp_text,
+    to_dict,
+)
 
 # Kept in step with controlplane.services.notifications.EVENTS (the server names the valid ones).
 EVENTS = ("rollout.start", "rollout.paused", "rollout.succeeded", "rollout.rolled_back", "rollout.aborted",
@@ -21,14 +31,17 @@ def register(sub) -> None:
     s.add_argument("--url", required=True, help="http(s) URL, e.g. a Slack incoming-webhook URL")
     s.add_argument("--events", default="", metavar="E1,E2",
                    help=f"events to send (default all): {', '.join(EVENTS)}")
+    add_request_id_option(s)
     ls = command(webhook, "list", "an endpoint's webhooks with their last delivery", _list)
     ls.add_argument("endpoint")
     d = command(webhook, "delete", "delete a webhook", _delete)
     d.add_argument("endpoint")
     d.add_argument("name")
+    add_request_id_option(d)
     t = command(webhook, "test", "send a test notification to one webhook", _test)
     t.add_argument("endpoint")
     t.add_argument("name")
+    add_request_id_option(t)
 
 
 def _stub(args):
@@ -53,7 +66,8 @@ def _set(args) -> int:
 
     events = [e.strip() for e in args.events.split(",") if e.strip()]
     webhook = _stub(args).SetWebhook(npb.SetWebhookRequest(endpoint=args.endpoint, name=args.name, url=args.url,
-                                                           events=events, actor=actor(args)), timeout=RPC_TIMEOUT_S)
+                                                           events=events, actor=actor(args),
+                                                           request_id=request_id(args)), timeout=RPC_TIMEOUT_S)
     output.emit(args, to_dict(webhook), [_row(webhook)], ["name", "url", "events"])
     return 0
 
@@ -69,8 +83,8 @@ def _list(args) -> int:
 def _delete(args) -> int:
     from mixprec.v1 import notify_pb2 as npb
 
-    _stub(args).DeleteWebhook(npb.DeleteWebhookRequest(endpoint=args.endpoint, name=args.name, actor=actor(args)),
-                              timeout=RPC_TIMEOUT_S)
+    _stub(args).DeleteWebhook(npb.DeleteWebhookRequest(endpoint=args.endpoint, name=args.name, actor=actor(args),
+                                                       request_id=request_id(args)), timeout=RPC_TIMEOUT_S)
     print(f"deleted webhook {args.name} of {args.endpoint}")
     return 0
 
@@ -78,7 +92,7 @@ def _delete(args) -> int:
 def _test(args) -> int:
     from mixprec.v1 import notify_pb2 as npb
 
-    _stub(args).TestWebhook(npb.TestWebhookRequest(endpoint=args.endpoint, name=args.name, actor=actor(args)),
-                            timeout=RPC_TIMEOUT_S)
+    _stub(args).TestWebhook(npb.TestWebhookRequest(endpoint=args.endpoint, name=args.name, actor=actor(args),
+                                                   request_id=request_id(args)), timeout=RPC_TIMEOUT_S)
     print(f"queued a test notification to {args.name}; see `mixprec webhook list {args.endpoint}`")
     return 0

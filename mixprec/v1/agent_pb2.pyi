@@ -62,7 +62,7 @@ class Nack(_message.Message):
     def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("kind", "version", "metrics", "deltas", "throughput", "latency_p50_ms", "latency_p99_ms", "requests", "samples", "window_seconds")
+    __slots__ = ("kind", "version", "metrics", "deltas", "throughput", "latency_p50_ms", "latency_p99_ms", "requests", "samples", "window_seconds", "report_id")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Report.Kind]
@@ -95,6 +95,7 @@ class Report(_message.Message):
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     kind: Report.Kind
     version: int
     metrics: _containers.ScalarMap[str, float]
@@ -105,7 +106,8 @@ class Report(_message.Message):
     requests: int
     samples: int
     window_seconds: float
-    def __init__(self, kind: _Optional[_Union[Report.Kind, str]] = ..., version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., deltas: _Optional[_Mapping[str, float]] = ..., throughput: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., requests: _Optional[int] = ..., samples: _Optional[int] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    report_id: str
+    def __init__(self, kind: _Optional[_Union[Report.Kind, str]] = ..., version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., deltas: _Optional[_Mapping[str, float]] = ..., throughput: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., requests: _Optional[int] = ..., samples: _Optional[int] = ..., window_seconds: _Optional[float] = ..., report_id: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "ack", "nack", "report")
@@ -132,12 +134,14 @@ class Assignment(_message.Message):
     def __init__(self, version: _Optional[int] = ..., nonce: _Optional[str] = ..., precision_map: _Optional[_Iterable[_Union[_policy_pb2.LayerPrecision, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
-    __slots__ = ("kind", "version")
+    __slots__ = ("kind", "version", "report_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     kind: Report.Kind
     version: int
-    def __init__(self, kind: _Optional[_Union[Report.Kind, str]] = ..., version: _Optional[int] = ...) -> None: ...
+    report_id: str
+    def __init__(self, kind: _Optional[_Union[Report.Kind, str]] = ..., version: _Optional[int] = ..., report_id: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("version",)

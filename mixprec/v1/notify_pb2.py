@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mixprec/v1/notify.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x07Webhook\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x12\n\ncreated_by\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\rlast_delivery\x18\x07 \x01(\x0b\x32\x1b.mixprec.v1.WebhookDelivery\"\xc7\x01\n\x0fWebhookDelivery\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x11SetWebhookRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"E\n\x14\x44\x65leteWebhookRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"\'\n\x13ListWebhooksRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"=\n\x14ListWebhooksResponse\x12%\n\x08webhooks\x18\x01 \x03(\x0b\x32\x13.mixprec.v1.Webhook\"C\n\x12TestWebhookRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\x15\n\x13TestWebhookResponse2\xd0\x02\n\x13NotificationService\x12@\n\nSetWebhook\x12\x1d.mixprec.v1.SetWebhookRequest\x1a\x13.mixprec.v1.Webhook\x12T\n\rDeleteWebhook\x12 .mixprec.v1.DeleteWebhookRequest\x1a!.mixprec.v1.DeleteWebhookResponse\x12Q\n\x0cListWebhooks\x12\x1f.mixprec.v1.ListWebhooksRequest\x1a .mixprec.v1.ListWebhooksResponse\x12N\n\x0bTestWebhook\x12\x1e.mixprec.v1.TestWebhookRequest\x1a\x1f.mixprec.v1.TestWebhookResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mixprec/v1/notify.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x07Webhook\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x12\n\ncreated_by\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\rlast_delivery\x18\x07 \x01(\x0b\x32\x1b.mixprec.v1.WebhookDelivery\"\xc7\x01\n\x0fWebhookDelivery\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\x11SetWebhookRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"Y\n\x14\x44\x65leteWebhookRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"\'\n\x13ListWebhooksRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"=\n\x14ListWebhooksResponse\x12%\n\x08webhooks\x18\x01 \x03(\x0b\x32\x13.mixprec.v1.Webhook\"W\n\x12TestWebhookRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"\x15\n\x13TestWebhookResponse2\xd0\x02\n\x13NotificationService\x12@\n\nSetWebhook\x12\x1d.mixprec.v1.SetWebhookRequest\x1a\x13.mixprec.v1.Webhook\x12T\n\rDeleteWebhook\x12 .mixprec.v1.DeleteWebhookRequest\x1a!.mixprec.v1.DeleteWebhookResponse\x12Q\n\x0cListWebhooks\x12\x1f.mixprec.v1.ListWebhooksRequest\x1a .mixprec.v1.ListWebhooksResponse\x12N\n\x0bTestWebhook\x12\x1e.mixprec.v1.TestWebhookRequest\x1a\x1f.mixprec.v1.TestWebhookResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKDELIVERY']._serialized_start=267
   _globals['_WEBHOOKDELIVERY']._serialized_end=466
   _globals['_SETWEBHOOKREQUEST']._serialized_start=468
-  _globals['_SETWEBHOOKREQUEST']._serialized_end=563
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=565
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=634
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=636
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=659
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=661
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=700
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=702
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=763
-  _globals['_TESTWEBHOOKREQUEST']._serialized_start=765
-  _globals['_TESTWEBHOOKREQUEST']._serialized_end=832
-  _globals['_TESTWEBHOOKRESPONSE']._serialized_start=834
-  _globals['_TESTWEBHOOKRESPONSE']._serialized_end=855
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=858
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1194
+  _globals['_SETWEBHOOKREQUEST']._serialized_end=583
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=585
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=674
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=676
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=699
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=701
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=740
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=742
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=803
+  _globals['_TESTWEBHOOKREQUEST']._serialized_start=805
+  _globals['_TESTWEBHOOKREQUEST']._serialized_end=892
+  _globals['_TESTWEBHOOKRESPONSE']._serialized_start=894
+  _globals['_TESTWEBHOOKRESPONSE']._serialized_end=915
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=918
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mixprec/v1/policy.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x04Rule\x12\r\n\x05match\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\"@\n\x0eLayerPrecision\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\x05\"\xc5\x01\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61se_precision\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elatest_version\x18\x06 \x01(\r\x12\x16\n\x0e\x61\x63tive_version\x18\x07 \x01(\r\x12\x13\n\x0blayer_count\x18\x08 \x01(\r\"\xaa\x02\n\rPolicyVersion\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0eparent_version\x18\x03 \x01(\r\x12\x1f\n\x05rules\x18\x04 \x03(\x0b\x32\x10.mixprec.v1.Rule\x12\x10\n\x08kv_cache\x18\x05 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08resolved\x18\t \x03(\x0b\x32\x1a.mixprec.v1.LayerPrecision\x12\x15\n\rartifact_json\x18\n \x01(\t\x12\x14\n\x0chas_artifact\x18\x0b \x01(\x08\"\x7f\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61se_precision\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"\"\n\x12GetEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15\x44\x65leteEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"?\n\x16\x44\x65leteEndpointResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpolicy_versions\x18\x02 \x01(\r\"\x16\n\x14ListEndpointsRequest\"@\n\x15ListEndpointsResponse\x12\'\n\tendpoints\x18\x01 \x03(\x0b\x32\x14.mixprec.v1.Endpoint\"\xbe\x01\n\x13\x43reatePolicyRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x16\n\x0eparent_version\x18\x02 \x01(\r\x12\x1f\n\x05rules\x18\x03 \x03(\x0b\x32\x10.mixprec.v1.Rule\x12\x10\n\x08kv_cache\x18\x04 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rartifact_json\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"Y\n\x10GetPolicyRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08resolved\x18\x03 \x01(\x08\x12\x10\n\x08\x61rtifact\x18\x04 \x01(\x08\"\'\n\x13ListPoliciesRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"C\n\x14ListPoliciesResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.mixprec.v1.PolicyVersion\"Q\n\x13\x44iffPoliciesRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\r\x12\x12\n\nto_version\x18\x03 \x01(\r\"J\n\x0bLayerChange\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x16\n\x0e\x66rom_precision\x18\x02 \x01(\t\x12\x14\n\x0cto_precision\x18\x03 \x01(\t\"S\n\x14\x44iffPoliciesResponse\x12(\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x17.mixprec.v1.LayerChange\x12\x11\n\tunchanged\x18\x02 \x01(\r\"[\n\x14ResolvePolicyRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x1f\n\x05rules\x18\x02 \x03(\x0b\x32\x10.mixprec.v1.Rule\x12\x10\n\x08kv_cache\x18\x03 \x01(\t\",\n\nFieldError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"|\n\x15ResolvePolicyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12&\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x16.mixprec.v1.FieldError\x12,\n\x08resolved\x18\x03 \x03(\x0b\x32\x1a.mixprec.v1.LayerPrecision2\xdc\x05\n\rPolicyService\x12I\n\x0e\x43reateEndpoint\x12!.mixprec.v1.CreateEndpointRequest\x1a\x14.mixprec.v1.Endpoint\x12\x43\n\x0bGetEndpoint\x12\x1e.mixprec.v1.GetEndpointRequest\x1a\x14.mixprec.v1.Endpoint\x12T\n\rListEndpoints\x12 .mixprec.v1.ListEndpointsRequest\x1a!.mixprec.v1.ListEndpointsResponse\x12W\n\x0e\x44\x65leteEndpoint\x12!.mixprec.v1.DeleteEndpointRequest\x1a\".mixprec.v1.DeleteEndpointResponse\x12J\n\x0c\x43reatePolicy\x12\x1f.mixprec.v1.CreatePolicyRequest\x1a\x19.mixprec.v1.PolicyVersion\x12\x44\n\tGetPolicy\x12\x1c.mixprec.v1.GetPolicyRequest\x1a\x19.mixprec.v1.PolicyVersion\x12Q\n\x0cListPolicies\x12\x1f.mixprec.v1.ListPoliciesRequest\x1a .mixprec.v1.ListPoliciesResponse\x12Q\n\x0c\x44iffPolicies\x12\x1f.mixprec.v1.DiffPoliciesRequest\x1a .mixprec.v1.DiffPoliciesResponse\x12T\n\rResolvePolicy\x12 .mixprec.v1.ResolvePolicyRequest\x1a!.mixprec.v1.ResolvePolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mixprec/v1/policy.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x04Rule\x12\r\n\x05match\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\"@\n\x0eLayerPrecision\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\x05\"\xc5\x01\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61se_precision\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elatest_version\x18\x06 \x01(\r\x12\x16\n\x0e\x61\x63tive_version\x18\x07 \x01(\r\x12\x13\n\x0blayer_count\x18\x08 \x01(\r\"\xaa\x02\n\rPolicyVersion\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0eparent_version\x18\x03 \x01(\r\x12\x1f\n\x05rules\x18\x04 \x03(\x0b\x32\x10.mixprec.v1.Rule\x12\x10\n\x08kv_cache\x18\x05 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08resolved\x18\t \x03(\x0b\x32\x1a.mixprec.v1.LayerPrecision\x12\x15\n\rartifact_json\x18\n \x01(\t\x12\x14\n\x0chas_artifact\x18\x0b \x01(\x08\"\x7f\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61se_precision\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"\"\n\x12GetEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"X\n\x15\x44\x65leteEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"?\n\x16\x44\x65leteEndpointResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpolicy_versions\x18\x02 \x01(\r\"\x16\n\x14ListEndpointsRequest\"@\n\x15ListEndpointsResponse\x12\'\n\tendpoints\x18\x01 \x03(\x0b\x32\x14.mixprec.v1.Endpoint\"\xbe\x01\n\x13\x43reatePolicyRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x16\n\x0eparent_version\x18\x02 \x01(\r\x12\x1f\n\x05rules\x18\x03 \x03(\x0b\x32\x10.mixprec.v1.Rule\x12\x10\n\x08kv_cache\x18\x04 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rartifact_json\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"Y\n\x10GetPolicyRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08resolved\x18\x03 \x01(\x08\x12\x10\n\x08\x61rtifact\x18\x04 \x01(\x08\"\'\n\x13ListPoliciesRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"C\n\x14ListPoliciesResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.mixprec.v1.PolicyVersion\"Q\n\x13\x44iffPoliciesRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\r\x12\x12\n\nto_version\x18\x03 \x01(\r\"J\n\x0bLayerChange\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x16\n\x0e\x66rom_precision\x18\x02 \x01(\t\x12\x14\n\x0cto_precision\x18\x03 \x01(\t\"S\n\x14\x44iffPoliciesResponse\x12(\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x17.mixprec.v1.LayerChange\x12\x11\n\tunchanged\x18\x02 \x01(\r\"[\n\x14ResolvePolicyRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x1f\n\x05rules\x18\x02 \x03(\x0b\x32\x10.mixprec.v1.Rule\x12\x10\n\x08kv_cache\x18\x03 \x01(\t\",\n\nFieldError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"|\n\x15ResolvePolicyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12&\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x16.mixprec.v1.FieldError\x12,\n\x08resolved\x18\x03 \x03(\x0b\x32\x1a.mixprec.v1.LayerPrecision2\xdc\x05\n\rPolicyService\x12I\n\x0e\x43reateEndpoint\x12!.mixprec.v1.CreateEndpointRequest\x1a\x14.mixprec.v1.Endpoint\x12\x43\n\x0bGetEndpoint\x12\x1e.mixprec.v1.GetEndpointRequest\x1a\x14.mixprec.v1.Endpoint\x12T\n\rListEndpoints\x12 .mixprec.v1.ListEndpointsRequest\x1a!.mixprec.v1.ListEndpointsResponse\x12W\n\x0e\x44\x65leteEndpoint\x12!.mixprec.v1.DeleteEndpointRequest\x1a\".mixprec.v1.DeleteEndpointResponse\x12J\n\x0c\x43reatePolicy\x12\x1f.mixprec.v1.CreatePolicyRequest\x1a\x19.mixprec.v1.PolicyVersion\x12\x44\n\tGetPolicy\x12\x1c.mixprec.v1.GetPolicyRequest\x1a\x19.mixprec.v1.PolicyVersion\x12Q\n\x0cListPolicies\x12\x1f.mixprec.v1.ListPoliciesRequest\x1a .mixprec.v1.ListPoliciesResponse\x12Q\n\x0c\x44iffPolicies\x12\x1f.mixprec.v1.DiffPoliciesRequest\x1a .mixprec.v1.DiffPoliciesResponse\x12T\n\rResolvePolicy\x12 .mixprec.v1.ResolvePolicyRequest\x1a!.mixprec.v1.ResolvePolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,33 +45,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETENDPOINTREQUEST']._serialized_start=810
   _globals['_GETENDPOINTREQUEST']._serialized_end=844
   _globals['_DELETEENDPOINTREQUEST']._serialized_start=846
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=914
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=916
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=979
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=981
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1003
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1005
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1069
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=1072
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=1262
-  _globals['_GETPOLICYREQUEST']._serialized_start=1264
-  _globals['_GETPOLICYREQUEST']._serialized_end=1353
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1355
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1394
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1396
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1463
-  _globals['_DIFFPOLICIESREQUEST']._serialized_start=1465
-  _globals['_DIFFPOLICIESREQUEST']._serialized_end=1546
-  _globals['_LAYERCHANGE']._serialized_start=1548
-  _globals['_LAYERCHANGE']._serialized_end=1622
-  _globals['_DIFFPOLICIESRESPONSE']._serialized_start=1624
-  _globals['_DIFFPOLICIESRESPONSE']._serialized_end=1707
-  _globals['_RESOLVEPOLICYREQUEST']._serialized_start=1709
-  _globals['_RESOLVEPOLICYREQUEST']._serialized_end=1800
-  _globals['_FIELDERROR']._serialized_start=1802
-  _globals['_FIELDERROR']._serialized_end=1846
-  _globals['_RESOLVEPOLICYRESPONSE']._serialized_start=1848
-  _globals['_RESOLVEPOLICYRESPONSE']._serialized_end=1972
-  _globals['_POLICYSERVICE']._serialized_start=1975
-  _globals['_POLICYSERVICE']._serialized_end=2707
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=934
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=936
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=999
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1001
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1023
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1025
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1089
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=1092
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=1282
+  _globals['_GETPOLICYREQUEST']._serialized_start=1284
+  _globals['_GETPOLICYREQUEST']._serialized_end=1373
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1375
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1414
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1416
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1483
+  _globals['_DIFFPOLICIESREQUEST']._serialized_start=1485
+  _globals['_DIFFPOLICIESREQUEST']._serialized_end=1566
+  _globals['_LAYERCHANGE']._serialized_start=1568
+  _globals['_LAYERCHANGE']._serialized_end=1642
+  _globals['_DIFFPOLICIESRESPONSE']._serialized_start=1644
+  _globals['_DIFFPOLICIESRESPONSE']._serialized_end=1727
+  _globals['_RESOLVEPOLICYREQUEST']._serialized_start=1729
+  _globals['_RESOLVEPOLICYREQUEST']._serialized_end=1820
+  _globals['_FIELDERROR']._serialized_start=1822
+  _globals['_FIELDERROR']._serialized_end=1866
+  _globals['_RESOLVEPOLICYRESPONSE']._serialized_start=1868
+  _globals['_RESOLVEPOLICYRESPONSE']._serialized_end=1992
+  _globals['_POLICYSERVICE']._serialized_start=1995
+  _globals['_POLICYSERVICE']._serialized_end=2727
 # @@protoc_insertion_point(module_scope)

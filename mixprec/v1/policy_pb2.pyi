@@ -96,14 +96,16 @@ class GetEndpointRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeleteEndpointRequest(_message.Message):
-    __slots__ = ("name", "reason", "actor")
+    __slots__ = ("name", "reason", "actor", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     reason: str
     actor: str
-    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DeleteEndpointResponse(_message.Message):
     __slots__ = ("name", "policy_versions")

@@ -297,6 +297,33 @@ def test_bad_input_gets_a_clear_status_and_writes_nothing(plane, page: Page):
     assert re.search(r"default-src 'self'", page.request.get(plane.url + "/").headers["content-security-policy"])
 
 
+def test_a_resubmitted_action_form_is_applied_once(plane, page: Page):
+    p = plane.policies
+    p.CreateEndpoint(pb.CreateEndpointRequest(name="resubmit", layers=CATALOG))
+    for parent in range(3):
+        p.CreatePolicy(pb.CreatePolicyRequest(endpoint="resubmit", parent_version=parent,
+                                              rules=rules((f"layers.{parent}.*", "fp8"))))
+        plane.fleet.Activate(apb.ActivateRequest(endpoint="resubmit", version=parent + 1))
+    page.goto(plane.url + "/endpoints/resubmit")
+    rendered = page.locator('#rollback-form input[name="request_id"]').get_attribute("value")
+    assert rendered.startswith("web-")
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+
+    def roll_back(request_id: str):
+        return page.request.post(plane.url + "/endpoints/resubmit/rollback",
+                                 form={"target": "last-good", "reason": "p99", "request_id": request_id},
+                                 headers={"X-CSRF-Token": csrf, "Accept": "application/json"})
+
+    first, again = roll_back(rendered), roll_back(rendered)  # the same form sent twice
+    assert first.status == again.status == 200 and first.json() == again.json()
+    assert "v3 → v2" in first.json()["message"]
+    assert p.GetEndpoint(pb.GetEndpointRequest(name="resubmit")).active_version == 2
+    assert "v2 → v1" in roll_back("web-another-form").json()["message"]  # a new form is a new action
+    rollbacks = [e for e in plane.fleet.ListAudit(apb.ListAuditRequest(endpoint="resubmit")).entries
+                 if e.action == "rollback"]
+    assert len(rollbacks) == 2
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     """A control plane whose API and dashboard both require tokens; one endpoint on v2 of two versions."""

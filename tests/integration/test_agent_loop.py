@@ -210,3 +210,19 @@ def test_fleet_cli_activate_rollback_fleet_audit(control_plane, capsys):
     assert code == 3 and "'nope' does not exist" in err
     code, _, err = cli("activate", "emb", "0")
     assert code == 2 and "version" in err
+
+
+def test_an_ack_of_an_older_measurement_leaves_the_newer_report_to_be_resent():
+    async def noop(version, precision_map):
+        return None
+
+    loop = SyncLoop("127.0.0.1:1", AgentIdentity("emb", "w", LAYERS), noop)
+    loop.report(apb.Report(kind=apb.Report.QUALITY, version=3, samples=8))
+    older = loop._quality[3].report_id
+    loop.report(apb.Report(kind=apb.Report.QUALITY, version=3, samples=9))  # measured again
+    newer = loop._quality[3].report_id
+    assert older and newer and older != newer
+    loop._acknowledged(apb.ReportAck(kind=apb.Report.QUALITY, version=3, report_id=older))
+    assert loop.unacknowledged_reports == [3]
+    loop._acknowledged(apb.ReportAck(kind=apb.Report.QUALITY, version=3, report_id=newer))
+    assert loop.unacknowledged_reports == []

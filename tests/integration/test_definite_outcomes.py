@@ -95,3 +95,44 @@ def test_the_cli_retries_safely_with_request_id(control_plane, capsys):
     # Without --request-id the CLI makes one up: a failure it cannot see the end of names it.
     assert main(["--server", "127.0.0.1:1", "activate", "emb", "1"]) == 5
     assert "retry with --request-id cli-" in capsys.readouterr().err
+
+
+def test_deletes_token_and_webhook_writes_are_applied_once_per_request_id(control_plane, db_url, capsys):
+    from mixprec.v1 import auth_pb2, auth_pb2_grpc, notify_pb2, notify_pb2_grpc
+
+    channel = grpc.insecure_channel(control_plane.address)
+    tokens, notify = auth_pb2_grpc.TokenServiceStub(channel), notify_pb2_grpc.NotificationServiceStub(channel)
+    policies, fleet = stubs(control_plane.address)
+    policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+
+    hook = notify_pb2.SetWebhookRequest(endpoint="emb", name="chat", url="http://127.0.0.1:9/hook", request_id="w-1")
+    assert notify.SetWebhook(hook) == notify.SetWebhook(hook)
+    probe = notify_pb2.TestWebhookRequest(endpoint="emb", name="chat", request_id="w-3")
+    notify.TestWebhook(probe)
+    notify.TestWebhook(probe)
+    assert sum("webhook.test" in row for row in snapshot(db_url)["audit_log"]) == 1
+    drop_hook = notify_pb2.DeleteWebhookRequest(endpoint="emb", name="chat", request_id="w-2")
+    notify.DeleteWebhook(drop_hook)
+    notify.DeleteWebhook(drop_hook)  # answered alike, not NOT_FOUND
+    assert notify.ListWebhooks(notify_pb2.ListWebhooksRequest(endpoint="emb")).webhooks == []
+
+    create = auth_pb2.CreateTokenRequest(name="deployer", role="operator", request_id="t-1")
+    first, retried = tokens.CreateToken(create), tokens.CreateToken(create)
+    assert first.secret.startswith("mxp_") and retried.secret == ""  # the secret is never stored
+    assert retried.token == first.token
+    revoke = auth_pb2.RevokeTokenRequest(name="deployer", request_id="t-2")
+    assert tokens.RevokeToken(revoke) == tokens.RevokeToken(revoke)
+    listed = tokens.ListTokens(auth_pb2.ListTokensRequest(include_revoked=True)).tokens
+    assert [t.name for t in listed] == ["deployer"]
+
+    delete = pb.DeleteEndpointRequest(name="emb", reason="retired", request_id="d-1")
+    assert policies.DeleteEndpoint(delete) == policies.DeleteEndpoint(delete)
+    audit = snapshot(db_url)["audit_log"]
+    assert sum("endpoint.delete" in row for row in audit) == 1
+
+    cli = ["--server", control_plane.address, "token", "create", "ci", "--role", "viewer", "--request-id", "t-3"]
+    assert main(cli) == 0
+    assert capsys.readouterr().out.strip().startswith("mxp_")
+    assert main(cli) == 4  # the retry cannot show the secret again and says what to do
+    err = capsys.readouterr().err
+    assert "already created token ci" in err and "mixprec token revoke ci" in err

@@ -12,7 +12,7 @@ from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import policy_pb2 as pb
 
 
-def test_a_crowd_of_hellos_is_recorded_and_a_deleted_endpoint_takes_no_new_worker(control_plane):
+def test_a_crowd_of_hellos_is_recorded_and_a_deleted_endpoint_takes_no_new_worker_and_keeps_none(control_plane):
     policies, fleet = stubs(control_plane.address)
     policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb"))
 
@@ -31,6 +31,12 @@ def test_a_crowd_of_hellos_is_recorded_and_a_deleted_endpoint_takes_no_new_worke
         late = LightAgent(control_plane.address, "emb", "w-late").start()
         await eventually(lambda: late.loop.fatal_error is not None, what="the late hello refused")
         assert late.loop.fatal_error.code() == grpc.StatusCode.NOT_FOUND and not late.applied
+        # The streams already connected are closed too; each worker keeps the map it runs.
+        await eventually(lambda: all(a.loop.fatal_error is not None for a in [first, *crowd]),
+                         what="every connected stream closed")
+        assert {a.loop.fatal_error.code() for a in [first, *crowd]} == {grpc.StatusCode.NOT_FOUND}
+        assert "was deleted" in first.loop.fatal_error.details() or "does not exist" in first.loop.fatal_error.details()
+        assert all(a.loop.version == 1 for a in [first, *crowd])
         for agent in [first, *crowd, late]:
             await agent.stop()
 

@@ -293,3 +293,35 @@ def test_a_step_short_of_reports_asks_its_workers_to_report_again_before_pausing
             await agent.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_report_resent_after_a_lost_ack_counts_once_toward_a_step(plane):
+    async def scenario():
+        agents = await fleet_up(plane)
+        first = next(a for a in agents if a.loop.identity.worker_id == min(WORKERS, key=worker_rank))
+        await eventually(lambda: first.loop.unacknowledged_reports == [], what="v1's report acknowledged")
+        acknowledge = first.loop._acknowledged
+        first.loop._acknowledged = lambda ack: None  # every ReportAck is lost on the way
+        start(plane, steps=(1, 100.0), reports_per_step=2, step_timeout_seconds=60)
+        await eventually(lambda: first.loop.version == 2 and first.loop.unacknowledged_reports == [2],
+                         what="the step's worker on v2 with its report unacknowledged")
+        measured = first.loop._quality[2].report_id
+        for _ in range(2):  # reconnects: the unacknowledged report goes out again each time
+            await first.stop()
+            first.start()
+            await asyncio.wait_for(first.loop.connected.wait(), 10)
+        first.loop._acknowledged = acknowledge
+        await first.stop()
+        first.start()
+        await eventually(lambda: first.loop.unacknowledged_reports == [], what="a resend stored and acknowledged")
+        await asyncio.sleep(0.5)  # ten controller passes
+        rollout = state_of(plane)
+        assert (rollout.state, rollout.current_step) == (rpb.RUNNING, 0), rollout.message
+
+        await first._report(2, dict.fromkeys(LAYERS, "fp8"))  # a second measurement is a second report
+        assert first.loop._quality[2].report_id != measured
+        await eventually(lambda: state_of(plane).current_step == 1, what="step 2 after two distinct reports")
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())

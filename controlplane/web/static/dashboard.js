@@ -71,12 +71,21 @@
   if (document.body.dataset.events) connect(document.body.dataset.events);
 
   // --- actions --------------------------------------------------------------------------------
+  // One id per confirmed action: the server applies a request id once, so the retry after a network
+  // failure (and any resent POST) cannot roll back twice.
+  function requestId() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   async function post(action, fields) {
-    const body = new URLSearchParams(fields);
-    const response = await fetch(action, {
+    const body = new URLSearchParams({ ...fields, request_id: requestId() });
+    const send = () => fetch(action, {
       method: "POST", body, credentials: "same-origin",
       headers: { "Accept": "application/json", "X-CSRF-Token": csrf() },
     });
+    let response;
+    try { response = await send(); } catch (err) { response = await send(); }
     let data = {};
     try { data = await response.json(); } catch (e) { data = { error: response.statusText }; }
     if (!response.ok) throw new Error(data.error || ("HTTP " + response.status));
