@@ -7,7 +7,7 @@ and, while the combined drop exceeds the budget, the most sensitive unit moves o
 ladder (to base after the last step): the fallback of accuracy-aware tuning.
 
 Two ways to get there with the same decisions. `exact` measures every unit; `fast` (the default,
-worker.sweep_fast) estimates every unit's drop from one forward and one backward pass
+worker.sweep_fast) estimates every unit's drop from one forward and a few backward passes
 (worker.sweep_estimate) and measures exactly only what a decision depends on. Where the model can run
 from the middle of a block (`LoadedModel.staged`), every run starts at the first layer it changes, on
 activations kept from an earlier pass.

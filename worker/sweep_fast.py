@@ -4,9 +4,11 @@ It walks the same path as the exact sweep (`Sweep.choose`): each unit at its fir
 budget alone, then the most sensitive unit down its ladder until the combined drop fits. The walk runs
 on estimates (worker.sweep_estimate), each taken as an interval: the estimate plus or minus a margin
 learned from how far the estimates missed on the trials measured exactly (1.5 times the largest
-relative miss so far; unbounded until three trials are measured). A trial is measured exactly only when
-its interval leaves a decision open: whether it fits the budget alone, or whether it sits on the other
-side of the walk's stopping point from a unit it might swap places with. The combined drop of each
+relative miss so far, never narrower than three standard errors of the estimate's own probe noise;
+unbounded until three trials are measured, which are the cheapest runs near the combined check's cut).
+A trial is measured exactly only when its interval leaves a decision open: whether it fits the budget
+alone, or whether it sits on the other side of the walk's stopping point from a unit it might swap
+places with. The combined drop of each
 state of the walk is predicted the same way (cross terms included); the state predicted nearest the
 budget is checked exactly first. From then on a state's drop is predicted from the nearest state
 checked: its measured drop plus the estimated change of the few units between them, with their

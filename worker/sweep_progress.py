@@ -35,8 +35,8 @@ class SweepBar(SweepProgress):
             self.bar.close()
 
     def estimated(self, units: list[Unit], seconds: float, correlation: float | None) -> None:
-        print(f"{self.indent}estimated every unit's {self.metric} change in {seconds:.1f}s (one forward and "
-              f"backward pass); measuring exactly only where a decision depends on it", file=self.file)
+        print(f"{self.indent}estimated every unit's {self.metric} change in {seconds:.1f}s (one forward pass and "
+              f"a backward pass per probe); measuring exactly only where a decision depends on it", file=self.file)
 
     def exact(self, unit: Unit, trial: Trial, why: str) -> None:
         print(f"{self.indent}measured {unit.name} at {trial.precision}: {trial.measured:.6f} (estimated "

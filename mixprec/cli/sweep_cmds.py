@@ -29,7 +29,7 @@ def register(sub) -> None:
                 "at base, against base on the calibration set; each unit gets the first precision of the list whose "
                 "drop fits --max-drop, then the chosen map is checked together (the most sensitive unit moves down "
                 "the list, then to base, while the combined drop is over budget). By default every unit's drop is "
-                "estimated from one forward and backward pass and only the units a decision depends on are measured "
+                "estimated from one forward and a few backward passes and only the units a decision depends on are measured "
                 "exactly (--exact measures every unit). The chosen map is then measured on --holdout pairs the sweep "
                 "never saw. Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
