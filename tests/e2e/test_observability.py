@@ -87,7 +87,9 @@ def test_control_plane_and_worker_export_fleet_rollout_and_inference_metrics(tmp
             samples = scrape(metrics_port)
             done = value(samples, "mixprec_rollout_phase", endpoint="emb", phase="SUCCEEDED") == 1
             quality = value(samples, "mixprec_quality_delta", endpoint="emb", version="1", metric="cosine_to_base")
-            return samples if done and quality is not None else None
+            # The light agent's goodbye reaches the gauges a moment after its stream ends.
+            gone = value(samples, "mixprec_workers_disconnected", endpoint="light") == 1
+            return samples if done and quality is not None and gone else None
 
         cp = wait_until(plane_metrics, 90, "the rollout to succeed on /metrics")
         assert value(cp, "mixprec_rollout_phase", endpoint="emb", phase="RUNNING") == 0
