@@ -91,6 +91,9 @@ def nll_probe(head_weight: torch.Tensor, softcap: float | None) -> Probe:
     return Probe("next-token NLL", draw, _positions, quadratic=False, probes=1)
 
 
+# Dequantized weights kept for the whole estimate (Gemma 3 270M needs about 400 MB); beyond this a
+# layer's weights are dequantized again each batch: slower, but a large model's estimate fits in memory.
+WEIGHT_CACHE_BYTES = 2 << 30
 HEAD_ROWS = 256  # positions whose vocabulary-wide distribution is held at once (262k floats each on Gemma)
 
 
@@ -180,7 +183,8 @@ class Estimator:
     tokens, for token-wise precisions). Run it on its own (`estimate`) or inside a pass that does
     something else with the same forward (the staged runner's capture)."""
 
-    def __init__(self, engine: HybridEngine, probe: Probe, precisions: list[str], seed: int = 0):
+    def __init__(self, engine: HybridEngine, probe: Probe, precisions: list[str], seed: int = 0,
+                 weight_cache_bytes: int = WEIGHT_CACHE_BYTES):
         self.engine, self.probe, self.precisions = engine, probe, precisions
         self.generator = torch.Generator().manual_seed(seed)
         self.layers = [layer for layer in engine.catalog if isinstance(engine.bindings[layer], HybridLinear)]
@@ -188,16 +192,19 @@ class Estimator:
         self.kv_layers = [layer for layer in engine.catalog if isinstance(engine.bindings[layer], KVCacheBinding)]
         self.kv_precisions = [p for p in precisions if p in KV_CACHE_PRECISIONS]
         # Each layer's weights as its FP8 copy dequantizes them, once (the emulated kernel would redo it
-        # for every batch): the error is then one ordinary matmul on the FP8-rounded input.
+        # for every batch), as far as `weight_cache_bytes` allows: the error is then one ordinary matmul
+        # on the FP8-rounded input.
         self._weights: dict[tuple[str, str], torch.Tensor] = {}
+        room = weight_cache_bytes
         for layer in self.layers:
             binding = engine.bindings[layer]
             for precision in precisions:
                 binding.prepare(precision)
                 kind = METHODS[precision].weights
-                if kind is not None and (layer, kind) not in self._weights:
-                    prepared = binding.prepared[kind]
-                    self._weights[(layer, kind)] = dequantize(prepared.weight, prepared.scale, binding.weight.dtype)
+                size = binding.weight.numel() * binding.weight.element_size()
+                if kind is not None and (layer, kind) not in self._weights and size <= room:
+                    self._weights[(layer, kind)] = self._dequantized(layer, kind)
+                    room -= size
         self.parts: dict[tuple[str, str], list[torch.Tensor]] = {(layer, p): [] for layer in self.layers
                                                                  for p in precisions}
         self.items, self.seconds = 0, 0.0
@@ -284,7 +291,15 @@ class Estimator:
             return torch.zeros_like(out)
         if isinstance(method, FP8Linear):  # W8A8: the input is rounded too (weight-only keeps it)
             x = fake_quantize(x, rowwise=method.token_wise)
-        return F.linear(x, self._weights[(layer, method.weights)], self.engine.bindings[layer].bias) - out
+        weight = self._weights.get((layer, method.weights))
+        if weight is None:
+            weight = self._dequantized(layer, method.weights)
+        return F.linear(x, weight, self.engine.bindings[layer].bias) - out
+
+    def _dequantized(self, layer: str, kind: str) -> torch.Tensor:
+        binding = self.engine.bindings[layer]
+        prepared = binding.prepared[kind]
+        return dequantize(prepared.weight, prepared.scale, binding.weight.dtype)
 
     def result(self) -> Estimates:
         scalars = {key: torch.cat(parts, dim=1) for key, parts in self.parts.items()}
@@ -292,10 +307,10 @@ class Estimator:
 
 
 def estimate(engine: HybridEngine, batches: list, outputs: Callable[[object], torch.Tensor], probe: Probe,
-             precisions: list[str], seed: int = 0) -> Estimates:
+             precisions: list[str], seed: int = 0, weight_cache_bytes: int = WEIGHT_CACHE_BYTES) -> Estimates:
     """Runs each batch of `batches` ((index, tokens) pairs) once forward at base, recording, and
     `probe.probes` times backward."""
-    estimator = Estimator(engine, probe, precisions, seed)
+    estimator = Estimator(engine, probe, precisions, seed, weight_cache_bytes)
     with estimator.recording(), engine.using({}):
         for _index, tokens in batches:
             estimator.batch(outputs(tokens), tokens)

@@ -165,3 +165,17 @@ def test_an_estimates_noise_is_the_spread_its_probes_really_have():
     assert 0.7 < statistics.mean(g.noise(both, minus={"down": "fp8"}) for g in groups) / change < 1.4
     first_order = Estimates(est.scalars, est.items, quadratic=False)
     assert first_order.noise({"down": "fp8"}) == 0.0
+
+
+def test_weights_beyond_the_cache_budget_are_dequantized_per_batch_to_the_same_estimates():
+    model, engine, batches, x = toy()
+    probe = Probe("norm", COSINE.draw, lambda out, tokens: out.shape[0], probes=4)
+    outputs = lambda tokens: model(tokens["x"])  # noqa: E731
+    cached = estimate(engine, batches, outputs, probe, ["fp8", "fp8-weight-only"], seed=3)
+    one_layer = model[0].weight.numel() * model[0].weight.element_size()
+    for budget in (0, one_layer):  # nothing kept; some layers kept and the others dequantized each batch
+        bounded = estimate(engine, batches, outputs, probe, ["fp8", "fp8-weight-only"], seed=3,
+                           weight_cache_bytes=budget)
+        assert bounded.scalars.keys() == cached.scalars.keys()
+        for key, scalars in cached.scalars.items():
+            assert torch.equal(bounded.scalars[key], scalars), (budget, key)
