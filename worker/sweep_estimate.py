@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from mixprec.policy import KV_CACHE_PRECISIONS
 from worker.engine import HybridEngine
 from worker.engine.binding import HybridLinear, KVCacheBinding
-from worker.engine.fp8 import _TINY, E4M3_MAX, FP8, dequantize
-from worker.engine.kv_cache import dequantize as kv_dequantize
+from worker.engine.fp8 import dequantize, quantize
 from worker.engine.kv_cache import quantize as kv_quantize
 from worker.engine.methods import FP8 as FP8Linear
 from worker.engine.methods import METHODS
@@ -268,7 +267,7 @@ class Estimator:
                 at = len(self.layers) + 2 * j
                 for precision in self.kv_precisions:
                     # K and V stored as e4m3 with a scale per token and head, as the FP8 cache layer does.
-                    errors = [kv_dequantize(*kv_quantize(t), t.dtype) - t.detach() for t in states]
+                    errors = [dequantize(*kv_quantize(t), t.dtype) - t.detach() for t in states]
                     per_probe = []
                     for g in grads:
                         scalar = torch.zeros(states[0].shape[0], dtype=torch.float64)
@@ -290,7 +289,7 @@ class Estimator:
         if method.weights is None:
             return torch.zeros_like(out)
         if isinstance(method, FP8Linear):  # W8A8: the input is rounded too (weight-only keeps it)
-            x = fake_quantize(x, rowwise=method.token_wise)
+            x = dequantize(*quantize(x, rowwise=method.token_wise), x.dtype)
         weight = self._weights.get((layer, method.weights))
         if weight is None:
             weight = self._dequantized(layer, method.weights)
@@ -338,21 +337,6 @@ def _recorder(layer: str, seen: dict):
         seen[layer] = (inputs[0].detach(), output)
 
     return hook
-
-
-# Every FP8 e4m3 code's value, by its bits: reading them back through this table is several times faster
-# on CPU than the dtype conversion, and the same numbers.
-_E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(FP8).float()
-
-
-def fake_quantize(x: torch.Tensor, rowwise: bool) -> torch.Tensor:
-    """x rounded through FP8 e4m3 with dynamic scales (per row or per tensor) and back: what
-    worker.engine.fp8's quantize then dequantize give, computed faster."""
-    x32 = x.float()
-    amax = x32.abs().amax(dim=-1, keepdim=True) if rowwise else x32.abs().amax()
-    scale = amax.div_(E4M3_MAX).clamp_(min=_TINY)
-    codes = torch.div(x32, scale).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8).view(torch.uint8)
-    return torch.take(_E4M3_VALUES.to(x.device), codes.long()).mul_(scale).to(x.dtype)
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

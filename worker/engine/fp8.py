@@ -20,8 +20,14 @@ def quantize(x: torch.Tensor, rowwise: bool) -> tuple[torch.Tensor, torch.Tensor
     return q, scale.to(torch.float32)
 
 
+# Every e4m3 code's value, by its bits: on CPU reading codes back through this table is about twice as
+# fast as the dtype conversion, and gives the same numbers.
+_E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(FP8).float()
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (q.float() * scale).to(dtype)
+    values = torch.take(_E4M3_VALUES, q.view(torch.uint8).long()) if q.device.type == "cpu" else q.float()
+    return (values * scale).to(dtype)
 
 
 def check_finite(weight: torch.Tensor, layer: str) -> None:

@@ -15,9 +15,9 @@ import torch
 from transformers.cache_utils import CacheLayerMixin, DynamicCache
 
 from mixprec.policy import KV_CACHE_PRECISIONS as KV_PRECISIONS
+from worker.engine.fp8 import E4M3_MAX, FP8, dequantize  # codes read back as the weights' are
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
+FP8_MAX = E4M3_MAX  # 448
 SCALE_DTYPE = torch.float32
 
 
@@ -27,10 +27,6 @@ def quantize(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = (amax / FP8_MAX).clamp(min=torch.finfo(SCALE_DTYPE).tiny)
     codes = (states.to(SCALE_DTYPE) / scales).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return codes, scales
-
-
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (codes.to(SCALE_DTYPE) * scales).to(dtype)
 
 
 class FP8Layer(CacheLayerMixin):

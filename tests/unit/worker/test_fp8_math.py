@@ -7,7 +7,7 @@ import torch
 
 from mixprec.errors import FailedPrecondition, InvalidArgument
 from worker.engine import kernels
-from worker.engine.fp8 import E4M3_MAX, dequantize, quantize
+from worker.engine.fp8 import E4M3_MAX, FP8, dequantize, quantize
 from worker.engine.methods import METHODS
 
 # e4m3 keeps 3 mantissa bits: a normal value rounds to within 2^-4 of itself (relative).
@@ -96,3 +96,15 @@ def test_a_layer_whose_shape_the_gpu_kernel_cannot_take_falls_back_to_emulation(
     assert kernels.layer_kernel(kernels.SCALED_MM, 32, 8, cuda) == kernels.EMULATED
     assert kernels.layer_kernel(kernels.SCALED_MM, 32, 8, cpu) == kernels.SCALED_MM
     assert kernels.layer_kernel(kernels.EMULATED, 384, 1536, cuda) == kernels.EMULATED
+
+
+def test_every_e4m3_code_dequantizes_to_its_dtype_value():
+    """Codes are read back through a table on CPU: each of the 256 gives what the dtype conversion gives
+    (NaN codes stay NaN), scaled per row as the kernel does."""
+    codes = torch.arange(256, dtype=torch.uint8).view(FP8).reshape(16, 16)
+    scale = torch.logspace(-3, 3, 16).reshape(16, 1)
+    expected = codes.float() * scale
+    got = dequantize(codes, scale)
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+    assert dequantize(codes.t(), scale.t(), torch.bfloat16).dtype == torch.bfloat16  # a strided view works too
