@@ -101,7 +101,7 @@ class Demo(Story):
     def roll_out(self, version: int, label: str) -> rpb.Rollout:
         step(f"rollout of v{version} ({label}): steps 1 worker, 50%, 100%; guardrail: cosine drop <= "
              f"{GUARDRAIL['cosine_to_base']}")
-        current, _, took = super().roll_out(
+        current, _, took = self.watch_rollout(
             version, [rpb.RolloutStep(workers=1), rpb.RolloutStep(percent=50), rpb.RolloutStep(percent=100)],
             rpb.Guardrails(max_drop=GUARDRAIL, reports_per_step=1, bake_seconds=2, step_timeout_seconds=120),
             limit=240, poll=0.5, settle_timeout=60)
@@ -115,10 +115,10 @@ class Demo(Story):
                              "cosine delta": f"{min(quality):+.5f}" if quality else "-", "took": f"{took:.0f}s"})
         return current
 
-    def aggressive_policy(self, parent: int) -> int:
+    def too_far(self, parent: int) -> tuple[int, str]:
         return self.policies.CreatePolicy(pb.CreatePolicyRequest(
             endpoint=ENDPOINT, parent_version=parent, author="demo", message="everything per-tensor FP8 (too far)",
-            rules=[pb.Rule(match="*", precision="fp8-tensor")])).version
+            rules=[pb.Rule(match="*", precision="fp8-tensor")])).version, "over-aggressive"
 
     def one_call_rollback(self) -> None:
         rolled, took = self.rollback_to_base(60)
@@ -130,19 +130,16 @@ class Demo(Story):
                              "outcome": f"all base in {took:.1f}s", "cosine delta": "+0.00000", "took": f"{took:.0f}s"})
 
 
-def run(keep: bool = False, samples: int = 24) -> int:
-    def plot(demo: Demo, stack: ExitStack) -> tuple[bool, str]:
-        demo.start(stack)
-        proposed = demo.sweep_and_propose()
-        first = demo.roll_out(proposed, "the sweep's policy")
-        second = demo.roll_out(demo.aggressive_policy(proposed), "over-aggressive")
-        demo.one_call_rollback()
-        demo.load.stop.set()
-        demo.load.join(timeout=30)
-        step("audit log (newest first)")
-        for entry in demo.fleet.ListAudit(apb.ListAuditRequest(endpoint=ENDPOINT, limit=12)).entries:
-            print(f"    {entry.action:<20} {entry.actor:<10} {entry.reason[:90]}")
-        ok = first.state == rpb.SUCCEEDED and second.state == rpb.ROLLED_BACK and demo.load.failed == 0
-        return ok, f"{demo.load.sent} inference requests during the demo, {demo.load.failed} failed"
+    def stop_traffic(self) -> tuple[bool, str]:
+        self.load.stop.set()
+        self.load.join(timeout=30)
+        return self.load.failed == 0, f"{self.load.sent} inference requests during the demo, {self.load.failed} failed"
 
-    return tell(Demo, samples, keep, "mixprec-demo-", plot)
+    def epilogue(self) -> None:
+        step("audit log (newest first)")
+        for entry in self.fleet.ListAudit(apb.ListAuditRequest(endpoint=ENDPOINT, limit=12)).entries:
+            print(f"    {entry.action:<20} {entry.actor:<10} {entry.reason[:90]}")
+
+
+def run(keep: bool = False, samples: int = 24) -> int:
+    return tell(Demo, samples, keep, "mixprec-demo-")

@@ -95,7 +95,7 @@ class LlmDemo(Story):
     def roll_out(self, version: int, label: str) -> rpb.Rollout:
         step(f"rollout of v{version} ({label}): 1 worker, then 100%; guardrails: KL rise <= "
              f"{MAX_RISE['kl_divergence']}, top-1 agreement drop <= {MAX_DROP['top1_agreement']}")
-        current, wanted, took = super().roll_out(
+        current, wanted, took = self.watch_rollout(
             version, [rpb.RolloutStep(workers=1), rpb.RolloutStep(percent=100)],
             rpb.Guardrails(max_rise=MAX_RISE, max_drop=MAX_DROP, reports_per_step=1, bake_seconds=2,
                            step_timeout_seconds=600),
@@ -107,10 +107,10 @@ class LlmDemo(Story):
                              "KL rise": f"{max(kl):.4f}" if kl else "-", "took": f"{took:.0f}s"})
         return current
 
-    def everything_fp8(self, parent: int) -> int:
+    def too_far(self, parent: int) -> tuple[int, str]:
         return self.policies.CreatePolicy(pb.CreatePolicyRequest(
             endpoint=ENDPOINT, parent_version=parent, author="demo", message="everything FP8, KV cache too (too far)",
-            rules=[pb.Rule(match="*", precision="fp8")], kv_cache="fp8")).version
+            rules=[pb.Rule(match="*", precision="fp8")], kv_cache="fp8")).version, "everything FP8"
 
     def one_call_rollback(self) -> None:
         rolled, took = self.rollback_to_base(120)
@@ -118,19 +118,13 @@ class LlmDemo(Story):
                              "outcome": f"all base in {took:.1f}s", "KL rise": "0.0000", "took": f"{took:.0f}s"})
 
 
-def run(keep: bool = False, windows: int = 2) -> int:
-    def plot(demo: LlmDemo, stack: ExitStack) -> tuple[bool, str]:
-        demo.start(stack)
-        proposed = demo.sweep_and_propose()
-        first = demo.roll_out(proposed, "the sweep's policy")
-        second = demo.roll_out(demo.everything_fp8(proposed), "everything FP8")
-        demo.one_call_rollback()
-        demo.traffic.stop.set()
-        demo.traffic.join(timeout=180)
-        traffic = demo.traffic
-        ok = (first.state == rpb.SUCCEEDED and second.state == rpb.ROLLED_BACK and not traffic.failed
-              and not traffic.mixed)
-        return ok, (f"{traffic.sent} Generate streams during the demo, {traffic.failed} failed, {traffic.mixed} "
-                    "mixing two versions")
+    def stop_traffic(self) -> tuple[bool, str]:
+        traffic = self.traffic
+        traffic.stop.set()
+        traffic.join(timeout=180)
+        return not traffic.failed and not traffic.mixed, (f"{traffic.sent} Generate streams during the demo, "
+                                                          f"{traffic.failed} failed, {traffic.mixed} mixing two versions")
 
-    return tell(LlmDemo, windows, keep, "mixprec-llm-demo-", plot)
+
+def run(keep: bool = False, windows: int = 2) -> int:
+    return tell(LlmDemo, windows, keep, "mixprec-llm-demo-")

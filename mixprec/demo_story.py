@@ -1,6 +1,7 @@
-"""The frame every `mixprec demo` tells its story in: a control plane and real workers as processes of
-their own, a guarded rollout watched step by step, a one-call rollback, and a summary table. Each
-model's demo adds what differs: its traffic, its sweep, its guardrails and its columns."""
+"""The story every `mixprec demo` tells (`tell`): a control plane and real workers as processes of their
+own under steady traffic, the sweep's policy rolled out under guardrails, a policy that goes too far
+rolled back automatically, a one-call rollback, and a summary table. Each model's demo (a `Story`)
+supplies what differs: its traffic, its sweep, its guardrails and its columns."""
 
 from __future__ import annotations
 
@@ -125,8 +126,8 @@ class Story:
         )).version
         return version, len(spec.rules)
 
-    def roll_out(self, version: int, steps: list[rpb.RolloutStep], guardrails: rpb.Guardrails, limit: float,
-                 poll: float, settle_timeout: float) -> tuple[rpb.Rollout, int, float]:
+    def watch_rollout(self, version: int, steps: list[rpb.RolloutStep], guardrails: rpb.Guardrails, limit: float,
+                      poll: float, settle_timeout: float) -> tuple[rpb.Rollout, int, float]:
         """Starts a rollout and prints each state it passes through until it ends; returns (the rollout,
         the version every worker runs after it, seconds it took)."""
         started = time.monotonic()
@@ -157,15 +158,48 @@ class Story:
         self.wait_every_worker(rolled.active_version, timeout, "every worker at base")
         return rolled, time.monotonic() - started
 
+    # --- the parts each model's demo tells its own way ----------------------------------------------
 
-def tell(story_type, eval_samples: int, keep: bool, prefix: str, plot) -> int:
-    """Runs `plot(story, stack)` in a fresh working directory; prints the summary; 0 when `plot` says the
-    story went as it should. `plot` returns (ok, the summary's headline)."""
+    def start(self, stack: ExitStack) -> None:
+        """Control plane, workers and traffic, each stopped by `stack`."""
+        raise NotImplementedError
+
+    def sweep_and_propose(self) -> int:
+        raise NotImplementedError
+
+    def roll_out(self, version: int, label: str) -> rpb.Rollout:
+        raise NotImplementedError
+
+    def too_far(self, parent: int) -> tuple[int, str]:
+        """A version the guardrails must refuse, and its label."""
+        raise NotImplementedError
+
+    def one_call_rollback(self) -> None:
+        raise NotImplementedError
+
+    def stop_traffic(self) -> tuple[bool, str]:
+        """Stops the traffic; (whether it went as it should, what the summary says of it)."""
+        raise NotImplementedError
+
+    def epilogue(self) -> None:
+        """Anything shown after the traffic stopped."""
+
+
+def tell(story_type, eval_samples: int, keep: bool, prefix: str) -> int:
+    """Tells the story in a fresh working directory and prints its summary; 0 when it went as it should:
+    the sweep's policy succeeded, the one that went too far was rolled back, the traffic never failed."""
     workdir = tempfile.mkdtemp(prefix=prefix)
     started = time.monotonic()
     story = story_type(workdir, eval_samples)
     with ExitStack() as stack:
-        ok, headline = plot(story, stack)
+        story.start(stack)
+        proposed = story.sweep_and_propose()
+        first = story.roll_out(proposed, "the sweep's policy")
+        second = story.roll_out(*story.too_far(proposed))
+        story.one_call_rollback()
+        traffic_ok, headline = story.stop_traffic()
+        story.epilogue()
+    ok = first.state == rpb.SUCCEEDED and second.state == rpb.ROLLED_BACK and traffic_ok
     print(f"\nsummary ({headline}; {time.monotonic() - started:.0f}s in all):")
     output.table(story.summary)
     if keep:
