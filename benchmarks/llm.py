@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -26,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 from worker.engine import HybridEngine  # noqa: E402
 from worker.models import load_model  # noqa: E402
@@ -42,15 +42,6 @@ def groups(catalog: list[str]) -> dict[str, dict[str, str]]:
 
     return {"all MLP": fp8(lambda x: ".mlp." in x), "all attention": fp8(lambda x: ".attention." in x),
             "all KV cache": fp8(lambda x: x.endswith("kv_cache")), "everything": fp8(lambda x: True)}
-
-
-def median_ms(fn, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000
 
 
 def main() -> int:
