@@ -90,7 +90,7 @@ def nll_probe(head_weight: torch.Tensor, softcap: float | None) -> Probe:
     return Probe("next-token NLL", draw, _positions, quadratic=False, probes=1)
 
 
-# Dequantized weights kept for the whole estimate (Gemma 3 270M needs about 400 MB); beyond this a
+# Dequantized weights kept for the whole estimate (Gemma 3 270M's linear layers: 383 MiB); beyond this a
 # layer's weights are dequantized again each batch: slower, but a large model's estimate fits in memory.
 WEIGHT_CACHE_BYTES = 2 << 30
 HEAD_ROWS = 256  # positions whose vocabulary-wide distribution is held at once (262k floats each on Gemma)
