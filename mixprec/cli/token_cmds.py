@@ -15,6 +15,7 @@ from mixprec.cli.common import (
     request_id,
     timestamp_text,
 )
+from mixprec.errors import FieldError, InvalidArgument
 
 ROLES = ("viewer", "operator", "admin", "agent")
 
@@ -79,11 +80,19 @@ def _proto_row(t) -> dict:
                      text("revoke_time"))
 
 
+def _direct_write(args) -> bool:
+    """Whether this write goes straight to the database (--db), where no request id is kept."""
+    if args.db and args.request_id:
+        raise InvalidArgument(FieldError("--request-id", "is kept by the server; with --db the write goes straight "
+                                         "to the database, once"))
+    return bool(args.db)
+
+
 def _create(args) -> int:
     from controlplane.auth import parse_duration
 
     expires = parse_duration(args.expires) if args.expires else None
-    if args.db:
+    if _direct_write(args):
         secret, info = _direct(args.db).create(args.name, args.role, args.endpoint, expires, created_by="")
         row = _domain_row(info)
     else:
@@ -124,7 +133,7 @@ def _list(args) -> int:
 
 
 def _revoke(args) -> int:
-    if args.db:
+    if _direct_write(args):
         _direct(args.db).revoke(args.name)
     else:
         from mixprec.v1 import auth_pb2

@@ -136,3 +136,11 @@ def test_deletes_token_and_webhook_writes_are_applied_once_per_request_id(contro
     assert main(cli) == 4  # the retry cannot show the secret again and says what to do
     err = capsys.readouterr().err
     assert "already created token ci" in err and "mixprec token revoke ci" in err
+
+
+def test_a_request_id_with_db_is_refused_by_name_before_anything_is_written(tmp_path, capsys):
+    database = tmp_path / "direct.db"
+    for argv in (["token", "create", "ops", "--role", "operator"], ["token", "revoke", "ops"]):
+        assert main([*argv, "--db", f"sqlite:///{database}", "--request-id", "r-1"]) == 2
+        assert "--request-id" in capsys.readouterr().err
+    assert not database.exists()
