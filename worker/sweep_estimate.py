@@ -243,6 +243,7 @@ class Estimator:
                  for direction in self.probe.draw(outputs, tokens, self.generator, self.probe.probes)]
         mask = tokens.get("attention_mask") if isinstance(tokens, dict) else None
         real = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1)
+        rounded: dict = {}  # an input that several layers read (q, k and v) is rounded to FP8 once
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
                 x, out = self._seen[layer]
@@ -257,7 +258,7 @@ class Estimator:
                         # Padding rows feed nothing the metric reads (their gradient is zero), except
                         # through a per-tensor scale, which looks at every row of the batch.
                         rows = real if METHODS[precision].token_wise else None
-                        eps = self._error(layer, precision, x, out, rows)
+                        eps = self._error(layer, precision, x, out, rows, rounded)
                         owner = text_of_row if rows is None else text_of_row[rows]
                         chosen = probes if rows is None else probes[:, rows]
                         scalar.index_add_(0, owner, (chosen * eps).sum(-1).t().double())
@@ -280,16 +281,26 @@ class Estimator:
         self._seen_kv.clear()
 
     def _error(self, layer: str, precision: str, x: torch.Tensor, out: torch.Tensor,
-               rows: torch.Tensor | None) -> torch.Tensor:
+               rows: torch.Tensor | None, rounded: dict | None = None) -> torch.Tensor:
         """The layer's output at `precision` minus its base output, on `rows` (None: all): the same rounding
-        as the FP8 kernel's (quantize, dequantize, matmul)."""
-        if rows is not None:
-            x, out = x[rows], out[rows]
+        as the FP8 kernel's (quantize, dequantize, matmul). `rounded` keeps the latest input used, by what
+        it was made from, for the next layers reading the same one."""
         method = METHODS[precision]
+        if rows is not None:
+            out = out[rows]
         if method.weights is None:
             return torch.zeros_like(out)
-        if isinstance(method, FP8Linear):  # W8A8: the input is rounded too (weight-only keeps it)
-            x = dequantize(*quantize(x, rowwise=method.token_wise), x.dtype)
+        key = (x.data_ptr(), x.shape, x.stride(), method.token_wise, isinstance(method, FP8Linear))
+        if rounded is not None and key in rounded:
+            x = rounded[key]
+        else:
+            rows_of_x = x if rows is None else x[rows]
+            if isinstance(method, FP8Linear):  # W8A8: the input is rounded too (weight-only keeps it)
+                rows_of_x = dequantize(*quantize(rows_of_x, rowwise=method.token_wise), x.dtype)
+            if rounded is not None:
+                rounded.clear()
+                rounded[key] = rows_of_x
+            x = rows_of_x
         weight = self._weights.get((layer, method.weights))
         if weight is None:
             weight = self._dequantized(layer, method.weights)

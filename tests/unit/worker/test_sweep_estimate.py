@@ -53,6 +53,35 @@ def test_a_first_order_probe_gives_gradient_times_quantization_error_exactly():
     assert abs(float(expected)) > 1e-4  # a real change, not float noise
 
 
+class SharedInput(nn.Module):
+    """Two layers reading one input (as q, k and v do), then a third reading another of the same shape."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.b(x) + self.c(torch.tanh(self.a(x)))
+
+
+def test_layers_sharing_an_input_and_a_layer_after_them_each_get_their_own_error():
+    torch.manual_seed(1)
+    model = SharedInput()
+    engine = HybridEngine(model, {"a": "a", "b": "b", "c": "c"}, kernel="emulated")
+    x = torch.randn(32, 24)
+    total = Probe("sum", lambda out, tokens, gen, n: [torch.ones_like(out)] * n, lambda out, tokens: out.shape[0],
+                  quadratic=False, probes=1)
+    est = estimate(engine, [(list(range(32)), {"x": x})], lambda tokens: model(tokens["x"]), total, ["fp8"])
+    with torch.no_grad():
+        hidden = torch.tanh(model.a(x))
+        # The sum reads b's and c's outputs directly: each estimate is that layer's own FP8 error, summed.
+        for layer, seen in (("b", x), ("c", hidden)):
+            module = getattr(model, layer)
+            expected = fp8_error(seen, module.weight, module.bias).sum(1).mean()
+            assert est.worsening({layer: "fp8"}) == pytest.approx(float(expected), rel=1e-4), layer
+            assert abs(float(expected)) > 1e-4
+
+
 def test_random_probes_recover_half_the_squared_norm_of_the_output_change():
     model, engine, batches, x = toy()
     plain = Probe("norm", COSINE.draw, lambda out, tokens: out.shape[0], probes=300)
