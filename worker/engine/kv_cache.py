@@ -17,15 +17,14 @@ from transformers.cache_utils import CacheLayerMixin, DynamicCache
 from mixprec.policy import KV_CACHE_PRECISIONS as KV_PRECISIONS
 from worker.engine.fp8 import E4M3_MAX, FP8, dequantize  # codes read back as the weights' are
 
-FP8_MAX = E4M3_MAX  # 448
 SCALE_DTYPE = torch.float32
 
 
 def quantize(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, heads, tokens, head_dim) -> e4m3 codes and (batch, heads, tokens, 1) float32 scales."""
     amax = states.detach().abs().amax(dim=-1, keepdim=True).to(SCALE_DTYPE)
-    scales = (amax / FP8_MAX).clamp(min=torch.finfo(SCALE_DTYPE).tiny)
-    codes = (states.to(SCALE_DTYPE) / scales).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    scales = (amax / E4M3_MAX).clamp(min=torch.finfo(SCALE_DTYPE).tiny)
+    codes = (states.to(SCALE_DTYPE) / scales).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
     return codes, scales
 
 

@@ -10,7 +10,8 @@ import torch
 from mixprec.errors import InvalidArgument
 from mixprec.families import LLAMA
 from worker.engine import HybridEngine
-from worker.engine.kv_cache import FP8_MAX, PrecisionCache, dequantize, quantize
+from worker.engine.fp8 import E4M3_MAX, dequantize
+from worker.engine.kv_cache import PrecisionCache, quantize
 from worker.models.tiny import load_tiny_decoder
 
 
@@ -79,7 +80,7 @@ def test_fp8_kv_round_trip_error_is_bounded_per_token_and_head():
     # e4m3 keeps 3 mantissa bits: relative error <= 2^-4 for normals; below, half the smallest subnormal step
     bound = states.abs() / 16 + scales * 2.0 ** -10
     assert (back - states).abs().le(bound * 1.0001).all()
-    assert torch.allclose(scales.squeeze(-1), states.abs().amax(-1) / FP8_MAX)  # dynamic: amax per token and head
+    assert torch.allclose(scales.squeeze(-1), states.abs().amax(-1) / E4M3_MAX)  # dynamic: amax per token and head
 
 
 def test_kv_bytes_per_token_fp8_is_about_half_of_bf16_scales_included(tiny):
