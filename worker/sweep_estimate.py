@@ -251,7 +251,7 @@ class Estimator:
                 x, out = x.reshape(-1, x.shape[-1]), out.detach().reshape(-1, out.shape[-1])
                 text_of_row = torch.arange(texts, device=out.device).repeat_interleave(out.shape[0] // texts)
                 seen = [g[i] for g in grads]
-                probes = None if any(g is None for g in seen) else torch.stack(seen).reshape(len(seen), -1, out.shape[-1])
+                probes = None if any(g is None for g in seen) else [g.reshape(-1, out.shape[-1]) for g in seen]
                 for precision in self.precisions:
                     scalar = torch.zeros(texts, len(grads), dtype=torch.float64, device=out.device)
                     if probes is not None:
@@ -260,8 +260,7 @@ class Estimator:
                         rows = real if METHODS[precision].token_wise else None
                         eps = self._error(layer, precision, x, out, rows, rounded)
                         owner = text_of_row if rows is None else text_of_row[rows]
-                        chosen = probes if rows is None else probes[:, rows]
-                        scalar.index_add_(0, owner, (chosen * eps).sum(-1).t().double())
+                        scalar.index_add_(0, owner, _row_dots(probes, eps, rows).double())
                     self.parts[(layer, precision)].append(scalar.t().cpu())
             for j, layer in enumerate(kv):
                 states = self._seen_kv[layer]
@@ -325,6 +324,13 @@ def estimate(engine: HybridEngine, batches: list, outputs: Callable[[object], to
         for _index, tokens in batches:
             estimator.batch(outputs(tokens), tokens)
     return estimator.result()
+
+
+def _row_dots(probes: list[torch.Tensor], eps: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(rows, probes): each row of `eps` dotted with the same row of every probe (on `rows` of them, if
+    given). One batched matmul: on a CPU several times faster than multiplying out and summing."""
+    flat = eps.unsqueeze(1)
+    return torch.cat([torch.bmm(flat, (g if rows is None else g[rows]).unsqueeze(2)).flatten(1) for g in probes], 1)
 
 
 def _kv_recorder(layer: str, update, seen: dict):
