@@ -50,8 +50,9 @@ def draw_chart(result: SweepResult, path: pathlib.Path) -> None:
     first = result.precision.split(",")[0]
     ax.set_xlabel(f"{limit_word(result.metric)} of {result.metric} with the unit alone at {first} "
                   "(higher = more sensitive)")
-    ax.set_title(f"{result.model}: per-{result.granularity} sensitivity at {first} "
-                 f"(green: below bf16, grey: bf16, orange: moved by the combined check; hatched: estimated)",
+    # Two lines: the key on one line was wider than the figure and got cut off.
+    ax.set_title(f"{result.model}: per-{result.granularity} sensitivity at {first}\n"
+                 "green: below bf16, grey: bf16, orange: moved by the combined check; hatched: estimated",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
