@@ -243,7 +243,7 @@ class Estimator:
                  for direction in self.probe.draw(outputs, tokens, self.generator, self.probe.probes)]
         mask = tokens.get("attention_mask") if isinstance(tokens, dict) else None
         real = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1)
-        rounded: dict = {}  # an input that several layers read (q, k and v) is rounded to FP8 once
+        rounded: dict = {}  # inputs rounded to FP8 in this batch (see _error)
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
                 x, out = self._seen[layer]
@@ -280,26 +280,24 @@ class Estimator:
         self._seen_kv.clear()
 
     def _error(self, layer: str, precision: str, x: torch.Tensor, out: torch.Tensor,
-               rows: torch.Tensor | None, rounded: dict | None = None) -> torch.Tensor:
+               rows: torch.Tensor | None, rounded: dict) -> torch.Tensor:
         """The layer's output at `precision` minus its base output, on `rows` (None: all): the same rounding
-        as the FP8 kernel's (quantize, dequantize, matmul). `rounded` keeps the latest input used, by what
-        it was made from, for the next layers reading the same one."""
+        as the FP8 kernel's (quantize, dequantize, matmul). `rounded` (one per batch) keeps, for each way
+        of rounding, the latest input rounded and what it was made from: q, k and v read one input, and
+        come one after another, so it is rounded once for the three (at every rung of a ladder)."""
         method = METHODS[precision]
         if rows is not None:
             out = out[rows]
         if method.weights is None:
             return torch.zeros_like(out)
-        key = (x.data_ptr(), x.shape, x.stride(), method.token_wise, isinstance(method, FP8Linear))
-        if rounded is not None and key in rounded:
-            x = rounded[key]
-        else:
-            rows_of_x = x if rows is None else x[rows]
+        how = (method.token_wise, isinstance(method, FP8Linear))  # token-wise also decides `rows`
+        source = (x.data_ptr(), x.shape, x.stride())
+        if how not in rounded or rounded[how][0] != source:
+            seen = x if rows is None else x[rows]
             if isinstance(method, FP8Linear):  # W8A8: the input is rounded too (weight-only keeps it)
-                rows_of_x = dequantize(*quantize(rows_of_x, rowwise=method.token_wise), x.dtype)
-            if rounded is not None:
-                rounded.clear()
-                rounded[key] = rows_of_x
-            x = rows_of_x
+                seen = dequantize(*quantize(seen, rowwise=method.token_wise), x.dtype)
+            rounded[how] = (source, seen)
+        x = rounded[how][1]
         weight = self._weights.get((layer, method.weights))
         if weight is None:
             weight = self._dequantized(layer, method.weights)
