@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 
-import pytest
+# No GPU here: Triton kernels run through Triton's interpreter, which must be chosen before Triton is
+# first imported. Only tests that ask for the kernel path use it (worker.engine.kernels.dispatch).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 import sqlalchemy as sa
 from support import IN_CI, RunningControlPlane
 

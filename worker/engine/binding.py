@@ -32,10 +32,13 @@ class HybridLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         method = METHODS[self._engine.snapshot_for_this_thread().methods[self.layer]]
         prepared = self.prepared.get(method.weights) if method.weights else None
-        return method.forward(x, self.weight, self.bias, prepared, self.kernel)
+        return method.forward(x, self.weight, self.bias, prepared, self.kernel, self._engine.shared_inputs)
 
     def kernel_name(self, precision: str) -> str:
-        return METHODS[precision].kernel_name(self.kernel)
+        name = METHODS[precision].kernel_name(self.kernel)
+        if name == "dequantize":  # fp8-weight-only: Triton's kernel reads FP8 weights at a few tokens
+            return kernels.weight_only_kernel_name(self.weight.device)
+        return name
 
     # --- residency ------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from mixprec.policy import KV_CACHE_PRECISIONS, is_kv_cache
 from worker.engine import kernels
 from worker.engine.binding import HybridLinear, KVCacheBinding
 from worker.engine.methods import BASE, METHODS
+from worker.engine.shared_inputs import SharedInputs
 
 RESIDENCIES = ("both", "fp8-only")
 
@@ -38,7 +39,7 @@ class Snapshot:
 class LayerStatus:
     layer: str
     precision: str
-    kernel: str  # "base", "scaled_mm", "emulated" or "dequantize"
+    kernel: str  # "base", "scaled_mm", "emulated", "dequantize" or "w8-triton"
 
 
 class HybridEngine:
@@ -67,6 +68,7 @@ class HybridEngine:
         self.bindings: dict[str, HybridLinear | KVCacheBinding] = {layer: self._bind(path, layer) for layer, path in layer_map.items()}
         self._snapshot = Snapshot(0, MappingProxyType({layer: BASE for layer in self.catalog}))
         self._local = threading.local()
+        self.shared_inputs = SharedInputs()  # one activation quantize per input tensor (q/k/v, gate/up)
         self._apply_lock = threading.Lock()  # one writer: apply, using's preparation, residency changes
         self._pins: dict[int, list] = {}  # id(snapshot) -> [snapshot, passes running on it]
         self._pins_changed = threading.Condition()
@@ -158,6 +160,8 @@ class HybridEngine:
             yield snapshot
         finally:
             self._local.snapshot = outer
+            if outer is None:  # the thread's outermost pass ended: its quantized inputs are done with
+                self.shared_inputs.clear()
             with self._pins_changed:
                 entry = self._pins[id(snapshot)]
                 entry[1] -= 1

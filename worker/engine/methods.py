@@ -49,7 +49,9 @@ class PrecisionMethod:
         check_finite(base_weight, layer)
         return Prepared(*quantize(base_weight, rowwise=self.weights == PER_CHANNEL))
 
-    def forward(self, x, base_weight, bias, prepared: Prepared | None, kernel: str) -> torch.Tensor:
+    def forward(self, x, base_weight, bias, prepared: Prepared | None, kernel: str, inputs=None) -> torch.Tensor:
+        """`inputs`: a worker.engine.shared_inputs.SharedInputs, so that layers reading one tensor
+        quantize it once; None quantizes here."""
         raise NotImplementedError
 
     def kernel_name(self, kernel: str) -> str:
@@ -59,7 +61,7 @@ class PrecisionMethod:
 class Base(PrecisionMethod):
     name = BASE
 
-    def forward(self, x, base_weight, bias, prepared, kernel):
+    def forward(self, x, base_weight, bias, prepared, kernel, inputs=None):
         return F.linear(x, base_weight, bias)
 
     def kernel_name(self, kernel):
@@ -73,9 +75,11 @@ class FP8(PrecisionMethod):
         self.name, self.weights = name, weights
         self.token_wise = weights == PER_CHANNEL
 
-    def forward(self, x, base_weight, bias, prepared, kernel):
+    def forward(self, x, base_weight, bias, prepared, kernel, inputs=None):
         per_token = self.weights == PER_CHANNEL
-        return kernels.fp8_linear(x, prepared.weight, prepared.scale, bias, per_token=per_token, kernel=kernel)
+        quantized = None if inputs is None else inputs.quantized(x, per_token, kernels.quantize_activation)
+        return kernels.fp8_linear(x, prepared.weight, prepared.scale, bias, per_token=per_token, kernel=kernel,
+                                  quantized=quantized)
 
 
 class FP8WeightOnly(PrecisionMethod):
@@ -84,11 +88,11 @@ class FP8WeightOnly(PrecisionMethod):
     name = "fp8-weight-only"
     weights = PER_CHANNEL
 
-    def forward(self, x, base_weight, bias, prepared, kernel):
+    def forward(self, x, base_weight, bias, prepared, kernel, inputs=None):
         return kernels.weight_only_linear(x, prepared.weight, prepared.scale, bias)
 
     def kernel_name(self, kernel):
-        return "dequantize"
+        return "dequantize"  # worker.engine.binding names the Triton kernel where it runs
 
 
 METHODS: dict[str, PrecisionMethod] = {
