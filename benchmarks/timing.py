@@ -14,3 +14,23 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         samples.append(time.perf_counter() - started)
     return statistics.median(samples) * 1000
+
+
+def device_ms(fn, device, repeats: int) -> float:
+    """Median time of `repeats` calls of `fn` after one warm-up call, in milliseconds: CUDA events on a
+    GPU (the device's own clock, not the host's), the wall clock elsewhere."""
+    import torch
+
+    fn()
+    if device.type != "cuda":
+        return median_ms(fn, repeats)
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        samples.append(start.elapsed_time(end))
+    return statistics.median(samples)
