@@ -241,7 +241,12 @@ def kernels_report(model, engine: HybridEngine, size: Size, device: torch.device
     ids = torch.randint(0, 256, (1, min(size.length, 512)), device=device)
     engine.apply(precision_map(engine.catalog, "fp8", "fp8", "bf16"))
     before = (engine.shared_inputs.quantizes, engine.shared_inputs.reuses)
-    profiled = profile_kernels(lambda: model.decoder.hidden(ids), device)
+    try:
+        profiled = profile_kernels(lambda: model.decoder.hidden(ids), device)
+    except RuntimeError as err:  # no CUPTI on this machine: the timings above stand without it
+        print(f"   the profiler could not run here ({str(err).splitlines()[0][:120]}); kernels not listed")
+        engine.apply({})
+        return
     quantizes = engine.shared_inputs.quantizes - before[0]
     reuses = engine.shared_inputs.reuses - before[1]
     engine.apply({})
