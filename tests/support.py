@@ -55,6 +55,10 @@ class RunningControlPlane:
         self._thread.join(timeout=10)
 
 
+# "Billion laughs" in YAML: 9 levels of 9 aliases each, 10^9 strings once expanded, in 406 bytes.
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)) + "rules: *i\n"
+
 LAYERS = [f"layers.{i}.{g}" for i in range(2) for g in ("attention.q_proj", "mlp.up_proj", "mlp.down_proj")]
 
 
