@@ -113,8 +113,9 @@ def parse_assignment(raw: bytes) -> AppliedAssignment:
     if missing:
         raise ValueError(f"has no {', '.join(missing)}")
     version = data["version"]
-    if type(version) is not int or not 1 <= version <= MAX_VERSION:
-        raise ValueError(f"version is {short_repr(version)}; it must be a whole number from 1 to {MAX_VERSION}")
+    # 0 too: the control plane assigns version 0 (all base) to an endpoint that has none active.
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"version is {short_repr(version)}; it must be a whole number from 0 to {MAX_VERSION}")
     endpoint, nonce, precision_map = data["endpoint"], data.get("nonce", ""), data["precision_map"]
     _check_text("endpoint", endpoint)
     _check_text("nonce", nonce)
