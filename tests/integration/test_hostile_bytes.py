@@ -9,9 +9,8 @@ import json
 import urllib.request
 
 import pytest
-from support import LAYERS, RunningControlPlane, eventually, fleet_of, rules, stubs
+from support import LAYERS, RunningControlPlane, eventually, fleet_of, migrated_sqlite, rules, stubs
 
-from controlplane.storage.database import open_engine, upgrade
 from mixprec.cli.main import main
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import policy_pb2 as pb
@@ -33,11 +32,7 @@ def raw_controls(text: str, allowed: str = "\n") -> list[str]:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('bytes') / 'cp.db'}"
-    engine = open_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    running = RunningControlPlane(url, http_listen="127.0.0.1:0")
+    running = RunningControlPlane(migrated_sqlite(tmp_path_factory.mktemp("bytes")), http_listen="127.0.0.1:0")
     policy, fleet = stubs(running.address)
     policy.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS, model="minilm"))
     policy.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", rules=rules(("layers.*.mlp.*", "fp8")),

@@ -8,9 +8,8 @@ import asyncio
 import logging
 
 import pytest
-from support import LightAgent, RunningControlPlane, eventually, rules, stubs
+from support import LightAgent, RunningControlPlane, eventually, migrated_sqlite, rules, stubs
 
-from controlplane.storage.database import open_engine, upgrade
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import policy_pb2 as pb
 from worker.state import StateStore
@@ -21,11 +20,7 @@ MAP = '{"layers.0.mlp.up_proj": "fp8", "layers.0.mlp.down_proj": "fp8"}'
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('sync') / 'cp.db'}"
-    engine = open_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    running = RunningControlPlane(url)
+    running = RunningControlPlane(migrated_sqlite(tmp_path_factory.mktemp("sync")))
     running.policy, running.fleet = stubs(running.address)
     yield running
     running.stop()
