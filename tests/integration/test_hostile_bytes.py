@@ -106,4 +106,5 @@ def test_the_dashboard_shows_them_as_escapes_too(plane):
     with urllib.request.urlopen(urllib.request.Request(url, headers={"accept": "text/html"}), timeout=10) as reply:
         page = reply.read().decode()
     assert raw_controls(page, allowed="\n\t") == []
+    assert 'class="badge' in page and "&lt;span" not in page  # macros' HTML is not escaped a second time
     assert "cannot run fp8\\x1b[2K" in page and "\\u202e" in page

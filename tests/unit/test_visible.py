@@ -52,3 +52,11 @@ def test_a_log_record_is_one_line_and_a_traceback_keeps_its_lines():
         record = logging.LogRecord("w", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     lines = formatter.format(record).splitlines()
     assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "ValueError: bad\\x1b[2K"
+
+
+def test_the_dashboards_json_answers_carry_escapes():
+    from controlplane.web.app import VisibleJSONResponse
+
+    body = VisibleJSONResponse({"error": "endpoint x\x1b[2K\u202e: café"}).body.decode()
+    assert json.loads(body) == {"error": "endpoint x\x1b[2K\u202e: café"}
+    assert "\\u001b[2K\\u202e: café" in body
