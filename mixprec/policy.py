@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from mixprec.documents import load_yaml, short_repr
 from mixprec.errors import FieldError, InvalidArgument
 
 PRECISIONS: tuple[str, ...] = ("bf16", "fp8", "fp8-tensor", "fp8-weight-only")
@@ -296,25 +297,22 @@ def parse_policy_document(doc: object, source: str = "policy") -> PolicySpec:
     errors: list[FieldError] = []
     for i, item in enumerate(rules_doc):
         if not isinstance(item, dict) or set(item) != {"match", "precision"}:
-            errors.append(FieldError(f"rules[{i}]", f"must be {{match: GLOB, precision: NAME}}, got {item!r}"))
+            errors.append(FieldError(f"rules[{i}]", f"must be {{match: GLOB, precision: NAME}}, got {short_repr(item)}"))
             continue
         if not isinstance(item["match"], str) or not isinstance(item["precision"], str):
-            errors.append(FieldError(f"rules[{i}]", f"match and precision must be strings, got {item!r}"))
+            errors.append(FieldError(f"rules[{i}]", f"match and precision must be strings, got {short_repr(item)}"))
             continue
         rules.append(Rule(item["match"], item["precision"]))
     kv_cache = doc.get("kv_cache") or ""
     if not isinstance(kv_cache, str):
-        errors.append(FieldError("kv_cache", f"must be a precision name, got {kv_cache!r}"))
+        errors.append(FieldError("kv_cache", f"must be a precision name, got {short_repr(kv_cache)}"))
     if errors:
         raise InvalidArgument(errors)
     return PolicySpec(tuple(rules), kv_cache)
 
 
 def load_policy_text(text: str, source: str = "policy") -> PolicySpec:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidArgument([FieldError(source, f"is not valid YAML: {exc}")]) from None
+    doc = load_yaml(text, source)  # bounded: size, depth, aliases
     return parse_policy_document(doc if doc is not None else {}, source)
 
 

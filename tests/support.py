@@ -10,7 +10,7 @@ import time
 
 import sqlalchemy as sa
 
-from controlplane.storage.database import open_engine
+from controlplane.storage.database import open_engine, upgrade
 from mixprec import transport
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
@@ -31,6 +31,15 @@ def snapshot(url: str) -> dict[str, list[tuple]]:
             return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}"))), key=repr) for t in tables}
     finally:
         engine.dispose()
+
+
+def migrated_sqlite(folder) -> str:
+    """The URL of a new SQLite database in `folder` at the newest schema."""
+    url = f"sqlite:///{folder / 'cp.db'}"
+    engine = open_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
 
 
 class RunningControlPlane:
@@ -54,6 +63,10 @@ class RunningControlPlane:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
 
+
+# "Billion laughs" in YAML: 9 levels of 9 aliases each, 10^9 strings once expanded, in 406 bytes.
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)) + "rules: *i\n"
 
 LAYERS = [f"layers.{i}.{g}" for i in range(2) for g in ("attention.q_proj", "mlp.up_proj", "mlp.down_proj")]
 

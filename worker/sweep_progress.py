@@ -6,6 +6,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from mixprec.visible import unfiltered
 from worker.sweep import SweepProgress, SweepResult, Trial, Unit
 
 # The bar counts estimated work (a staged run of a late layer costs a fraction of an early one's), so
@@ -25,7 +26,9 @@ class SweepBar(SweepProgress):
     def start(self, units: list[Unit], work: list[float]) -> None:
         self.total, self.done = len(units), 0
         kind = "layers" if all(len(u.layers) == 1 for u in units) else "groups"
-        self.bar = tqdm(total=sum(work), desc=f"{self.indent}sweeping {kind}", bar_format=_FORMAT, file=self.file)
+        # The bar redraws its line with a carriage return: it writes to the terminal itself.
+        self.bar = tqdm(total=sum(work), desc=f"{self.indent}sweeping {kind}", bar_format=_FORMAT,
+                        file=unfiltered(self.file))
 
     def measured(self, unit: Unit, work: float) -> None:
         self.done += 1

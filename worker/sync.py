@@ -167,16 +167,26 @@ class SyncLoop:
 
     async def run(self) -> None:
         """Keep a stream up until cancelled; reconnect after errors and after a clean end of stream."""
+        failures = 0  # sessions in a row that ended in an unexpected exception
         while True:
             try:
                 await self._session()
                 log.info("control plane ended the stream; reconnecting")
+                failures = 0
             except grpc.aio.AioRpcError as err:
+                failures = 0
                 self.last_error = f"{err.code().name}: {err.details()}"
                 if err.code() in FATAL:
                     log.error("control plane refused this worker: %s", self.last_error)
                     self.fatal_error = err
                 log.warning("stream to %s failed (%s)", self.server, self.last_error)
+            except Exception as err:  # noqa: BLE001 - a bug or a bad value must not end sync for good
+                failures += 1
+                # The backoff grows with each failure in a row, even where a connect in between reset it.
+                self._backoff.attempt = max(self._backoff.attempt, failures - 1)
+                self.last_error = f"{type(err).__name__}: {err}"
+                log.exception("sync with %s failed (%s); starting over after a backoff", self.server,
+                              self.last_error)
             finally:
                 self.connected.clear()
                 self._outbox = None
@@ -241,8 +251,12 @@ class SyncLoop:
         self.version, self.precision_map = assignment.version, precision_map
         self.applied_count += 1
         if self._state is not None:
-            self._state.save(AppliedAssignment(self.identity.endpoint, assignment.version, precision_map,
-                                               assignment.nonce))
+            try:
+                self._state.save(AppliedAssignment(self.identity.endpoint, assignment.version, precision_map,
+                                                   assignment.nonce))
+            except OSError as err:  # serving and syncing go on; only a restart loses the map
+                log.error("cannot save v%d to %s (%s); a restart starts without it", assignment.version,
+                          self._state.path, err.strerror or err)
         outbox.put_nowait(apb.AgentMessage(ack=apb.Ack(version=assignment.version, nonce=assignment.nonce)))
         log.info("applied v%d (%s)", assignment.version, assignment.reason)
         if self._on_applied is not None:

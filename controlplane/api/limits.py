@@ -11,6 +11,7 @@ import math
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from mixprec.documents import json_depth
 from mixprec.errors import FieldError, InvalidArgument
 
 INT_MAX = 2**31 - 1        # versions, ids and counts are 32-bit integers in SQL
@@ -153,25 +154,3 @@ def _check_number(name: str, value: float, path: str, errors: list[FieldError]) 
         errors.append(FieldError(path, f"is {value}; it must be a finite number between {low:g} and {high:g}"))
     elif not low <= value <= high:
         errors.append(FieldError(path, f"is {value:g}; it must be between {low:g} and {high:g}"))
-
-
-def json_depth(text: str) -> int:
-    """Deepest nesting of [ and { in a JSON text, found without parsing it (no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import grpc
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from controlplane.web.access import Access, Session, clear_cookie, may, set_cook
 from controlplane.web.live import Live
 from controlplane.web.pages import Pages
 from mixprec.errors import FieldError, InvalidArgument, MixprecError, Unauthenticated, status_code
+from mixprec.visible import visible, visible_json
 
 HERE = pathlib.Path(__file__).parent
 MAX_FORM_BYTES = 32_768
@@ -76,9 +78,24 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _shown(value):
+    """Every {{ value }} of every template: autoescaping makes it inert HTML, and control characters
+    (ESC, bidi overrides such as U+202E, ...) from operators and agents are shown as escapes."""
+    if isinstance(value, str) and not isinstance(value, Markup):  # Markup: an already rendered macro
+        return visible(value, keep="\n\t")  # whitespace in HTML text, where it moves nothing
+    return value
+
+
+class VisibleJSONResponse(JSONResponse):
+    """JSON whose strings carry control characters as \\u escapes (the page shows them as text)."""
+
+    def render(self, content) -> bytes:
+        return visible_json(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 def _templates() -> Jinja2Templates:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=_shown)
     env.globals["new_request_id"] = lambda: f"web-{uuid.uuid4().hex}"  # one per rendered action form
     return Jinja2Templates(env=env)
 
@@ -166,7 +183,7 @@ class Dashboard:
         if isinstance(err, Unauthenticated) and navigating:
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
         if not navigating:
-            return JSONResponse({"error": str(err)}, status_code=status)
+            return VisibleJSONResponse({"error": str(err)}, status_code=status)
         return self.templates.TemplateResponse(request, "error.html", status_code=status,
                                                context={"message": str(err), "status": status, "principal": None})
 
@@ -295,7 +312,7 @@ class Dashboard:
     def _done(self, request: Request, name: str, message: str) -> Response:
         self.live.poke()
         if _wants_json(request):
-            return JSONResponse({"ok": True, "message": message})
+            return VisibleJSONResponse({"ok": True, "message": message})
         return RedirectResponse(f"/endpoints/{quote(name)}?notice={quote(message)}", status_code=303)
 
     async def _once(self, form: dict, method: str, write: Callable[[], Awaitable[str]]) -> str:

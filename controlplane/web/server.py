@@ -36,8 +36,11 @@ class _EmbeddedServer(uvicorn.Server):
 class HttpServer:
     def __init__(self, app, listen: str, certfile: str | None = None, keyfile: str | None = None):
         self.host, self.port = parse_listen(listen)
+        # log_config=None: uvicorn's records go to the process's own handler (mixprec.logs), which shows
+        # the control characters a request path or header may carry as escapes.
         self._config = uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False, ws="none", proxy_headers=False,
+            app, lifespan="off", log_level="warning", log_config=None, access_log=False, ws="none",
+            proxy_headers=False,
             server_header=False, timeout_graceful_shutdown=2, ssl_certfile=certfile, ssl_keyfile=keyfile,
         )
         self._server: uvicorn.Server | None = None

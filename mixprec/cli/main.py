@@ -10,7 +10,7 @@ import sys
 import grpc
 
 from mixprec import __version__
-from mixprec.cli import exits
+from mixprec.cli import exits, output
 from mixprec.errors import MixprecError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One place for the whole CLI: whatever a command prints (tables, messages, errors, logs) shows
+    # control characters from operators and agents as escapes instead of handing them to the terminal.
+    with output.visible_streams():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

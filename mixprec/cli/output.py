@@ -1,11 +1,19 @@
-"""Output for people (aligned tables) and for scripts (JSON)."""
+"""Output for people (aligned tables) and for scripts (JSON).
+
+Names, reasons, NACK errors and worker ids come from other people and from agents: every cell is one
+line with its control characters shown as escapes (mixprec.visible), JSON carries them as \\u escapes,
+and main() writes everything else through visible_streams(), so nothing printed can move the cursor,
+rewrite a line or change the terminal.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+from mixprec.visible import VisibleStream, visible, visible_json
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, file=None) -> None:
@@ -22,7 +30,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
 
 
 def as_json(obj: Any, file=None) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=str), file=file or sys.stdout)
+    print(visible_json(obj, indent=2, sort_keys=False, default=str), file=file or sys.stdout)
 
 
 def emit(args, obj: Any, rows: Sequence[Mapping[str, Any]] | None = None, columns: Sequence[str] | None = None) -> None:
@@ -41,10 +49,25 @@ def key_values(pairs: Sequence[tuple[str, Any]], file=None) -> None:
 
 
 def _cell(value: Any) -> str:
+    """One line of printable text: a newline in a value cannot start a row of its own."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return visible(",".join(str(v) for v in value))
+    return visible(str(value))
+
+
+@contextlib.contextmanager
+def visible_streams() -> Iterator[None]:
+    """stdout and stderr with control characters shown as escapes (newlines pass), for one command."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = VisibleStream(sys.stdout), VisibleStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a reader that left (BrokenPipe) is main()'s to handle
+                stream.flush()
+        sys.stdout, sys.stderr = saved

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import sys
 
 from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
 from mixprec.errors import FieldError, InvalidArgument
+from mixprec.logs import configure_logging
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -56,9 +55,7 @@ def _server(args) -> int:
     from controlplane.app import serve
     from mixprec.transport import server_credentials
 
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(args.log_level)
     credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
     if args.max_streams_per_token is not None and args.max_streams_per_token < 1:
         raise InvalidArgument(FieldError("--max-streams-per-token", f"{args.max_streams_per_token} must be >= 1"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command
 from mixprec.errors import FieldError, InvalidArgument
+from mixprec.logs import configure_logging
 from mixprec.policy import PRECISIONS
 
 
@@ -45,8 +45,7 @@ def _worker(args) -> int:
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise InvalidArgument(FieldError("--precisions", f"{args.precisions!r}: choose from {', '.join(PRECISIONS)}"))
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level)
     from worker.agent import AgentConfig, serve
     from worker.runtime import build_runtime
 

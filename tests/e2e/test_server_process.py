@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixprec.localhost import free_port
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
-from mixprec.v1 import policy_pb2_grpc
+from worker.sync import AgentIdentity, Backoff, SyncLoop
 
 MIXPREC = [sys.executable, "-m", "mixprec.cli.main"]
 
@@ -81,3 +84,36 @@ def test_postgres_behind_refuses_to_start_until_migrated(empty_pg_url):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+
+def test_the_server_log_shows_a_hostile_nack_as_escapes_on_one_line(tmp_path):
+    """An agent's NACK error is logged by the server: its escape sequences and newlines come out visible,
+    so no agent can erase, rewrite or forge a line of the operator's log."""
+    nack = "cannot run fp8\x1b[2K\x1b[1A\r\nINFO controlplane worker w1 applied v1\u202e"
+    process, address = start_server(f"sqlite:///{tmp_path / 'cp.db'}")
+    try:
+        wait_serving(address, process)
+        with grpc.insecure_channel(address) as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            stub.CreateEndpoint(pb.CreateEndpointRequest(name="e", layers=["a.b"]))
+            stub.CreatePolicy(pb.CreatePolicyRequest(endpoint="e", rules=[pb.Rule(match="*", precision="fp8")]))
+            agent_pb2_grpc.FleetServiceStub(channel).Activate(apb.ActivateRequest(endpoint="e", version=1))
+
+        async def refuse(version, precision_map):
+            raise ValueError(nack)
+
+        async def nacked():
+            loop = SyncLoop(address, AgentIdentity("e", "w1", ["a.b"]), refuse, backoff=Backoff(0.05, 0.2))
+            task = asyncio.ensure_future(loop.run())
+            await asyncio.wait_for(loop.connected.wait(), 20)
+            await asyncio.sleep(0.5)  # the NACK follows the assignment at once
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        asyncio.run(nacked())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=30)
+    (line,) = [line for line in log.splitlines() if "refused v1" in line]
+    assert line.endswith("cannot run fp8\\x1b[2K\\x1b[1A\\r\\nINFO controlplane worker w1 applied v1\\u202e"), line
+    assert [ch for ch in log if not ch.isprintable() and ch != "\n"] == []

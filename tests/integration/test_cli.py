@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import snapshot
+from support import ALIAS_BOMB, snapshot
 
 from mixprec.cli.main import build_parser, main
 
@@ -31,6 +31,8 @@ def files(tmp_path):
         "wrong_shape": write("shape.yaml", "rules:\n  - layers.*\n"),
         "kv": write("kv.yaml", "rules: []\nkv_cache: fp8\n"),
         "missing": str(tmp_path / "absent.yaml"),
+        "deep": write("deep.yaml", "rules: " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        "alias_bomb": write("bomb.yaml", ALIAS_BOMB),
     }
 
 
@@ -78,6 +80,11 @@ BAD_CLI = [
     (("policy", "create", "embedder", "-f", "{wrong_shape}", "--parent", "1"), 2, "rules[0]"),
     (("policy", "create", "embedder", "-f", "{kv}", "--parent", "1"), 2, "no kv_cache layer"),
     (("policy", "create", "embedder", "-f", "{missing}", "--parent", "1"), 2, "cannot read"),
+    (("policy", "create", "embedder", "-f", "{deep}", "--parent", "1"), 2, "deep.yaml: nests deeper than the limit"),
+    (("policy", "create", "embedder", "-f", "{alias_bomb}", "--parent", "1"), 2, "bomb.yaml: uses more aliases"),
+    (("policy", "validate", "embedder", "-f", "{deep}"), 2, "nests deeper than the limit of 32 levels"),
+    (("policy", "validate", "embedder", "-f", "{alias_bomb}"), 2, "uses more aliases (*name) than the limit of 16"),
+    (("rollout", "plan", "embedder", "-f", "{alias_bomb}", "--stages", "mlp"), 2, "uses more aliases"),
     (("policy", "create", "embedder", "-f", "{mlp}", "--parent", "0"), 4, "latest is 1"),
     (("policy", "create", "nope", "-f", "{mlp}", "--parent", "0"), 3, "'nope' does not exist"),
     (("policy", "show", "embedder", "7"), 3, "no policy version 7"),

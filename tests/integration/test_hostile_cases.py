@@ -13,7 +13,7 @@ from datetime import timedelta
 import grpc
 import pytest
 import sqlalchemy as sa
-from support import LAYERS, LightAgent, RunningControlPlane, eventually, rules, snapshot, stubs
+from support import ALIAS_BOMB, LAYERS, LightAgent, RunningControlPlane, eventually, rules, snapshot, stubs
 
 from controlplane import domain
 from controlplane.push.recorder import FleetRecorder
@@ -264,11 +264,21 @@ def test_cli_bad_files_and_numbers_exit_2_and_write_nothing(pg_plane, tmp_path, 
     latin1.write_bytes("rules:\n  - {match: 'layers.*', precision: fp8}  # caf\xe9\n".encode("latin-1"))
     huge = tmp_path / "huge.yaml"
     huge.write_bytes(b"# " + b"x" * 10_000_000 + b"\n")
+    deep = tmp_path / "deep.yaml"  # used to raise RecursionError with a traceback
+    deep.write_text("rules: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    bomb = tmp_path / "bomb.yaml"  # used to take 42 s and 2.2 GB before a MemoryError
+    bomb.write_text(ALIAS_BOMB)
+    wide = tmp_path / "wide.yaml"  # few aliases, but 2^12 copies of a 30,000-item list
+    wide.write_text("a0: &a0 [" + ", ".join(["x"] * 30_000) + "]\n"
+                    + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n" for i in range(1, 13)) + "rules: *a12\n")
     server = ["--server", pg_plane.address]
     for argv, says in [
         (["policy", "create", "emb", "-f", str(latin1), "--parent", "1"], "not UTF-8"),
         (["policy", "create", "emb", "-f", str(huge), "--parent", "1"], "larger than the limit"),
         (["policy", "create", "emb", "-f", "/dev/null", "--parent", "1"], "no rules and no kv_cache"),
+        (["policy", "create", "emb", "-f", str(deep), "--parent", "1"], "nests deeper than the limit of 32 levels"),
+        (["policy", "create", "emb", "-f", str(bomb), "--parent", "1"], "uses more aliases (*name) than the limit"),
+        (["policy", "validate", "emb", "-f", str(wide)], "expands to more nodes than the limit of 100000"),
     ]:
         assert main([*server, *argv]) == 2
         assert says in capsys.readouterr().err

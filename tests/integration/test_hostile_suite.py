@@ -282,6 +282,9 @@ def test_the_cli_answers_generated_arguments_with_its_exit_codes(target, capsys,
         out, err = capsys.readouterr()
         assert code in (0, 2, 3, 4, 6), f"{command} {values!r}: exit {code}\n{err}"
         assert "Traceback" not in err and not any(leak in err for leak in LEAKS[:3])
+        # Whatever came back (a NACK a fuzzed stream sent, an argument echoed in an error) reaches the
+        # terminal with its control characters shown as escapes.
+        assert [ch for ch in out + err if not ch.isprintable() and ch != "\n"] == [], (command, values, out, err)
 
     started = time.monotonic()
     case()

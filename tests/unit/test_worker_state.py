@@ -60,3 +60,11 @@ def test_a_saved_map_this_worker_cannot_apply_starts_it_at_base(tmp_path, caplog
     assert (loop.version, applied) == (0, [])
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(errors) == 1 and "cannot apply" in errors[0] and "fp9" in errors[0]
+
+
+def test_what_the_worker_saves_it_loads_back_version_0_included(tmp_path):
+    store = StateStore(tmp_path, "emb", "w1")
+    for saved_ in (AppliedAssignment("emb", 0, dict.fromkeys(LAYERS, "bf16"), "n" * 12),
+                   AppliedAssignment("emb", 2**31 - 1, dict.fromkeys(LAYERS, "fp8"), "")):
+        store.save(saved_)
+        assert store.load_last_good() == (saved_, "")

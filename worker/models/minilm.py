@@ -46,7 +46,10 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
         if progress:
             from tqdm import tqdm
 
-            batched = tqdm(batched, desc=progress, unit="batch", file=sys.stderr, leave=False)
+            from mixprec.visible import unfiltered
+
+            # The bar redraws its line with a carriage return: it writes to the terminal itself.
+            batched = tqdm(batched, desc=progress, unit="batch", file=unfiltered(sys.stderr), leave=False)
         for index, batch in batched:
             out[index] = mean_pooled(model(**batch).last_hidden_state, batch["attention_mask"])
         return out
