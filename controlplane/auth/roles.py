@@ -50,6 +50,7 @@ class Principal:
     name: str
     role: Role
     endpoint: str | None = None
+    credential: str = ""  # the token's stored hash: what request ids belong to ("" without a token)
 
     def may_see(self, endpoint: str) -> bool:
         return self.endpoint is None or self.endpoint == endpoint
