@@ -117,6 +117,12 @@ class PolicyService:
                 version = current.latest_version
             return uow.policies.get(endpoint, version), current
 
+    def get_resolved_policy(self, endpoint: str, version: int = 0
+                            ) -> tuple[domain.PolicyVersion, list[lang.ResolvedLayer]]:
+        """A version with the precision of every layer of the endpoint's catalog."""
+        policy, current = self.get_policy(endpoint, version)
+        return policy, resolved_layers(current, policy.spec)
+
     def list_policies(self, endpoint: str) -> list[domain.PolicyVersion]:
         check_name(endpoint, "endpoint")
         with self._uow() as uow:

@@ -106,7 +106,7 @@ def test_deletes_token_and_webhook_writes_are_applied_once_per_request_id(contro
     policies, fleet = stubs(control_plane.address)
     policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
 
-    hook = notify_pb2.SetWebhookRequest(endpoint="emb", name="chat", url="http://127.0.0.1:9/hook", request_id="w-1")
+    hook = notify_pb2.SetWebhookRequest(endpoint="emb", name="chat", url="https://hooks.invalid/hook", request_id="w-1")
     assert notify.SetWebhook(hook) == notify.SetWebhook(hook)
     probe = notify_pb2.TestWebhookRequest(endpoint="emb", name="chat", request_id="w-3")
     notify.TestWebhook(probe)
