@@ -43,7 +43,8 @@ class WebhookTargets:
         if address.is_global or any(address in network for network in self.allowed):
             return None
         kind = ("loopback" if address.is_loopback else "link-local" if address.is_link_local
-                else "private" if address.is_private else "not globally routable")
+                else "unspecified" if address.is_unspecified else "private" if address.is_private
+                else "not globally routable")
         return (f"{address} is a {kind} address; webhooks reach public addresses only, unless the server "
                 "allows the range with --webhook-allow")
 
