@@ -1,8 +1,8 @@
 """The worker's InferenceService and the serving numbers it reports (throughput, p50/p99).
 
-Every call is admitted first: bytes that are no message of the method's type are INVALID_ARGUMENT
-(decoded leniently, never a DecodeError), a caller without an accepted client token is
-UNAUTHENTICATED when the worker requires tokens, and a request over the configured work
+Every call is admitted first: a caller without an accepted client token is UNAUTHENTICATED when
+the worker requires tokens, bytes that are no message of the method's type are INVALID_ARGUMENT
+(decoded leniently, never a DecodeError), and a request over the configured work
 (`InferenceLimits`) is INVALID_ARGUMENT naming the field and the limit, before any model work.
 """
 
@@ -138,14 +138,15 @@ class InferenceServicer:
         self._worker_id = worker_id
 
     async def _admit(self, request, context) -> None:
-        """Refuses (aborts) bytes that are no request and callers without an accepted token."""
-        if isinstance(request, _Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "request: is not a valid protobuf message of this method's type")
+        """Refuses (aborts) callers without an accepted token, then bytes that are no request: as on the
+        control plane, nothing of an unauthenticated caller's request is looked at."""
         if self._clients is not None:
             refusal = self._clients.refusal(_bearer(context))
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "request: is not a valid protobuf message of this method's type")
 
     async def Embed(self, request: ipb.EmbedRequest, context) -> ipb.EmbedResponse:
         await self._admit(request, context)

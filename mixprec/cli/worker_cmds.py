@@ -85,8 +85,8 @@ def _worker(args) -> int:
             "InferenceService on %s takes calls without tokens (--inference-auth off): anyone who reaches the port "
             "may use the model", args.inference_listen)
     from worker.agent import AgentConfig, serve
-    from worker.serving import InferenceLimits
     from worker.runtime import build_runtime
+    from worker.serving import InferenceLimits
 
     logging.getLogger(__name__).info("loading %s", args.model)
     runtime = build_runtime(args.model, kernel=args.kernel, residency=args.residency,

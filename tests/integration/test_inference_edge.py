@@ -28,14 +28,12 @@ def runtime():
     return build_runtime("tiny-llama", eval_samples=0)
 
 
-def serving(runtime, tmp_path, scenario, limits=InferenceLimits(), tokens=True):
-    """Runs `scenario(channel_for(token))` against a worker's InferenceService on port 0."""
-    client_tokens = None
-    if tokens:
-        client_tokens = tmp_path / "client-tokens"
-        client_tokens.write_text(f"# the search frontend\n{LISTED}\n{token_hash(BY_HASH)}  # by its hash\n")
+def serving(runtime, tmp_path, scenario, limits: InferenceLimits | None = None):
+    """Runs `scenario(client_for)` against a worker's InferenceService on port 0 that takes two client tokens."""
+    client_tokens = tmp_path / "client-tokens"
+    client_tokens.write_text(f"# the search frontend\n{LISTED}\n{token_hash(BY_HASH)}  # by its hash\n")
     config = AgentConfig(endpoint="llm", model="tiny-llama", server="127.0.0.1:1", inference_listen="127.0.0.1:0",
-                         client_tokens=str(client_tokens) if client_tokens else None, inference_limits=limits)
+                         client_tokens=str(client_tokens), inference_limits=limits or InferenceLimits())
 
     async def run():
         agent = WorkerAgent(config, runtime)
