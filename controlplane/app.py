@@ -30,6 +30,7 @@ from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
+from controlplane.resolution_pool import ResolutionPool
 from controlplane.services.fleet import FleetService
 from controlplane.services.notifications import NotificationService
 from controlplane.services.policies import PolicyService
@@ -130,12 +131,13 @@ class ControlPlane:
         self.tls_credentials = tls_credentials
         # AgentServicer's: hello_timeout, max_streams_per_token, max_worker_ids_per_token, max_reports_per_*
         self.stream_limits = stream_limits or {}
-        self.resolutions = ExpensiveReads(**(resolution_limits or {}))
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
         self._uow = uow = unit_of_work_factory(self.engine)
-        self.policies = PolicyService(uow)
+        self.resolutions = ExpensiveReads(**(resolution_limits or {}))
+        self.resolution_pool = ResolutionPool(self.resolutions.total)  # off the event loop's interpreter lock
+        self.policies = PolicyService(uow, self.resolution_pool.resolve)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
         self.notifications = NotificationService(uow, WebhookTargets(parse_ranges(webhook_allow)))
@@ -233,6 +235,7 @@ class ControlPlane:
         await self._feed.close()
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
+        self.resolution_pool.close()
         self.engine.dispose()
 
     async def refresh(self, endpoint: str) -> None:
