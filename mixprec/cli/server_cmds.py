@@ -7,8 +7,7 @@ import logging
 import os
 import sys
 
-from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
-from mixprec.errors import FieldError, InvalidArgument
+from mixprec.cli.common import add_log_level_option, add_tls_server_options, command, given_limits
 
 DEFAULT_DB = "sqlite:///mixprec.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -73,24 +72,15 @@ def _server(args) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
-    limits = _positive(args, "max_streams_per_token", "max_worker_ids_per_token", "max_reports_per_token",
+    limits = given_limits(args, "max_streams_per_token", "max_worker_ids_per_token", "max_reports_per_token",
                        "max_reports_per_worker")
-    resolutions = _positive(args, "max_resolutions_per_token")
+    resolutions = given_limits(args, "max_resolutions_per_token")
     asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth, stream_limits=limits,
                       resolution_limits={"per_token": resolutions["max_resolutions_per_token"]} if resolutions else None,
                       webhook_allow=args.webhook_allow,
                       tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen,
                       http_listen=args.http_listen, http_tls=(args.tls_cert, args.tls_key) if args.tls_cert else None))
     return 0
-
-
-def _positive(args, *names: str) -> dict:
-    """The limits given on the command line, each checked to be positive (None: the server's default)."""
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    for name, value in given.items():
-        if not 0 < value < float("inf"):
-            raise InvalidArgument(FieldError("--" + name.replace("_", "-"), f"{value} must be a number > 0"))
-    return given
 
 
 def _migrate(args) -> int:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command
+from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command, given_limits
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.policy import PRECISIONS
 from mixprec.transport import is_loopback
@@ -72,11 +72,7 @@ def _worker(args) -> int:
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise InvalidArgument(FieldError("--precisions", f"{args.precisions!r}: choose from {', '.join(PRECISIONS)}"))
-    limits = {flag: getattr(args, flag) for flag in ("max_embed_chars", "max_generate_tokens")
-              if getattr(args, flag) is not None}
-    for flag, value in limits.items():
-        if value < 1:
-            raise InvalidArgument(FieldError("--" + flag.replace("_", "-"), f"{value} must be >= 1"))
+    limits = given_limits(args, "max_embed_chars", "max_generate_tokens")
     client_tokens = _client_tokens(args)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
