@@ -6,10 +6,13 @@ run-time CA from trustme). Then times the refusal of two requests that used to e
 3.8 MB glob in ResolvePolicy and a 100,000-deep artifact. Then hostile bytes: policy YAML 100,000 deep
 and alias bombs given to the CLI, escape sequences in a NACK and a reason shown by `mixprec fleet` and
 `mixprec audit`, damaged worker state files, an unwritable state path and an exception in the sync
-loop (how long each takes to be refused or survived, and how). With --server it times that server
-instead (pass --token and, for TLS, --tls-ca).
+loop (how long each takes to be refused or survived, and how). Then what hostile but legal calls cost
+the others on a server with tokens: 20,000-name hellos beside an activate, a report flood, fresh
+worker ids, four worst-case resolutions beside cheap reads, request ids reused, webhooks to private
+addresses, and a worker's InferenceService called without a token, with garbage and oversize.
+With --server it times that server instead (pass --token and, for TLS, --tls-ca).
 
-Usage: python benchmarks/security.py [--calls 500] [--server HOST:PORT --token T --tls-ca CA.pem]
+Usage: python benchmarks/security.py [--calls 500] [--skip-costs] [--server HOST:PORT --token T --tls-ca CA.pem]
 """
 
 from __future__ import annotations
@@ -223,6 +226,212 @@ async def _stop(task: asyncio.Task) -> None:
     await asyncio.sleep(0.2)  # the server sees the stream end before it is stopped
 
 
+def _answer(call, *args, **kwargs) -> tuple[float, str]:
+    started = time.perf_counter()
+    try:
+        call(*args, **kwargs)
+        code = "OK"
+    except grpc.RpcError as err:
+        code = err.code().name
+    return (time.perf_counter() - started) * 1000, code
+
+
+def hostile_hellos(server, stub) -> list[tuple[str, float, str]]:
+    """Two streams sending 20,000-name hellos that differ from the catalog, one after another, while
+    an operator activates three times: the activations' answers and time, and the hellos' refusal time."""
+    from mixprec.v1 import agent_pb2 as apb
+    from mixprec.v1 import agent_pb2_grpc
+
+    catalog = [f"layers.{i}.mlp.up_proj" for i in range(20_000)]
+    stub.CreateEndpoint(pb.CreateEndpointRequest(name="big", layers=catalog))
+    for parent in range(2):
+        stub.CreatePolicy(pb.CreatePolicyRequest(endpoint="big", parent_version=parent,
+                                                 rules=[pb.Rule(match=f"layers.{parent}.*", precision="fp8")]))
+    agents = agent_pb2_grpc.AgentServiceStub(server.channel)
+    fleet = agent_pb2_grpc.FleetServiceStub(server.channel)
+    hello = apb.AgentMessage(hello=apb.Hello(endpoint="big", worker_id="hostile",
+                                             layers=[f"layers.{i}.mlp.xx_proj" for i in range(20_000)]))
+    stop, hellos = threading.Event(), []
+
+    def hostile():
+        while not stop.is_set():
+            hellos.append(_answer(lambda: list(agents.Connect(iter([hello]), timeout=120))))
+
+    threads = [threading.Thread(target=hostile) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    activations = [_answer(fleet.Activate, apb.ActivateRequest(endpoint="big", version=v), timeout=20)
+                   for v in (1, 2, 1)]
+    stop.set()
+    for thread in threads:
+        thread.join()
+    codes = sorted({code for _, code in activations})
+    return [("3 activates beside 20,000-name hellos", max(ms for ms, _ in activations), "/".join(codes)),
+            (f"20,000-name hello (median of {len(hellos)})", statistics.median(ms for ms, _ in hellos),
+             "/".join(sorted({code for _, code in hellos})))]
+
+
+def report_flood(server, stub, db_url: str) -> list[tuple[str, float, str]]:
+    """One stream sends 2,000 reports at once, then its hello-mates' honest reports go on."""
+    import sqlalchemy as sa
+
+    from mixprec.v1 import agent_pb2 as apb
+    from mixprec.v1 import agent_pb2_grpc
+
+    stub.CreateEndpoint(pb.CreateEndpointRequest(name="flood", layers=LAYERS))
+    agents = agent_pb2_grpc.AgentServiceStub(server.channel)
+    hello = apb.AgentMessage(hello=apb.Hello(endpoint="flood", worker_id="flood", layers=LAYERS))
+    reports = [apb.AgentMessage(report=apb.Report(kind=apb.Report.SERVING, version=0, report_id=f"r{i}",
+                                                  throughput=1.0, requests=1)) for i in range(2000)]
+    ms, code = _answer(lambda: list(agents.Connect(iter([hello, *reports]), timeout=120)))
+    asyncio.run_coroutine_threadsafe(server.plane.recorder.flush(), server.loop).result(60)
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT COUNT(*) FROM reports WHERE worker_id = 'flood'")).scalar()
+    engine.dispose()
+    return [("2,000 reports on one stream", ms, f"{stored} stored ({code})")]
+
+
+def fresh_worker_ids(server, limit: int) -> list[tuple[str, float, str]]:
+    """Hellos under ever new worker ids of one token, each stream left open: where they stop."""
+    from mixprec.v1 import agent_pb2 as apb
+    from mixprec.v1 import agent_pb2_grpc
+
+    policy_pb2_grpc.PolicyServiceStub(server.channel).CreateEndpoint(pb.CreateEndpointRequest(name="ids", layers=LAYERS))
+    agents = agent_pb2_grpc.AgentServiceStub(server.channel)
+    accepted, refused, calls, started = 0, "", [], time.perf_counter()
+    for i in range(limit + 1):
+        call = agents.Connect(iter([apb.AgentMessage(hello=apb.Hello(endpoint="ids", worker_id=f"id-{i}",
+                                                                   layers=LAYERS))]), timeout=60)
+        try:
+            call.initial_metadata()
+            next(call, None)
+        except grpc.RpcError as err:
+            refused = err.code().name
+        calls.append(call)
+        accepted = i + 1 if not refused else accepted
+    ms = (time.perf_counter() - started) * 1000
+    for call in calls:
+        call.cancel()
+    return [(f"{limit + 1} fresh worker ids (limit {limit})", ms, f"{accepted} accepted, then {refused or 'none'}")]
+
+
+def resolutions(server, stub, viewer_stub, layers: int) -> list[tuple[str, float, str]]:
+    """Four of a viewer's worst legal ResolvePolicy at once (1,000 rules over the catalog), beside cheap
+    GetEndpoint calls of another token: how many run, and how much slower the cheap calls got."""
+    catalog = [f"layers.{i}.mlp.up_proj" for i in range(layers)]
+    stub.CreateEndpoint(pb.CreateEndpointRequest(name="wide", layers=catalog))
+    rules = [pb.Rule(match=f"layers.*{i}.mlp.*", precision="fp8") for i in range(min(1000, 2_000_000 // layers))]
+    worst = pb.ResolvePolicyRequest(endpoint="wide", rules=rules)
+    idle = time_calls(stub, 100)
+    started = time.perf_counter()
+    calls = [viewer_stub.ResolvePolicy.future(worst, timeout=600) for _ in range(4)]
+    busy = []
+    while not all(c.done() for c in calls):
+        started = time.perf_counter()
+        stub.GetEndpoint(pb.GetEndpointRequest(name="emb"), timeout=60)
+        busy.append((time.perf_counter() - started) * 1000)
+    elapsed = (time.perf_counter() - started) * 1000
+    codes = []
+    for c in calls:
+        try:
+            c.result()
+            codes.append("OK")
+        except grpc.RpcError as err:
+            codes.append(err.code().name)
+    ratio = statistics.median(busy) / statistics.median(idle)
+    summary = ", ".join(f"{codes.count(c)} {c}" for c in sorted(set(codes)))
+    return [(f"4 x ResolvePolicy, {len(rules)} rules x {layers}", elapsed, summary),
+            ("GetEndpoint p50 during them / idle", ratio, f"{len(busy)} calls")]
+
+
+def request_ids(stub, fleet) -> list[tuple[str, float, str]]:
+    from mixprec.v1 import agent_pb2 as apb
+
+    for name in ("ida", "idb"):
+        stub.CreateEndpoint(pb.CreateEndpointRequest(name=name, layers=LAYERS))
+        stub.CreatePolicy(pb.CreatePolicyRequest(endpoint=name, rules=[pb.Rule(match="*", precision="fp8")]))
+    fleet.Activate(apb.ActivateRequest(endpoint="ida", version=1, request_id="deploy-42"))
+    ms, code = _answer(fleet.Activate, apb.ActivateRequest(endpoint="idb", version=1, request_id="deploy-42"))
+    changed = stub.GetEndpoint(pb.GetEndpointRequest(name="idb")).active_version == 1
+    other_ms, other = _answer(fleet.Activate, apb.ActivateRequest(endpoint="ida", version=0, request_id="deploy-42"))
+    return [("request id reused on another endpoint", ms, f"{code}, applied: {'yes' if changed else 'NO'}"),
+            ("request id reused with other parameters", other_ms, other)]
+
+
+def webhooks(server) -> list[tuple[str, float, str]]:
+    from mixprec.v1 import notify_pb2 as npb
+    from mixprec.v1 import notify_pb2_grpc
+
+    notify = notify_pb2_grpc.NotificationServiceStub(server.channel)
+    return [(f"SetWebhook to {url.split('/')[2]}",
+             *_answer(notify.SetWebhook, npb.SetWebhookRequest(endpoint="emb", name="hook", url=url)))
+            for url in ("http://127.0.0.1:6379/", "http://169.254.169.254/latest/meta-data")]
+
+
+def inference(folder: str, token: str) -> list[tuple[str, float, str]]:
+    """A worker's InferenceService (the tiny random decoder) with client tokens required."""
+    from mixprec.v1 import inference_pb2 as ipb
+    from mixprec.v1 import inference_pb2_grpc
+    from worker.agent import AgentConfig, WorkerAgent
+    from worker.runtime import build_runtime
+
+    tokens = os.path.join(folder, "client-tokens")
+    with open(tokens, "w") as f:
+        f.write(token + "\n")
+    agent = WorkerAgent(AgentConfig(endpoint="llm", model="tiny-llama", server="127.0.0.1:1",
+                                    inference_listen="127.0.0.1:0", client_tokens=tokens),
+                        build_runtime("tiny-llama", eval_samples=0))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = asyncio.run_coroutine_threadsafe(agent.start_inference(), loop).result(60)
+    address = f"127.0.0.1:{port}"
+    try:
+        anonymous = inference_pb2_grpc.InferenceServiceStub(grpc.insecure_channel(address))
+        client = transport.channel(address, token)
+        garbage = client.unary_unary("/mixprec.v1.InferenceService/Embed", request_serializer=None)
+        oversize = ipb.EmbedRequest(texts=["x" * 20_000] * 128)  # within the old limits (256 texts of 20,000)
+        return [("InferenceService.Embed without a token", *_answer(anonymous.Embed, ipb.EmbedRequest(texts=["x"]))),
+                ("InferenceService.Embed, garbage bytes", *_answer(garbage, b"\xff\xff\xff garbage")),
+                ("InferenceService.Embed, 128 x 20,000 chars",
+                 *_answer(inference_pb2_grpc.InferenceServiceStub(client).Embed, oversize, timeout=120))]
+    finally:
+        asyncio.run_coroutine_threadsafe(agent._server.stop(0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def legal_but_costly(folder: str, layers: int) -> list[tuple[str, float, str]]:
+    from controlplane.auth import TokenService
+    from controlplane.storage.database import ensure_schema, open_engine
+    from controlplane.storage.unit_of_work import unit_of_work_factory
+
+    db = f"sqlite:///{folder}/costs.db"
+    engine = open_engine(db)
+    ensure_schema(engine)
+    tokens = TokenService(unit_of_work_factory(engine))
+    admin, _ = tokens.create("bench-admin", "admin")
+    viewer, _ = tokens.create("bench-viewer", "viewer")
+    engine.dispose()
+    server = InProcessServer(db, auth="required", stream_limits={"max_worker_ids_per_token": 50})
+    try:
+        server.channel = transport.channel(server.address, admin)
+        stub = policy_pb2_grpc.PolicyServiceStub(server.channel)
+        viewer_stub = policy_pb2_grpc.PolicyServiceStub(transport.channel(server.address, viewer))
+        from mixprec.v1 import agent_pb2_grpc
+
+        stub.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+        rows = hostile_hellos(server, stub)
+        rows += report_flood(server, stub, db)
+        rows += fresh_worker_ids(server, 50)
+        rows += resolutions(server, stub, viewer_stub, layers)
+        rows += request_ids(stub, agent_pb2_grpc.FleetServiceStub(server.channel))
+        rows += webhooks(server)
+    finally:
+        server.stop()
+    return rows + inference(folder, admin)
+
+
 def configurations(folder: str):
     """(label, server options, client options) with the tokens and certificates they need."""
     import trustme
@@ -263,6 +472,9 @@ def main() -> int:
     parser.add_argument("--server", default=None, help="time this control plane instead (needs endpoint 'emb')")
     parser.add_argument("--token", default=os.environ.get("MIXPREC_TOKEN"), help="token for --server")
     parser.add_argument("--tls-ca", default=os.environ.get("MIXPREC_TLS_CA"), help="CA for --server's TLS")
+    parser.add_argument("--skip-costs", action="store_true", help="leave out the hostile but legal calls (issue 22)")
+    parser.add_argument("--resolve-layers", type=int, default=2000,
+                        help="catalog size of the worst-case resolutions (rules x layers stays at 2,000,000)")
     args = parser.parse_args()
     from mixprec.logs import configure_logging
 
@@ -273,7 +485,7 @@ def main() -> int:
         print(header)
         print(row(args.server, time_calls(stub, args.calls), None))
         return 0
-    results, refusals, hostile = [], [], []
+    results, refusals, hostile, costs = [], [], [], []
     with tempfile.TemporaryDirectory() as folder:
         db, configs = configurations(folder)
         for label, server_options, client_options in configs:
@@ -290,6 +502,8 @@ def main() -> int:
                     refusals = refusal_ms(stub)
             finally:
                 server.stop()
+        if not args.skip_costs:
+            costs = legal_but_costly(folder, args.resolve_layers)
     print(header)
     base = statistics.median(results[0][1])
     for label, times in results:
@@ -298,6 +512,11 @@ def main() -> int:
     print(f"{'hostile request':<38} {'ms':>8}  answer")
     for name, ms, code in refusals + hostile:
         print(f"{name:<38} {ms:>8.1f}  {code}")
+    if costs:
+        print()
+        print(f"{'hostile but legal (issue 22)':<44} {'ms':>8}  answer  (a ratio row: x, not ms)")
+        for name, ms, answer in costs:
+            print(f"{name:<44} {ms:>8.1f}  {answer}")
     return 0
 
 

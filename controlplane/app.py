@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import uuid
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from controlplane import blocking
+from controlplane.api.costs import ExpensiveReads
 from controlplane.api.edge import EdgeInterceptor
 from controlplane.api.fleet_metrics import FleetMetrics
 from controlplane.api.fleet_servicer import FleetServicer
@@ -28,11 +30,13 @@ from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
+from controlplane.resolution_pool import ResolutionPool
 from controlplane.services.fleet import FleetService
 from controlplane.services.notifications import NotificationService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
 from controlplane.services.telemetry import TelemetryService
+from controlplane.services.webhook_targets import WebhookTargets, parse_ranges
 from controlplane.services.write_requests import RequestLog
 from controlplane.storage.database import ensure_schema, open_engine
 from controlplane.storage.unit_of_work import unit_of_work_factory
@@ -111,6 +115,8 @@ class ControlPlane:
         http_listen: str | None = None,
         http_tls: tuple[str, str] | None = None,
         stream_limits: dict | None = None,
+        resolution_limits: dict | None = None,  # ExpensiveReads' keywords (per_token, total)
+        webhook_allow: Sequence[str] = (),  # address ranges webhooks may reach beyond public addresses
     ):
         self.db_url = db_url
         self.listen = listen
@@ -123,15 +129,18 @@ class ControlPlane:
         self.rollout_interval = rollout_interval
         self.auth_required = tokens_required(auth, listen)
         self.tls_credentials = tls_credentials
-        self.stream_limits = stream_limits or {}  # hello_timeout, max_streams_per_token (AgentServicer)
+        # AgentServicer's: hello_timeout, max_streams_per_token, max_worker_ids_per_token, max_reports_per_*
+        self.stream_limits = stream_limits or {}
         self.replica = uuid.uuid4().hex[:12]
         self.registry = CollectorRegistry()
         self.engine = open_engine(db_url)
         self._uow = uow = unit_of_work_factory(self.engine)
-        self.policies = PolicyService(uow)
+        self.resolutions = ExpensiveReads(**(resolution_limits or {}))
+        self.resolution_pool = ResolutionPool(self.resolutions.total)  # off the event loop's interpreter lock
+        self.policies = PolicyService(uow, self.resolution_pool.resolve)
         self.fleet = FleetService(uow)
         self.rollouts = RolloutService(uow)
-        self.notifications = NotificationService(uow)
+        self.notifications = NotificationService(uow, WebhookTargets(parse_ranges(webhook_allow)))
         self.notifier = Notifier(self.notifications, self.replica, **(notifier or {}))
         self.requests = RequestLog(uow)
         self.hub = TargetHub()
@@ -159,7 +168,7 @@ class ControlPlane:
         edge = EdgeInterceptor(self.authenticator if self.auth_required else None)
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(metrics), edge], options=SERVER_OPTIONS)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-            PolicyServicer(self.policies, self.endpoint_changed, self.requests), server
+            PolicyServicer(self.policies, self.endpoint_changed, self.requests, self.resolutions), server
         )
         add_agent_servicer(
             AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
@@ -226,6 +235,7 @@ class ControlPlane:
         await self._feed.close()
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
+        self.resolution_pool.close()
         self.engine.dispose()
 
     async def refresh(self, endpoint: str) -> None:

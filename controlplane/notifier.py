@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(minutes=10)
 
 
+class _Refused(Exception):
+    """The webhook's host is an address webhooks may not reach: final, never retried."""
+
+
 def _retryable(err: BaseException) -> bool:
     if isinstance(err, httpx.HTTPStatusError):
         return err.response.status_code == 429 or err.response.status_code >= 500
@@ -72,7 +76,10 @@ class Notifier:
     async def _deliver(self, client: httpx.AsyncClient, delivery) -> None:
         attempts, status, error, delivered = 0, 0, "", False
         async with self._slots:
+            refusal = await run_blocking(self._service.targets.delivery_refusal, delivery.url)
             try:
+                if refusal is not None:  # e.g. the name resolves to a private address now
+                    raise _Refused(refusal)
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self._attempts), retry=retry_if_exception(_retryable), reraise=True,
                     wait=wait_random_exponential(multiplier=self._backoff[0], max=self._backoff[1]),  # full jitter
@@ -83,6 +90,8 @@ class Notifier:
                         status = response.status_code
                         response.raise_for_status()
                 delivered = True
+            except _Refused as err:
+                error = f"not sent to {masked(delivery.url)}: {err}"
             except httpx.HTTPStatusError:
                 error = f"HTTP {status} from {masked(delivery.url)}"
             except httpx.HTTPError as err:  # the message may hold the URL, whose path is a secret

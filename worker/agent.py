@@ -16,9 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, server_credentials
 from mixprec.v1 import agent_pb2 as apb
-from mixprec.v1 import inference_pb2_grpc
+from worker.client_tokens import ClientTokens
 from worker.engine import PassCancelled
-from worker.serving import InferenceServicer, ServingStats
+from worker.serving import InferenceLimits, InferenceServicer, ServingStats, add_inference_servicer
 from worker.state import StateStore
 from worker.sync import AgentIdentity, SyncLoop
 from worker.telemetry import WorkerMetrics
@@ -43,6 +43,8 @@ class AgentConfig:
     client_ca: str | None = None  # mutual TLS on InferenceService
     health_listen: str = ""   # plaintext grpc.health.v1 only, for probes
     metrics_listen: str = ""  # Prometheus /metrics
+    client_tokens: str | None = None  # the file of client tokens InferenceService accepts; None: no tokens asked
+    inference_limits: InferenceLimits = InferenceLimits()
 
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -117,9 +119,10 @@ class WorkerAgent:
 
     async def start_inference(self) -> int:
         server = grpc.aio.server()
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+        clients = ClientTokens(self.config.client_tokens) if self.config.client_tokens else None
+        add_inference_servicer(
             InferenceServicer(self.runtime, self.stats, self._inference, self.config.endpoint, self.worker_id,
-                              self.metrics), server
+                              self.metrics, clients, self.config.inference_limits), server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

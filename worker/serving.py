@@ -1,4 +1,10 @@
-"""The worker's InferenceService and the serving numbers it reports (throughput, p50/p99)."""
+"""The worker's InferenceService and the serving numbers it reports (throughput, p50/p99).
+
+Every call is admitted first: a caller without an accepted client token is UNAUTHENTICATED when
+the worker requires tokens, bytes that are no message of the method's type are INVALID_ARGUMENT
+(decoded leniently, never a DecodeError), and a request over the configured work
+(`InferenceLimits`) is INVALID_ARGUMENT naming the field and the limit, before any model work.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,29 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import grpc
 
 from mixprec.errors import MixprecError, status_code
+from mixprec.transport import BEARER, TOKEN_HEADER
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import inference_pb2 as ipb
-from mixprec.v1 import inference_pb2_grpc
+from worker.client_tokens import ClientTokens
 
 MAX_TEXTS = 256
 MAX_TEXT_CHARS = 20_000
 MAX_NEW_TOKENS = 1024
 DEFAULT_NEW_TOKENS = 32
+SERVICE = ipb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+@dataclass(frozen=True)
+class InferenceLimits:
+    """The most work one request may ask for (`mixprec worker --max-embed-chars/--max-generate-tokens`)."""
+
+    max_embed_chars: int = 65_536      # all of an Embed's texts together (texts x length)
+    max_generate_tokens: int = 2_048   # a Generate's prompt tokens plus the tokens it asks for
 
 
 class ServingStats:
@@ -72,9 +89,47 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+class _Undecodable:
+    """What bytes that are no message of the method's type decode to (admit refuses them)."""
+
+
+def _lenient(message_type):
+    def decode(raw: bytes):
+        try:
+            return message_type.FromString(raw)
+        except Exception:  # noqa: BLE001 - any parse failure is the caller's bad bytes
+            return _Undecodable()
+
+    return decode
+
+
+def add_inference_servicer(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Registers InferenceService with lenient request decoding (the generated helper's would answer
+    garbage bytes UNKNOWN with a DecodeError)."""
+    methods = {
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            servicer.Embed, _lenient(ipb.EmbedRequest), ipb.EmbedResponse.SerializeToString),
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate, _lenient(ipb.GenerateRequest), ipb.GenerateResponse.SerializeToString),
+        "WorkerInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.WorkerInfo, _lenient(ipb.WorkerInfoRequest), ipb.WorkerInfoResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+
+
+def _bearer(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == TOKEN_HEADER:
+            text = value if isinstance(value, str) else value.decode("latin-1")
+            return text[len(BEARER):].strip() if text.startswith(BEARER) else text.strip()
+    return ""
+
+
+class InferenceServicer:
     def __init__(self, runtime, stats: ServingStats, executor: Executor, endpoint: str, worker_id: str,
-                 metrics=None):
+                 metrics=None, clients: ClientTokens | None = None, limits: InferenceLimits = InferenceLimits()):
+        self._clients = clients  # None: no tokens required (loopback, or --inference-auth off)
+        self._limits = limits
         self._runtime = runtime
         self._metrics = metrics
         self._stats = stats
@@ -82,7 +137,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._endpoint = endpoint
         self._worker_id = worker_id
 
+    async def _admit(self, request, context) -> None:
+        """Refuses (aborts) callers without an accepted token, then bytes that are no request: as on the
+        control plane, nothing of an unauthenticated caller's request is looked at."""
+        if self._clients is not None:
+            refusal = self._clients.refusal(_bearer(context))
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "request: is not a valid protobuf message of this method's type")
+
     async def Embed(self, request: ipb.EmbedRequest, context) -> ipb.EmbedResponse:
+        await self._admit(request, context)
         texts = list(request.texts)
         if not texts:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "texts: give at least one text")
@@ -92,6 +159,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if too_long is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"texts[{too_long}]: {len(texts[too_long])} characters; the limit is {MAX_TEXT_CHARS}")
+        total = sum(map(len, texts))
+        if total > self._limits.max_embed_chars:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"texts: {len(texts)} texts of {total} characters in all; the limit is "
+                                f"{self._limits.max_embed_chars} (mixprec worker --max-embed-chars)")
         started = time.perf_counter()
         try:
             vectors, version = await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.embed,
@@ -105,10 +177,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return ipb.EmbedResponse(embeddings=[ipb.Embedding(values=v) for v in vectors], policy_version=version)
 
     async def Generate(self, request: ipb.GenerateRequest, context):
+        await self._admit(request, context)
         max_tokens = request.max_tokens or DEFAULT_NEW_TOKENS
-        if max_tokens > MAX_NEW_TOKENS:
+        if not 1 <= max_tokens <= MAX_NEW_TOKENS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"max_tokens: {max_tokens}; the limit is {MAX_NEW_TOKENS}")
+                                f"max_tokens: {max_tokens}; it must be 1 to {MAX_NEW_TOKENS}")
         if len(request.prompt) > MAX_TEXT_CHARS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"prompt: {len(request.prompt)} characters; the limit is {MAX_TEXT_CHARS}")
@@ -117,6 +190,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             prompt_ids = await loop.run_in_executor(self._executor, self._runtime.encode, request.prompt, max_tokens)
         except MixprecError as err:
             await context.abort(status_code(err), str(err))
+        if len(prompt_ids) + max_tokens > self._limits.max_generate_tokens:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"prompt: {len(prompt_ids)} tokens plus max_tokens {max_tokens}; the limit is "
+                                f"{self._limits.max_generate_tokens} (mixprec worker --max-generate-tokens)")
         tokens: asyncio.Queue = asyncio.Queue()
         started = time.perf_counter()
         job = loop.run_in_executor(self._executor, self._runtime.generate, prompt_ids, max_tokens,
@@ -149,6 +226,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             decode_tokens_per_second=decoded / generation.decode_seconds if generation.decode_seconds > 0 else 0.0)
 
     async def WorkerInfo(self, request: ipb.WorkerInfoRequest, context) -> ipb.WorkerInfoResponse:
+        await self._admit(request, context)
         return ipb.WorkerInfoResponse(
             endpoint=self._endpoint,
             worker_id=self._worker_id,

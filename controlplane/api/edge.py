@@ -27,11 +27,17 @@ from mixprec.transport import BEARER, TOKEN_HEADER
 log = logging.getLogger(__name__)
 
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("mixprec_principal")
+_endpoint: contextvars.ContextVar[str] = contextvars.ContextVar("mixprec_call_endpoint", default="")
 
 
 def current_principal() -> Principal:
     """The authenticated caller of the RPC being handled."""
     return _principal.get()
+
+
+def call_endpoint() -> str:
+    """The endpoint the RPC being handled was authorized for ("" for calls about no endpoint)."""
+    return _endpoint.get()
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,7 @@ def _wrap(handler, method: str, rule: Rule | None, principal: Principal | None, 
         except Exception:  # noqa: BLE001 - a check that broke must not leak what broke it
             await abort_with(context, _internal(method))
         _principal.set(principal)
+        _endpoint.set(endpoint or "")
 
     async def guarded(call: Callable, *args):
         context = args[-1]

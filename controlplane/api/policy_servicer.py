@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from controlplane.api import convert
+from controlplane.api.costs import ExpensiveReads
 from controlplane.api.edge import actor, current_principal
 from controlplane.api.errors import maps_domain_errors
 from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
-from controlplane.services.policies import PolicyService, resolved_layers
+from controlplane.services.policies import PolicyService
 from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import policy_pb2 as pb
 from mixprec.v1 import policy_pb2_grpc
@@ -21,8 +22,9 @@ async def _nothing(endpoint: str) -> None:
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def __init__(self, service: PolicyService, changed: Callable[[str], Awaitable[None]] | None = None,
-                 requests: RequestLog | None = None):
+                 requests: RequestLog | None = None, resolutions: ExpensiveReads | None = None):
         self._service = service
+        self._resolutions = resolutions or ExpensiveReads()  # reads that resolve rules over a catalog
         self._changed = changed or _nothing  # tells the agent streams of a deleted endpoint
         self._requests = requests
 
@@ -71,10 +73,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         )
         return convert.policy_to_proto(created)
 
+    async def _resolving(self, context, fn, *args):
+        return await self._resolutions.run(current_principal().name, context.time_remaining(), fn, *args)
+
     @maps_domain_errors
     async def GetPolicy(self, request: pb.GetPolicyRequest, context) -> pb.PolicyVersion:
-        policy, endpoint = await run_blocking(self._service.get_policy, request.endpoint, request.version)
-        resolved = resolved_layers(endpoint, policy.spec) if request.resolved else None
+        if not request.resolved:
+            policy, _ = await run_blocking(self._service.get_policy, request.endpoint, request.version)
+            return convert.policy_to_proto(policy, None, with_artifact=request.artifact)
+        policy, resolved = await self._resolving(context, self._service.get_resolved_policy, request.endpoint,
+                                                 request.version)
         return convert.policy_to_proto(policy, resolved, with_artifact=request.artifact)
 
     @maps_domain_errors
@@ -84,8 +92,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     @maps_domain_errors
     async def DiffPolicies(self, request: pb.DiffPoliciesRequest, context) -> pb.DiffPoliciesResponse:
-        diff = await run_blocking(
-            self._service.diff_policies, request.endpoint, request.from_version, request.to_version
+        diff = await self._resolving(
+            context, self._service.diff_policies, request.endpoint, request.from_version, request.to_version
         )
         return pb.DiffPoliciesResponse(
             changes=[pb.LayerChange(layer=layer, from_precision=a, to_precision=b) for layer, a, b in diff.changes],
@@ -94,8 +102,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     @maps_domain_errors
     async def ResolvePolicy(self, request: pb.ResolvePolicyRequest, context) -> pb.ResolvePolicyResponse:
-        resolution = await run_blocking(
-            self._service.resolve_policy, request.endpoint, convert.spec_from_proto(request.rules, request.kv_cache)
+        resolution = await self._resolving(
+            context, self._service.resolve_policy, request.endpoint,
+            convert.spec_from_proto(request.rules, request.kv_cache),
         )
         return pb.ResolvePolicyResponse(
             valid=resolution.valid,

@@ -13,6 +13,7 @@ class Role(str, enum.Enum):
     OPERATOR = "operator"  # viewer + policies, activate, rollback, rollouts
     ADMIN = "admin"        # everything: endpoints (create, delete), tokens
     AGENT = "agent"        # only AgentService.Connect, for the endpoints in its scope
+    CLIENT = "client"      # nothing here: a caller of workers' InferenceService (their --client-tokens)
 
     def __str__(self) -> str:
         return self.value
@@ -36,6 +37,7 @@ ALLOWED: dict[Role, frozenset[Action]] = {
     Role.OPERATOR: _OPERATOR,
     Role.ADMIN: frozenset(Action),
     Role.AGENT: frozenset({Action.CONNECT}),
+    Role.CLIENT: frozenset(),
 }
 
 # Actions that are never about one endpoint: a scoped token cannot take them at all (a token
@@ -50,6 +52,7 @@ class Principal:
     name: str
     role: Role
     endpoint: str | None = None
+    credential: str = ""  # the token's stored hash: what request ids belong to ("" without a token)
 
     def may_see(self, endpoint: str) -> bool:
         return self.endpoint is None or self.endpoint == endpoint

@@ -145,7 +145,7 @@ class Authenticator:
             raise Unauthenticated(f"token {info.name!r} was revoked")
         if info.expires_at is not None and now >= info.expires_at:
             raise Unauthenticated(f"token {info.name!r} expired at {info.expires_at:%Y-%m-%d %H:%M:%S}Z")
-        principal = Principal(info.name, Role(info.role), info.endpoint)
+        principal = Principal(info.name, Role(info.role), info.endpoint, credential=digest)
         with self._lock:
             self._cache[digest] = (time.monotonic() + self._cache_seconds, principal, info.expires_at)
             self._cache.move_to_end(digest)

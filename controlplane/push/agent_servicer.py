@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from controlplane import domain
+from controlplane.api.costs import RateLimits, TokenBucket, WorkerIdQuota
 from controlplane.api.edge import current_principal
 from controlplane.api.errors import abort_with
 from controlplane.api.limits import Undecodable, check_request
@@ -32,6 +33,11 @@ ACCEPTED_KEY = "mixprec-accepted"  # initial metadata: the hello was accepted (w
 REPORT_KINDS = {apb.Report.QUALITY: "quality", apb.Report.SERVING: "serving"}
 HELLO_TIMEOUT_S = 10.0            # a stream that says nothing is closed (it holds a slot and a task)
 MAX_STREAMS_PER_TOKEN = 1000      # one token's live streams on this replica
+MAX_WORKER_IDS_PER_TOKEN = 1000   # distinct worker ids of one endpoint one token holds here (live or lately)
+MAX_REPORTS_PER_TOKEN = 500.0     # reports a second, all of one token's streams here together
+MAX_REPORTS_PER_WORKER = 1.0      # reports a second of one stream (a worker sends one per few seconds)
+REPORT_BURST_S = 30.0             # a bucket holds this many seconds of its rate (at least 10 reports)
+DROP_LOG_EVERY_S = 60.0           # a stream's dropped reports are logged at most this often
 
 
 @dataclass
@@ -56,6 +62,10 @@ class WorkerSession:
     report_round: int = 0         # the target's last request for reports this worker has seen
     outbox: list[bytes] = field(default_factory=list)  # serialized control messages besides assignments
     wake: asyncio.Event | None = None
+    token: str = ""
+    reports: TokenBucket | None = None  # this stream's report rate
+    dropped: int = 0              # reports over the rate since the last log line about them
+    dropped_logged: float = 0.0
 
     def send_soon(self, message: apb.ControlMessage) -> None:
         self.outbox.append(message.SerializeToString())
@@ -75,6 +85,10 @@ class WorkerSession:
         self.current, self.pending_nonce, self.sent_at = version, nonce, time.perf_counter()
 
 
+def _burst(rate: float) -> float:
+    return max(10.0, rate * REPORT_BURST_S)
+
+
 def _serialized(message) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
@@ -92,9 +106,15 @@ def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None,
                  fleet_metrics=None, hello_timeout: float = HELLO_TIMEOUT_S,
-                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN):
+                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN,
+                 max_worker_ids_per_token: int = MAX_WORKER_IDS_PER_TOKEN,
+                 max_reports_per_token: float = MAX_REPORTS_PER_TOKEN,
+                 max_reports_per_worker: float = MAX_REPORTS_PER_WORKER):
         self._hello_timeout = hello_timeout
         self._max_streams = max_streams_per_token
+        self._worker_ids = WorkerIdQuota(max_worker_ids_per_token)
+        self._token_reports = RateLimits(max_reports_per_token, _burst(max_reports_per_token))
+        self._worker_report_rate = max_reports_per_worker
         self._streams: dict[str, int] = {}  # token name -> live streams on this replica
         self._holders: dict[tuple[str, str], _Holder] = {}  # (endpoint, worker id) -> its stream
         self._fleet = fleet
@@ -152,18 +172,25 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         hello = await self._hello(context)
         try:
             authorize(current_principal(), Action.CONNECT, hello.endpoint)
+            self._worker_ids.admit(token, hello.endpoint, hello.worker_id)
+        except MixprecError as err:
+            await abort_with(context, err)
+        try:
             holder = self._bind(hello, token)
         except MixprecError as err:
+            self._worker_ids.release(token, hello.endpoint, hello.worker_id)
             await abort_with(context, err)
         try:
             last_nack, target = await self._register(hello)
         except MixprecError as err:
             self._release(hello, holder)
+            self._worker_ids.release(token, hello.endpoint, hello.worker_id)
             await abort_with(context, err)
         await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
-            nacked={last_nack} if last_nack else set(), report_round=target.report_round,
+            nacked={last_nack} if last_nack else set(), report_round=target.report_round, token=token,
+            reports=TokenBucket(self._worker_report_rate, _burst(self._worker_report_rate)),
         )
         # A NACKed version stays refused only until a newer one exists; the worker runs what it applied.
         session.nacked.discard(hello.running_version)
@@ -198,6 +225,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if reader is not None:
                 reader.cancel()
             if self._release(hello, holder):
+                self._worker_ids.release(token, hello.endpoint, hello.worker_id)
                 self._recorder.live(hello.endpoint, hello.worker_id, False)
                 self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
                 log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
@@ -313,9 +341,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                 last_nack_error=nack.error[:2000])
         )
 
+    def _within_report_rate(self, session: WorkerSession) -> bool:
+        """Reports over the stream's or the token's rate are dropped unacknowledged (an honest worker
+        resends its latest per version on reconnect), so a flood costs neither rows nor other streams."""
+        if session.reports.take() and self._token_reports.take(session.token):
+            return True
+        session.dropped += 1
+        now = time.monotonic()
+        if now - session.dropped_logged >= DROP_LOG_EVERY_S:
+            log.warning("worker %s of %s (token %r) sends reports faster than %g/s per stream or %g/s per token; "
+                        "dropped %d", session.worker_id, session.endpoint, session.token, session.reports.rate,
+                        self._token_reports.rate, session.dropped)
+            session.dropped, session.dropped_logged = 0, now
+        return False
+
     def _on_report(self, session: WorkerSession, report: apb.Report) -> None:
         kind = REPORT_KINDS.get(report.kind)
-        if kind is None:
+        if kind is None or not self._within_report_rate(session):
             return
         if report.version not in session.offered:  # numbers about a version this worker never ran
             log.warning("worker %s of %s reported on v%d, which it was never sent; ignored", session.worker_id,

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 CHANNEL = "mixprec:endpoint-changed"
+PUBLISH_TIMEOUT_S = 2.0  # a stalled Redis must not hold up the write that changed the endpoint
 OnChange = Callable[[str], Awaitable[None]]
 
 
@@ -40,7 +41,10 @@ class RedisFeed:
 
     async def publish(self, endpoint: str) -> None:
         try:
-            await self._redis.publish(CHANNEL, f"{self._replica} {endpoint}")
+            await asyncio.wait_for(self._redis.publish(CHANNEL, f"{self._replica} {endpoint}"), PUBLISH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("Redis did not take the change of %s within %g s; other replicas will poll", endpoint,
+                        PUBLISH_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - Redis is an accelerator; the poll still delivers
             log.warning("could not publish change of %s to Redis (%s); other replicas will poll", endpoint, err)
 

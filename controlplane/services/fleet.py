@@ -203,21 +203,29 @@ class FleetService:
     ) -> tuple[domain.WorkerState, Target]:
         """Registers a worker's hello; learns the catalog from the first worker of an endpoint."""
         check_hello(endpoint, worker_id, layers)
+        layers = list(layers)
+        # A hello whose catalog differs is refused before any row lock: it must not hold up activations.
+        with self._uow() as uow:
+            known = uow.endpoints.get(endpoint).layers
+        if known and list(known) != layers:
+            raise FailedPrecondition(_catalog_difference(endpoint, worker_id, known, layers))
         with self._uow() as uow:
             current = uow.endpoints.get(endpoint, for_update=True)
-            if not current.layers:
-                base_errors = lang.base_precision_errors(current.base_precision, layers)
-                if base_errors:
-                    raise InvalidArgument(base_errors)
-                uow.endpoints.set_layers(endpoint, layers)
-                uow.audit.record(endpoint, "catalog.learn", worker_id, layers=len(layers))
-                current = uow.endpoints.get(endpoint)
-            elif list(current.layers) != list(layers):
-                raise FailedPrecondition(_catalog_difference(endpoint, worker_id, current.layers, layers))
-            state = uow.workers.connect(endpoint, worker_id, replica, running_version, hardware, inference_address)
-            target = self._target(uow, current)
-            uow.commit()
-        return state, target
+            known = current.layers
+            if not known or list(known) == layers:  # else another worker taught the catalog meanwhile
+                if not known:
+                    base_errors = lang.base_precision_errors(current.base_precision, layers)
+                    if base_errors:
+                        raise InvalidArgument(base_errors)
+                    uow.endpoints.set_layers(endpoint, layers)
+                    uow.audit.record(endpoint, "catalog.learn", worker_id, layers=len(layers))
+                    current = uow.endpoints.get(endpoint)
+                state = uow.workers.connect(endpoint, worker_id, replica, running_version, hardware,
+                                            inference_address)
+                target = self._target(uow, current)
+                uow.commit()
+                return state, target
+        raise FailedPrecondition(_catalog_difference(endpoint, worker_id, known, layers))
 
     def record(self, updates: Iterable[domain.WorkerUpdate], reports: Iterable[domain.ReportRecord],
                connects: Iterable[domain.WorkerConnect] = ()) -> None:
@@ -266,9 +274,11 @@ def _ordered_map(uow: UnitOfWork, endpoint: domain.Endpoint, version: int) -> tu
 
 
 def _catalog_difference(endpoint: str, worker_id: str, expected: Iterable[str], got: Iterable[str]) -> str:
+    """Says how two catalogs differ, in time linear in their sizes (a hello may carry 20,000 names)."""
     expected, got = list(expected), list(got)
-    missing = [layer for layer in expected if layer not in set(got)]
-    extra = [layer for layer in got if layer not in set(expected)]
+    expected_set, got_set = set(expected), set(got)
+    missing = [layer for layer in expected if layer not in got_set]
+    extra = [layer for layer in got if layer not in expected_set]
     parts = [f"worker {worker_id!r} reports a layer catalog that differs from endpoint {endpoint!r}'s"]
     if missing:
         parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")

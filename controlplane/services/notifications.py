@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from controlplane import domain
 from controlplane.services.checks import check_name, check_text
+from controlplane.services.webhook_targets import WebhookTargets
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from controlplane.storage.webhook_repository import webhook_missing
@@ -72,8 +73,9 @@ def wanted(webhook: domain.Webhook, entry: domain.AuditEntry) -> bool:
 
 
 class NotificationService:
-    def __init__(self, uow: Callable[[], UnitOfWork]):
+    def __init__(self, uow: Callable[[], UnitOfWork], targets: WebhookTargets | None = None):
         self._uow = uow
+        self.targets = targets or WebhookTargets()  # where webhooks may point (not loopback or private)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ class NotificationService:
         check_name(endpoint, "endpoint")
         check_name(name, "name")
         check_url(url)
+        self.targets.check_url(url)
         check_text(actor=actor)
         unknown = sorted(set(events) - set(EVENTS))
         if unknown:

@@ -20,8 +20,9 @@ class PolicyDiff:
 
 
 class PolicyService:
-    def __init__(self, uow: Callable[[], UnitOfWork]):
+    def __init__(self, uow: Callable[[], UnitOfWork], resolve: Callable[..., lang.Resolution] = lang.resolve):
         self._uow = uow
+        self._resolve = resolve  # of the reads that resolve (ResolvePolicy, diffs, GetPolicy resolved)
 
     # --- endpoints ------------------------------------------------------------------------------
 
@@ -117,6 +118,12 @@ class PolicyService:
                 version = current.latest_version
             return uow.policies.get(endpoint, version), current
 
+    def get_resolved_policy(self, endpoint: str, version: int = 0
+                            ) -> tuple[domain.PolicyVersion, list[lang.ResolvedLayer]]:
+        """A version with the precision of every layer of the endpoint's catalog."""
+        policy, current = self.get_policy(endpoint, version)
+        return policy, self._resolve(policy.spec, current.layers, current.base_precision).layers
+
     def list_policies(self, endpoint: str) -> list[domain.PolicyVersion]:
         check_name(endpoint, "endpoint")
         with self._uow() as uow:
@@ -130,8 +137,7 @@ class PolicyService:
             current = uow.endpoints.get(endpoint)
             old = uow.policies.get(endpoint, from_version)
             new = uow.policies.get(endpoint, to_version)
-        old_map = precision_map(current, old.spec)
-        new_map = precision_map(current, new.spec)
+        old_map, new_map = (self._map(current, policy.spec) for policy in (old, new))
         changes = lang.diff_maps(current.layers, old_map, new_map)
         return PolicyDiff(changes=changes, unchanged=len(current.layers) - len(changes))
 
@@ -139,15 +145,13 @@ class PolicyService:
         """Dry run: the resolution with every validation error; nothing is written."""
         check_name(endpoint, "endpoint")
         current = self.get_endpoint(endpoint)
-        return lang.resolve(spec, current.layers, current.base_precision)
+        return self._resolve(spec, current.layers, current.base_precision)
 
-
-def precision_map(endpoint: domain.Endpoint, spec: lang.PolicySpec) -> dict[str, str]:
-    return lang.resolve_or_raise(spec, endpoint.layers, endpoint.base_precision)
-
-
-def resolved_layers(endpoint: domain.Endpoint, spec: lang.PolicySpec) -> list[lang.ResolvedLayer]:
-    return lang.resolve(spec, endpoint.layers, endpoint.base_precision).layers
+    def _map(self, endpoint: domain.Endpoint, spec: lang.PolicySpec) -> dict[str, str]:
+        resolution = self._resolve(spec, endpoint.layers, endpoint.base_precision)
+        if not resolution.valid:
+            raise InvalidArgument(resolution.errors)
+        return resolution.precision_map()
 
 
 def _resolve_or_raise(endpoint: domain.Endpoint, spec: lang.PolicySpec) -> None:

@@ -6,20 +6,20 @@ from collections.abc import Callable
 
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
-from controlplane.storage.write_requests import KEEP_FOR, WriteRequest
+from controlplane.storage.write_requests import KEEP_FOR, RequestKey, WriteRequest
 
 
 class RequestLog:
     def __init__(self, uow: Callable[[], UnitOfWork]):
         self._uow = uow
 
-    def find(self, request_id: str) -> WriteRequest | None:
+    def find(self, key: RequestKey) -> WriteRequest | None:
         with self._uow() as uow:
-            return uow.requests.get(request_id)
+            return uow.requests.get(key)
 
-    def keep_response(self, request_id: str, response: bytes) -> None:
+    def keep_response(self, key: RequestKey, response: bytes) -> None:
         with self._uow() as uow:
-            uow.requests.keep_response(request_id, response)
+            uow.requests.keep_response(key, response)
             uow.commit()
 
     def forget_old(self) -> None:

@@ -142,10 +142,15 @@ class WriteRequestRow(Base):
     """A write RPC by its idempotency key: applied once, answered the same way when retried."""
 
     __tablename__ = "write_requests"
+    # An id belongs to its caller (the token's hash), method and endpoint: nobody else's call can answer it.
+    __table_args__ = (UniqueConstraint("caller", "method", "endpoint", "request_id", name="uq_write_requests_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(100), unique=True)
+    request_id: Mapped[str] = mapped_column(String(100))
     method: Mapped[str] = mapped_column(String(100))
+    caller: Mapped[str] = mapped_column(String(100), default="")
+    endpoint: Mapped[str] = mapped_column(String(63), default="")
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")  # SHA-256 of the call's parameters
     response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

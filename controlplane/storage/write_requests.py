@@ -25,20 +25,39 @@ KEEP_FOR = timedelta(days=1)  # how long a request id answers retries
 COMMIT_MARGIN_S = 0.2
 
 
-@dataclass
-class WriteScope:
+@dataclass(frozen=True)
+class RequestKey:
+    """What a request id belongs to: the caller's credential, the method and the endpoint; with the
+    fingerprint of the call's parameters, which a retry must repeat."""
+
     request_id: str
     method: str
+    caller: str = ""
+    endpoint: str = ""
+    fingerprint: str = ""
+
+
+@dataclass
+class WriteScope:
+    key: RequestKey
     deadline: float | None  # time.monotonic() seconds; None: the caller set no deadline
     deadline_at: datetime | None = None
     recorded: bool = False
 
     @classmethod
-    def open(cls, request_id: str, method: str, time_remaining: float | None) -> WriteScope:
+    def open(cls, key: RequestKey, time_remaining: float | None) -> WriteScope:
         if time_remaining is None:
-            return cls(request_id, method, None)
+            return cls(key, None)
         left = max(0.0, time_remaining - COMMIT_MARGIN_S)
-        return cls(request_id, method, time.monotonic() + left, utcnow() + timedelta(seconds=left))
+        return cls(key, time.monotonic() + left, utcnow() + timedelta(seconds=left))
+
+    @property
+    def request_id(self) -> str:
+        return self.key.request_id
+
+    @property
+    def method(self) -> str:
+        return self.key.method
 
     def remaining_ms(self) -> int | None:
         if self.deadline is None:
@@ -59,24 +78,31 @@ class WriteRequest:
     request_id: str
     method: str
     response: bytes | None
+    fingerprint: str = ""
 
 
 class WriteRequestRepository:
     def __init__(self, session: Session):
         self._session = session
 
-    def get(self, request_id: str) -> WriteRequest | None:
-        row = self._session.scalars(select(WriteRequestRow).where(WriteRequestRow.request_id == request_id)).first()
-        return WriteRequest(row.request_id, row.method, row.response) if row else None
+    def get(self, key: RequestKey) -> WriteRequest | None:
+        row = self._session.scalars(select(WriteRequestRow).where(*_matches(key))).first()
+        return WriteRequest(row.request_id, row.method, row.response, row.fingerprint) if row else None
 
     def record(self, scope: WriteScope) -> None:
-        self._session.add(WriteRequestRow(request_id=scope.request_id, method=scope.method, response=None,
+        key = scope.key
+        self._session.add(WriteRequestRow(request_id=key.request_id, method=key.method, caller=key.caller,
+                                          endpoint=key.endpoint, fingerprint=key.fingerprint, response=None,
                                           deadline=scope.deadline_at, created_at=utcnow()))
 
-    def keep_response(self, request_id: str, response: bytes) -> None:
-        self._session.execute(update(WriteRequestRow).where(WriteRequestRow.request_id == request_id)
-                              .values(response=response))
+    def keep_response(self, key: RequestKey, response: bytes) -> None:
+        self._session.execute(update(WriteRequestRow).where(*_matches(key)).values(response=response))
 
     def forget_before(self, before: datetime) -> None:
         self._session.execute(delete(WriteRequestRow).where(WriteRequestRow.created_at < before))
 
+
+
+def _matches(key: RequestKey):
+    return (WriteRequestRow.caller == key.caller, WriteRequestRow.method == key.method,
+            WriteRequestRow.endpoint == key.endpoint, WriteRequestRow.request_id == key.request_id)

@@ -6,6 +6,7 @@ service in a worker thread and renders a template. Domain errors map to HTTP sta
 
 from __future__ import annotations
 
+import json
 import pathlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,11 +23,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from controlplane.api.idempotency import applied_once
+from controlplane.api.idempotency import applied_once, request_key
 from controlplane.auth import Action, Principal, authorize
 from controlplane.blocking import run_blocking
 from controlplane.web import views
-from controlplane.web.access import Access, Session, clear_cookie, may, set_cookie
+from controlplane.web.access import CSRF_FIELD, Access, Session, clear_cookie, may, set_cookie
 from controlplane.web.live import Live
 from controlplane.web.pages import Pages
 from mixprec.errors import FieldError, InvalidArgument, MixprecError, Unauthenticated, status_code
@@ -315,10 +316,13 @@ class Dashboard:
             return VisibleJSONResponse({"ok": True, "message": message})
         return RedirectResponse(f"/endpoints/{quote(name)}?notice={quote(message)}", status_code=303)
 
-    async def _once(self, form: dict, method: str, write: Callable[[], Awaitable[str]]) -> str:
+    async def _once(self, form: dict, method: str, principal: Principal, endpoint: str,
+                    write: Callable[[], Awaitable[str]]) -> str:
         """An action applied once per form (a resubmitted or retried form gets the first answer)."""
-        return await applied_once(self.pages.requests, str(form.get("request_id", "")), method, None, write,
-                                  str.encode, bytes.decode)
+        parameters = {k: str(v) for k, v in form.items() if k not in ("request_id", CSRF_FIELD)}
+        key = request_key(str(form.get("request_id", "")), method, principal, endpoint,
+                          json.dumps(parameters, sort_keys=True).encode())
+        return await applied_once(self.pages.requests, key, None, write, str.encode, bytes.decode)
 
     async def rollback(self, request: Request) -> Response:
         name, form, principal = await self._act(request, Action.ROLLBACK)
@@ -330,7 +334,7 @@ class Dashboard:
             await self.changed(name)
             return f"rolled back {name}: v{result.previous_version} → v{result.active_version}"
 
-        return self._done(request, name, await self._once(form, "dashboard.rollback", write))
+        return self._done(request, name, await self._once(form, "dashboard.rollback", principal, name, write))
 
     async def rollout_action(self, request: Request) -> Response:
         verb = request.path_params["verb"]
@@ -344,7 +348,7 @@ class Dashboard:
             await self.changed(name)
             return f"rollout {rollout.id} of {name} {ROLLOUT_VERBS[verb]}: {rollout.message}"
 
-        return self._done(request, name, await self._once(form, f"dashboard.rollout.{verb}", write))
+        return self._done(request, name, await self._once(form, f"dashboard.rollout.{verb}", principal, name, write))
 
 
 def _seen_by(principal: Principal, session: Session | None, endpoint: str | None) -> dict:

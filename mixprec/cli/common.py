@@ -6,6 +6,8 @@ import argparse
 
 import grpc
 
+from mixprec.errors import FieldError, InvalidArgument
+
 # Defaults are SUPPRESSed here so that a value given after the command name overrides the one
 # given before it, and an absent one leaves the top-level default in place.
 COMMON = argparse.ArgumentParser(add_help=False)
@@ -62,6 +64,16 @@ def add_tls_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", default=None, metavar="FILE", help="private key (PEM) of --tls-cert")
     parser.add_argument("--client-ca", default=None, metavar="FILE",
                         help="mutual TLS: accept only clients whose certificate this CA (PEM) signed")
+
+
+def given_limits(args, *names: str) -> dict:
+    """The limits given on the command line (by dest name), each checked to be a number > 0; those not
+    given are left out (the server's or worker's defaults apply)."""
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name, value in given.items():
+        if not 0 < value < float("inf"):
+            raise InvalidArgument(FieldError("--" + name.replace("_", "-"), f"{value} must be a number > 0"))
+    return given
 
 
 def group(sub, name: str, help: str):

@@ -30,7 +30,9 @@ def _generate(args) -> int:
     from mixprec.v1 import inference_pb2 as ipb
     from mixprec.v1 import inference_pb2_grpc
 
-    stub = inference_pb2_grpc.InferenceServiceStub(channel(args.worker, None, getattr(args, "tls_ca", None)))
+    # A worker that requires tokens takes a client token (one its --client-tokens file lists).
+    stub = inference_pb2_grpc.InferenceServiceStub(channel(args.worker, getattr(args, "token", None),
+                                                           getattr(args, "tls_ca", None)))
     stream = stub.Generate(ipb.GenerateRequest(prompt=args.prompt, max_tokens=args.max_tokens),
                            timeout=GENERATE_TIMEOUT_S)
     pieces, versions, last = [], set(), None

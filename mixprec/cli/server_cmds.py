@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from mixprec.cli.common import add_log_level_option, add_tls_server_options, command
-from mixprec.errors import FieldError, InvalidArgument
+from mixprec.cli.common import add_log_level_option, add_tls_server_options, command, given_limits
 from mixprec.logs import configure_logging
 
 DEFAULT_DB = "sqlite:///mixprec.db"
@@ -42,6 +41,19 @@ def register(sub) -> None:
     p.add_argument("--max-streams-per-token", type=int, default=None, metavar="N",
                    help="agent streams one token (or, with --auth off, all agents) may hold open on this replica "
                    "(default 1000; a fleet sharing one agent token needs its size here)")
+    p.add_argument("--max-worker-ids-per-token", type=int, default=None, metavar="N",
+                   help="distinct worker ids one token may hold for one endpoint on this replica, live or ended "
+                   "within the hour (default 1000): each becomes a row and metric series")
+    p.add_argument("--max-reports-per-token", type=float, default=None, metavar="R",
+                   help="reports a second one token's streams may send together (default 500; more are dropped)")
+    p.add_argument("--max-reports-per-worker", type=float, default=None, metavar="R",
+                   help="reports a second one stream may send (default 1, with bursts of 30 s of it)")
+    p.add_argument("--max-resolutions-per-token", type=int, default=None, metavar="N",
+                   help="policy resolutions (ResolvePolicy, DiffPolicies, GetPolicy --resolved) one token may run "
+                   "at once (default 2; 4 at once on the whole replica)")
+    p.add_argument("--webhook-allow", action="append", default=[], metavar="CIDR",
+                   help="let webhooks reach this non-public address range, e.g. 10.0.0.0/8 for an in-cluster "
+                   "receiver (repeatable; by default loopback, link-local and private addresses are refused)")
     add_tls_server_options(p)
     add_log_level_option(p)
 
@@ -57,10 +69,12 @@ def _server(args) -> int:
 
     configure_logging(args.log_level)
     credentials = server_credentials(args.tls_cert, args.tls_key, args.client_ca)
-    if args.max_streams_per_token is not None and args.max_streams_per_token < 1:
-        raise InvalidArgument(FieldError("--max-streams-per-token", f"{args.max_streams_per_token} must be >= 1"))
-    limits = {} if args.max_streams_per_token is None else {"max_streams_per_token": args.max_streams_per_token}
+    limits = given_limits(args, "max_streams_per_token", "max_worker_ids_per_token", "max_reports_per_token",
+                       "max_reports_per_worker")
+    resolutions = given_limits(args, "max_resolutions_per_token")
     asyncio.run(serve(args.db, args.listen, args.metrics_port, args.redis, auth=args.auth, stream_limits=limits,
+                      resolution_limits={"per_token": resolutions["max_resolutions_per_token"]} if resolutions else None,
+                      webhook_allow=args.webhook_allow,
                       tls_credentials=credentials, metrics_listen=args.metrics_listen, health_listen=args.health_listen,
                       http_listen=args.http_listen, http_tls=(args.tls_cert, args.tls_key) if args.tls_cert else None))
     return 0

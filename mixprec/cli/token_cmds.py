@@ -17,7 +17,7 @@ from mixprec.cli.common import (
 )
 from mixprec.errors import FieldError, InvalidArgument
 
-ROLES = ("viewer", "operator", "admin", "agent")
+ROLES = ("viewer", "operator", "admin", "agent", "client")
 
 
 def register(sub) -> None:
@@ -28,7 +28,8 @@ def register(sub) -> None:
     c.add_argument("name", help="token name, a lowercase DNS label (e.g. ci-deployer); the audit log shows it")
     c.add_argument("--role", required=True, choices=ROLES,
                    help="viewer: reads; operator: policies, activate, rollback, rollouts; admin: endpoints "
-                   "and tokens; agent: worker streams only")
+                   "and tokens; agent: worker streams only; client: nothing on the control plane, a caller of the "
+                   "workers' InferenceService (list it in their --client-tokens file)")
     c.add_argument("--endpoint", default="", help="limit the token to this one endpoint")
     c.add_argument("--expires", default="", metavar="DURATION", help="e.g. 12h, 30d, 2w (default: never)")
     c.add_argument("--db", default=None, metavar="URL", help=db_help)

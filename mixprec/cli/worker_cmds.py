@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
-from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command
+from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command, given_limits
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.logs import configure_logging
 from mixprec.policy import PRECISIONS
+from mixprec.transport import is_loopback
 
 
 def register(sub) -> None:
@@ -36,8 +38,33 @@ def register(sub) -> None:
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between serving reports")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="precisions this worker accepts; assignments using others are refused (NACK)")
+    p.add_argument("--inference-auth", choices=("required", "off"), default="auto",
+                   help="require a client token on every InferenceService call (default: required unless "
+                   "--inference-listen is loopback)")
+    p.add_argument("--client-tokens", default=os.environ.get("MIXPREC_CLIENT_TOKENS") or None, metavar="FILE",
+                   help="the client tokens InferenceService accepts: one token (mxp_...) or its SHA-256 per line, "
+                   "read again when the file changes (env MIXPREC_CLIENT_TOKENS; required when tokens are)")
+    p.add_argument("--max-embed-chars", type=int, default=None, metavar="N",
+                   help="characters of all of one Embed's texts together (texts x length; default 65536)")
+    p.add_argument("--max-generate-tokens", type=int, default=None, metavar="N",
+                   help="one Generate's prompt tokens plus max_tokens (default 2048)")
     add_tls_server_options(p)
     add_log_level_option(p)
+
+
+def _client_tokens(args) -> str | None:
+    """The client-token file when InferenceService requires tokens (checked readable now), else None."""
+    required = args.inference_auth == "required" or (args.inference_auth == "auto"
+                                                     and not is_loopback(args.inference_listen))
+    if not required:
+        return None
+    if not args.client_tokens:
+        raise InvalidArgument(FieldError("--client-tokens", f"InferenceService on {args.inference_listen} requires "
+                                         "client tokens: give the file of them, or --inference-auth off"))
+    from worker.client_tokens import ClientTokens
+
+    ClientTokens(args.client_tokens)  # a missing or malformed file is refused before the model loads
+    return args.client_tokens
 
 
 def _worker(args) -> int:
@@ -45,9 +72,16 @@ def _worker(args) -> int:
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise InvalidArgument(FieldError("--precisions", f"{args.precisions!r}: choose from {', '.join(PRECISIONS)}"))
+    limits = given_limits(args, "max_embed_chars", "max_generate_tokens")
+    client_tokens = _client_tokens(args)
     configure_logging(args.log_level)
+    if client_tokens is None and not is_loopback(args.inference_listen):
+        logging.getLogger(__name__).warning(
+            "InferenceService on %s takes calls without tokens (--inference-auth off): anyone who reaches the port "
+            "may use the model", args.inference_listen)
     from worker.agent import AgentConfig, serve
     from worker.runtime import build_runtime
+    from worker.serving import InferenceLimits
 
     logging.getLogger(__name__).info("loading %s", args.model)
     runtime = build_runtime(args.model, kernel=args.kernel, residency=args.residency,
@@ -57,7 +91,8 @@ def _worker(args) -> int:
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,
         token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
         tls_client=(args.tls_client_cert, args.tls_client_key) if args.tls_client_cert else None,
-        health_listen=args.health_listen, metrics_listen=args.metrics_listen,
+        health_listen=args.health_listen, metrics_listen=args.metrics_listen, client_tokens=client_tokens,
+        inference_limits=InferenceLimits(**limits),
     )
     asyncio.run(serve(config, runtime))
     return 0

@@ -159,8 +159,8 @@ def test_a_write_that_timed_out_on_a_stalled_database_never_commits_later_and_a_
         assert (first.previous_version, first.active_version) == (1, 2) and again == first
         assert activations(empty_pg_url) == [(1, "activate"), (2, "activate")]
         with pytest.raises(grpc.RpcError) as reused:
-            plane.fleet.Rollback(apb.RollbackRequest(endpoint="emb", reason="x", request_id="change-42"), timeout=10)
-        assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in reused.value.details()
+            plane.fleet.Activate(apb.ActivateRequest(endpoint="emb", version=1, request_id="change-42"), timeout=10)
+        assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reused with other" in reused.value.details()
     finally:
         plane.stop()
         proxy.close()

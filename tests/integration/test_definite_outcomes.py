@@ -3,18 +3,19 @@ with the same request id is applied once (SQLite and Postgres)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import timedelta
 
 import grpc
 import pytest
-from support import LAYERS, rules, snapshot, stubs
+from support import LAYERS, RunningControlPlane, rules, snapshot, stubs
 
 from controlplane import domain
 from controlplane.storage.database import open_engine, upgrade
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import unit_of_work_factory
-from controlplane.storage.write_requests import WriteScope, current_scope
+from controlplane.storage.write_requests import RequestKey, WriteScope, current_scope
 from mixprec.cli.main import main
 from mixprec.errors import Unavailable
 from mixprec.v1 import agent_pb2 as apb
@@ -37,9 +38,9 @@ def write_an_endpoint(url: str, scope: WriteScope, pause: float = 0.0) -> None:
 def test_a_transaction_whose_deadline_passes_before_commit_writes_nothing(db_url):
     before = snapshot(db_url)
     with pytest.raises(Unavailable, match="deadline passed before committing; nothing was written"):
-        write_an_endpoint(db_url, WriteScope.open("r-1", "CreateEndpoint", time_remaining=0.3), pause=0.3)
+        write_an_endpoint(db_url, WriteScope.open(RequestKey("r-1", "CreateEndpoint"), time_remaining=0.3), pause=0.3)
     assert snapshot(db_url) == before
-    write_an_endpoint(db_url, WriteScope.open("r-2", "CreateEndpoint", time_remaining=30))
+    write_an_endpoint(db_url, WriteScope.open(RequestKey("r-2", "CreateEndpoint"), time_remaining=30))
     assert [row[1] for row in snapshot(db_url)["endpoints"]] == ["emb"]
     assert [row[1] for row in snapshot(db_url)["write_requests"]] == ["r-2"]
 
@@ -51,7 +52,7 @@ def test_postgres_itself_refuses_a_commit_that_arrives_after_the_deadline(empty_
     before = snapshot(empty_pg_url)
     # The control plane's own clock says there is time left; the database's says the deadline has passed
     # (a COMMIT held up on the way): the trigger at COMMIT decides.
-    late = WriteScope("r-late", "CreateEndpoint", time.monotonic() + 30, utcnow() - timedelta(seconds=1))
+    late = WriteScope(RequestKey("r-late", "CreateEndpoint"), time.monotonic() + 30, utcnow() - timedelta(seconds=1))
     with pytest.raises(Unavailable, match="after its deadline"):
         write_an_endpoint(empty_pg_url, late)
     assert snapshot(empty_pg_url) == before
@@ -105,7 +106,7 @@ def test_deletes_token_and_webhook_writes_are_applied_once_per_request_id(contro
     policies, fleet = stubs(control_plane.address)
     policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
 
-    hook = notify_pb2.SetWebhookRequest(endpoint="emb", name="chat", url="http://127.0.0.1:9/hook", request_id="w-1")
+    hook = notify_pb2.SetWebhookRequest(endpoint="emb", name="chat", url="https://hooks.invalid/hook", request_id="w-1")
     assert notify.SetWebhook(hook) == notify.SetWebhook(hook)
     probe = notify_pb2.TestWebhookRequest(endpoint="emb", name="chat", request_id="w-3")
     notify.TestWebhook(probe)
@@ -144,3 +145,62 @@ def test_a_request_id_with_db_is_refused_by_name_before_anything_is_written(tmp_
         assert main([*argv, "--db", f"sqlite:///{database}", "--request-id", "r-1"]) == 2
         assert "--request-id" in capsys.readouterr().err
     assert not database.exists()
+
+
+def test_a_request_id_belongs_to_its_caller_and_endpoint_and_to_one_set_of_parameters(db_url):
+    running = RunningControlPlane(db_url, auth="required")
+    try:
+        alice, _ = running.plane.tokens.create("alice", "operator")
+        bob, _ = running.plane.tokens.create("bob", "operator", endpoint="a")
+        admin, _ = running.plane.tokens.create("root", "admin")
+        policies, _ = stubs(running.address, admin)
+        for name in ("a", "b"):
+            policies.CreateEndpoint(pb.CreateEndpointRequest(name=name, layers=LAYERS))
+            for parent, match in enumerate(("layers.0.*", "layers.*")):
+                policies.CreatePolicy(pb.CreatePolicyRequest(endpoint=name, parent_version=parent,
+                                                             rules=rules((match, "fp8"))))
+        _, as_alice = stubs(running.address, alice)
+        _, as_bob = stubs(running.address, bob)
+        first = as_alice.Activate(apb.ActivateRequest(endpoint="a", version=2, request_id="deploy-42"))
+        # The same id on another endpoint is another call: applied, not answered with a's outcome.
+        other = as_alice.Activate(apb.ActivateRequest(endpoint="b", version=2, request_id="deploy-42"))
+        assert (first.endpoint, other.endpoint) == ("a", "b") and other.active_version == 2
+        assert policies.GetEndpoint(pb.GetEndpointRequest(name="b")).active_version == 2
+        # Another token's id is its own, even on the same endpoint.
+        bobs = as_bob.Activate(apb.ActivateRequest(endpoint="a", version=1, request_id="deploy-42"))
+        assert (bobs.previous_version, bobs.active_version) == (2, 1)
+        # The same caller, method and endpoint with other parameters is refused, and nothing changes.
+        before = snapshot(db_url)
+        with pytest.raises(grpc.RpcError) as reused:
+            as_alice.Activate(apb.ActivateRequest(endpoint="a", version=1, request_id="deploy-42"))
+        assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request id reused with other parameters" in reused.value.details()
+        assert snapshot(db_url) == before
+        # ... while the same parameters are answered as the first time.
+        assert as_alice.Activate(apb.ActivateRequest(endpoint="a", version=2, request_id="deploy-42")) == first
+    finally:
+        running.stop()
+
+
+def test_a_retry_after_a_lost_reply_gets_the_first_answer(db_url):
+    # A Redis that takes connections and never answers: the change's publish outlasts the caller's
+    # deadline, so the call's reply is lost after its write committed.
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    running = RunningControlPlane(db_url, redis_url=f"redis://127.0.0.1:{stalled.getsockname()[1]}/0")
+    try:
+        policies, fleet = stubs(running.address)
+        policies.CreateEndpoint(pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+        policies.CreatePolicy(pb.CreatePolicyRequest(endpoint="emb", parent_version=0, rules=rules(("layers.*", "fp8"))))
+        call = apb.ActivateRequest(endpoint="emb", version=1, request_id="deploy-9")
+        with pytest.raises(grpc.RpcError) as lost:
+            fleet.Activate(call, timeout=1.5)
+        assert lost.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert [row[2] for row in snapshot(db_url)["activations"]] == [1]  # it was applied; only the reply was lost
+        retried = fleet.Activate(call, timeout=30)
+        assert (retried.endpoint, retried.previous_version, retried.active_version) == ("emb", 0, 1)
+        assert [e.action for e in fleet.ListAudit(apb.ListAuditRequest(endpoint="emb")).entries].count("activate") == 1
+    finally:
+        running.stop()
+        stalled.close()

@@ -289,3 +289,64 @@ def test_the_cli_answers_generated_arguments_with_its_exit_codes(target, capsys,
     started = time.monotonic()
     case()
     assert time.monotonic() - started < 600
+
+
+@pytest.fixture(scope="module")
+def inference(tmp_path_factory):
+    """A worker's InferenceService (tiny random decoder, client tokens required) on port 0 in a thread."""
+    import asyncio
+
+    from worker.agent import AgentConfig, WorkerAgent
+    from worker.runtime import build_runtime
+
+    token = "mxp_" + "f" * 43
+    tokens = tmp_path_factory.mktemp("inference") / "client-tokens"
+    tokens.write_text(token + "\n")
+    config = AgentConfig(endpoint="llm", model="tiny-llama", server="127.0.0.1:1", inference_listen="127.0.0.1:0",
+                         client_tokens=str(tokens))
+    agent = WorkerAgent(config, build_runtime("tiny-llama", eval_samples=0))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = asyncio.run_coroutine_threadsafe(agent.start_inference(), loop).result(timeout=60)
+    yield f"127.0.0.1:{port}", token
+    asyncio.run_coroutine_threadsafe(agent._server.stop(0), loop).result(timeout=30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+def test_the_workers_inference_service_survives_generated_hostile_requests(inference):
+    from mixprec.v1 import inference_pb2 as ipb
+
+    address, token = inference
+    methods = list(ipb.DESCRIPTOR.services_by_name["InferenceService"].methods)
+    with_token, without = transport.channel(address, token), grpc.insecure_channel(address)
+    outcomes: dict[str, int] = {}
+
+    @settings(max_examples=max(CASES // 5, 50), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(st.data())
+    def case(data):
+        method = data.draw(st.sampled_from(methods), label="method")
+        raw = data.draw(st.booleans(), label="raw bytes") and data.draw(st.binary(max_size=64), label="bytes")
+        request = raw if raw else data.draw(message_strategy(method.input_type), label="request")
+        authenticated = data.draw(st.booleans(), label="token")
+        channel = with_token if authenticated else without
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        serializer = None if raw else type(request).SerializeToString
+        try:
+            if method.server_streaming:
+                for _ in channel.unary_stream(path, request_serializer=serializer)(request, timeout=60):
+                    pass
+            else:
+                channel.unary_unary(path, request_serializer=serializer)(request, timeout=60)
+            assert authenticated, f"{path} served a caller without a token"
+            outcomes["OK"] = outcomes.get("OK", 0) + 1
+        except grpc.RpcError as err:
+            outcomes[err.code().name] = outcomes.get(err.code().name, 0) + 1
+            _check(err, path)
+            if not authenticated:
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, f"{path}: {err.code().name} {err.details()}"
+
+    case()
+    print("outcomes:", sorted(outcomes.items()))

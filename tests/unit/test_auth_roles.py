@@ -12,6 +12,7 @@ EXPECTED = {
     Role.OPERATOR: {Action.READ, Action.WRITE_POLICY, Action.ACTIVATE, Action.ROLLBACK, Action.ROLLOUT},
     Role.ADMIN: set(Action),
     Role.AGENT: {Action.CONNECT},
+    Role.CLIENT: set(),
 }
 
 

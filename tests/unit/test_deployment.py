@@ -23,7 +23,7 @@ OBSERVED = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {
             "networkPolicy": {"databasePodSelector": {"app": "postgres"}}}
 MATRIX = {
     "default": {},
-    "auth": {"auth": {"agentTokenSecret": "agents", "agentTokenKey": "secret"}},
+    "auth": {"auth": {"agentTokenSecret": "agents", "agentTokenKey": "secret", "clientTokensSecret": "clients"}},
     "tls": {"tls": {"enabled": True, "mutual": True}},
     "redis": {"redis": {"enabled": True, "url": "redis://:secret@redis:6379/0"}},
     "statefulset-observed": {"worker": {"kind": "StatefulSet"}, "controlPlane": {"dashboard": {"enabled": True}},
@@ -235,6 +235,19 @@ def test_auth_and_tls_take_their_material_from_secrets(rendered):
         args = dict(a.split("=", 1) for a in cli_args(c) if "=" in a)
         for flag in wanted:
             assert args[flag].startswith(mount["mountPath"] + "/"), (flag, args[flag])
+
+
+def test_workers_take_client_tokens_from_a_secret_or_say_they_take_none(rendered):
+    _, values, objects = rendered
+    worker_pod = component(objects, "worker")["spec"]["template"]["spec"]
+    args = build_parser().parse_args(cli_args(worker_pod["containers"][0]))
+    secret = values.get("auth", {}).get("clientTokensSecret")
+    if secret:
+        assert args.client_tokens == "/etc/mixprec/client-tokens/tokens"
+        (volume,) = [v for v in worker_pod["volumes"] if v["name"] == "client-tokens"]
+        assert volume["secret"]["secretName"] == secret
+    else:  # explicit, so that the worker does not refuse to start on the pod address
+        assert args.inference_auth == "off" and args.client_tokens is None
 
 
 def test_redis_url_comes_from_a_secret_only_when_enabled(rendered):
