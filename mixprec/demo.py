@@ -73,13 +73,12 @@ class Demo(Story):
     def sweep_and_propose(self) -> int:
         step(f"sensitivity sweep: each layer alone in FP8, budget: {SWEEP_BUDGET} drop of cosine to BF16")
         from worker.engine import HybridEngine
-        from worker.models import load_model
         from worker.quality.docstrings import load_pairs
         from worker.sweep import DEFAULT_METRIC, run_sweep
         from worker.sweep_progress import SweepBar
         from worker.sweep_report import write_artifacts
 
-        model = load_model("minilm")
+        model = self.load_model()
         engine = HybridEngine(model.module, model.layer_map)
         result = run_sweep(model, engine, load_pairs(16), max_drop=SWEEP_BUDGET,
                            progress=SweepBar(DEFAULT_METRIC, sys.stdout, indent="    "))
@@ -141,5 +140,5 @@ class Demo(Story):
             print(f"    {entry.action:<20} {entry.actor:<10} {entry.reason[:90]}")
 
 
-def run(keep: bool = False, samples: int = 24) -> int:
-    return tell(Demo, samples, keep, "mixprec-demo-")
+def run(keep: bool = False, samples: int = 24, device: str = "auto", dtype: str = "auto") -> int:
+    return tell(Demo, samples, keep, "mixprec-demo-", device, dtype)

@@ -70,12 +70,11 @@ class LlmDemo(Story):
         step(f"sensitivity sweep by layer kind across the 18 blocks (KV caches included; `mixprec sweep "
              f"--granularity fused` measures each block's units): budget KL rise <= {SWEEP_BUDGET}")
         from worker.engine import HybridEngine
-        from worker.models import load_model
         from worker.quality.docstrings import load_pairs
         from worker.sweep import run_sweep
         from worker.sweep_progress import SweepBar
 
-        model = load_model(MODEL)
+        model = self.load_model()
         engine = HybridEngine(model.module, model.layer_map)
         result = run_sweep(model, engine, load_pairs(self.eval_samples), metric=None, granularity="group",
                            algorithm="exact", max_drop=SWEEP_BUDGET,
@@ -126,5 +125,5 @@ class LlmDemo(Story):
                                                           f"{traffic.failed} failed, {traffic.mixed} mixing two versions")
 
 
-def run(keep: bool = False, windows: int = 2) -> int:
-    return tell(LlmDemo, windows, keep, "mixprec-llm-demo-")
+def run(keep: bool = False, windows: int = 2, device: str = "auto", dtype: str = "auto") -> int:
+    return tell(LlmDemo, windows, keep, "mixprec-llm-demo-", device, dtype)

@@ -55,9 +55,16 @@ class Story:
     workers: tuple[str, ...] = ()
     fleet_columns: list[str] = []
 
-    def __init__(self, workdir: str, eval_samples: int):
+    def __init__(self, workdir: str, eval_samples: int, device: str = "auto", dtype: str = "auto"):
         self.workdir, self.eval_samples = workdir, eval_samples
+        self.device, self.dtype = device, dtype  # the workers' and the sweep's (worker.device)
         self.summary: list[dict] = []
+
+    def load_model(self):
+        """The demo's model for its in-process sweep, where its workers run it."""
+        from worker.models import load_model
+
+        return load_model(self.model, dtype=self.dtype, device=self.device)
 
     # --- processes ---------------------------------------------------------------------------------
 
@@ -87,7 +94,8 @@ class Story:
                 self.workdir, worker_id, "worker", "--endpoint", self.endpoint, "--model", self.model,
                 "--server", self.address, "--worker-id", worker_id, "--state-dir",
                 os.path.join(self.workdir, "state"), "--inference-listen", address,
-                "--eval-samples", str(self.eval_samples), "--report-interval", "2"))
+                "--eval-samples", str(self.eval_samples), "--report-interval", "2",
+                "--device", self.device, "--dtype", self.dtype))
         shown = -1
 
         def connected() -> bool:
@@ -185,12 +193,12 @@ class Story:
         """Anything shown after the traffic stopped."""
 
 
-def tell(story_type, eval_samples: int, keep: bool, prefix: str) -> int:
+def tell(story_type, eval_samples: int, keep: bool, prefix: str, device: str = "auto", dtype: str = "auto") -> int:
     """Tells the story in a fresh working directory and prints its summary; 0 when it went as it should:
     the sweep's policy succeeded, the one that went too far was rolled back, the traffic never failed."""
     workdir = tempfile.mkdtemp(prefix=prefix)
     started = time.monotonic()
-    story = story_type(workdir, eval_samples)
+    story = story_type(workdir, eval_samples, device, dtype)
     with ExitStack() as stack:
         story.start(stack)
         proposed = story.sweep_and_propose()

@@ -87,9 +87,10 @@ class EmbedderRuntime:
 
 
 def build_runtime(model_spec: str, kernel: str = "auto", residency: str = "both", eval_samples: int | None = None,
-                  precisions: Sequence[str] = PRECISIONS) -> EmbedderRuntime:
-    """`eval_samples`: docstring pairs (embedders, default 64) or token windows (decoders, default 8); 0: off."""
-    model = load_model(model_spec)
+                  precisions: Sequence[str] = PRECISIONS, device="auto", dtype="auto") -> EmbedderRuntime:
+    """`eval_samples`: docstring pairs (embedders, default 64) or token windows (decoders, default 8); 0: off.
+    `device`, `dtype`: as `--device` and `--dtype` take them (worker.device)."""
+    model = load_model(model_spec, dtype=dtype, device=device)
     engine = HybridEngine(model.module, model.layer_map, residency=residency, kernel=kernel)
     evaluator = None
     if model.decoder is not None and eval_samples != 0:

@@ -26,6 +26,7 @@ import torch
 from mixprec import metrics as directions
 from mixprec import policy as lang
 from mixprec.families import fused_unit_name
+from worker.device import dtype_name
 from worker.engine import HybridEngine
 from worker.engine.methods import METHODS
 from worker.models import LoadedModel
@@ -84,6 +85,8 @@ class SweepResult:
     calibration_drop: float = 0.0   # the chosen map's measured worsening on the calibration pairs
     holdout: dict = field(default_factory=dict)  # pairs, drop, deltas: the same map on pairs the sweep never saw
     fast: dict = field(default_factory=dict)     # the fast sweep's account: estimates, margins, what it measured
+    device: str = ""            # where it was measured, and the base precision's real dtype
+    dtype: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -335,7 +338,8 @@ def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
     precision_map = {layer: chosen.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}
     result = SweepResult(model.name, sweep.metric, ",".join(sweep.ladder), granularity, max_drop, sweep.evaluator.samples, units,
                          history, precision_map, 0.0, sweep.strategy, algorithm,
-                         calibration_drop=final_drop(history), fast=account)
+                         calibration_drop=final_drop(history), fast=account, device=str(engine.device),
+                         dtype=dtype_name(engine.base_dtype))
     result.seconds = time.perf_counter() - started
     if holdout:
         deltas = evaluator_for(engine, model, holdout).evaluate(chosen).deltas

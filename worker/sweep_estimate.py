@@ -58,8 +58,8 @@ def _signs_on_embeddings(outputs: torch.Tensor, tokens, generator: torch.Generat
     # Normalised embeddings e: 1 - cos(e + de, e) = 1/2 |de|^2 to second order, and de is what the
     # backward pass sees through the normalisation. Random signs have the identity as covariance (and
     # a smaller variance of (v . de)^2 than Gaussian probes).
-    return [torch.randint(0, 2, outputs.shape, generator=generator).mul(2).sub(1).to(outputs.device, outputs.dtype)
-            for _ in range(count)]
+    return [torch.randint(0, 2, outputs.shape, generator=generator, device=generator.device).mul(2).sub(1)
+            .to(outputs.device, outputs.dtype) for _ in range(count)]
 
 
 def _positions(hidden: torch.Tensor, ids) -> int:
@@ -114,7 +114,7 @@ def _head_directions(hidden, weight, softcap, generator, count, targets):
         p = torch.softmax(raw, dim=-1)
         mean = (p if slope is None else p * slope) @ weight.float()  # W^T (p c), per position
         if goals is None:
-            drawn = torch.multinomial(p.cpu(), count, replacement=True, generator=generator).to(p.device)
+            drawn = torch.multinomial(p.to(generator.device), count, replacement=True, generator=generator).to(p.device)
         else:
             drawn = goals[start:start + HEAD_ROWS, None]
         chunk = []
@@ -185,7 +185,9 @@ class Estimator:
     def __init__(self, engine: HybridEngine, probe: Probe, precisions: list[str], seed: int = 0,
                  weight_cache_bytes: int = WEIGHT_CACHE_BYTES):
         self.engine, self.probe, self.precisions = engine, probe, precisions
-        self.generator = torch.Generator().manual_seed(seed)
+        # On the model's device: the probes are drawn where the outputs are (a CUDA model's estimates
+        # differ from a CPU one's by the draws alone).
+        self.generator = torch.Generator(device=engine.device).manual_seed(seed)
         self.layers = [layer for layer in engine.catalog if isinstance(engine.bindings[layer], HybridLinear)]
         # A KV cache's error enters where attention reads K and V: `watch` a decoder's cache to see them.
         self.kv_layers = [layer for layer in engine.catalog if isinstance(engine.bindings[layer], KVCacheBinding)]
@@ -261,7 +263,7 @@ class Estimator:
                         eps = self._error(layer, precision, x, out, rows, rounded)
                         owner = text_of_row if rows is None else text_of_row[rows]
                         scalar.index_add_(0, owner, _row_dots(probes, eps, rows).double())
-                    self.parts[(layer, precision)].append(scalar.t().cpu())
+                    self.parts[(layer, precision)].append(scalar.t())  # to the host once, in result()
             for j, layer in enumerate(kv):
                 states = self._seen_kv[layer]
                 at = len(self.layers) + 2 * j
@@ -270,10 +272,10 @@ class Estimator:
                     errors = [dequantize(*kv_quantize(t), t.dtype) - t.detach() for t in states]
                     per_probe = []
                     for g in grads:
-                        scalar = torch.zeros(states[0].shape[0], dtype=torch.float64)
+                        scalar = torch.zeros(states[0].shape[0], dtype=torch.float64, device=states[0].device)
                         for gradient, eps in zip(g[at:at + 2], errors, strict=True):
                             if gradient is not None:
-                                scalar += (gradient.detach() * eps).reshape(eps.shape[0], -1).sum(1).double().cpu()
+                                scalar += (gradient.detach().float() * eps.float()).reshape(eps.shape[0], -1).sum(1).double()
                         per_probe.append(scalar)
                     self.parts.setdefault((layer, precision), []).append(torch.stack(per_probe))
         self._seen.clear()
@@ -309,7 +311,7 @@ class Estimator:
         return dequantize(prepared.weight, prepared.scale, binding.weight.dtype)
 
     def result(self) -> Estimates:
-        scalars = {key: torch.cat(parts, dim=1) for key, parts in self.parts.items()}
+        scalars = {key: torch.cat(parts, dim=1).cpu() for key, parts in self.parts.items()}
         return Estimates(scalars, self.items, self.probe.quadratic, self.seconds)
 
 
@@ -328,7 +330,8 @@ def _row_dots(probes: list[torch.Tensor], eps: torch.Tensor, rows: torch.Tensor 
     """(rows, probes): each row of `eps` dotted with the same row of every probe (on `rows` of them, if
     given). A probe at a time: stacking them first copied every probe's gradient, and was 2 to 4 times
     slower on a CPU at the sizes of MiniLM's and Gemma's layers."""
-    return torch.stack([torch.linalg.vecdot(g if rows is None else g[rows], eps) for g in probes], 1)
+    eps = eps.float()  # a BF16 model's dots summed in float32: the estimate is a small difference
+    return torch.stack([torch.linalg.vecdot((g if rows is None else g[rows]).float(), eps) for g in probes], 1)
 
 
 def _kv_recorder(layer: str, update, seen: dict):
@@ -357,12 +360,12 @@ def _recorder(layer: str, seen: dict):
 def rank_correlation(a: list[float], b: list[float]) -> float:
     """Spearman's rho: Pearson's correlation of the ranks (ties share their mean rank)."""
     ra, rb = _ranks(a), _ranks(b)
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1]) if len(a) > 1 else float("nan")
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1]) if len(a) > 1 else float("nan")  # host numbers
 
 
 def _ranks(values: list[float]) -> torch.Tensor:
     order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = torch.empty(len(values), dtype=torch.float64)
+    ranks = torch.empty(len(values), dtype=torch.float64, device="cpu")
     i = 0
     while i < len(order):
         j = i

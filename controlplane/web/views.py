@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from controlplane import domain
 from controlplane.services.fleet import Target
+from mixprec.hardware import hardware_text
 from mixprec.metrics import METRICS, limit_word, worsening
 
 # Precision -> (short text in a grid cell, what it means); the CSS gives each a colour and a pattern.
@@ -178,7 +179,7 @@ class FleetRow:
     quality_version: int | None
     throughput: str
     latency: str
-    kernel: str
+    hardware: str  # device, dtype, and whether a real FP8 GEMM runs (mixprec.hardware)
     seen: str
 
 
@@ -207,7 +208,9 @@ def fleet_rows(workers: Sequence[domain.WorkerState], target: Target, rollout: d
             throughput=f"{float(serving['throughput']):.1f}" if "throughput" in serving else "-",
             latency=(f"{float(serving.get('latency_p50_ms', 0)):.1f} / {float(serving.get('latency_p99_ms', 0)):.1f}"
                      if serving else "-"),
-            kernel=str(w.hardware.get("kernel") or "-"), seen=age(w.last_seen),
+            hardware=hardware_text(str(w.hardware.get("device") or ""), str(w.hardware.get("dtype") or ""),
+                                   str(w.hardware.get("kernel") or ""), bool(w.hardware.get("fp8_kernel"))),
+            seen=age(w.last_seen),
         ))
     return rows
 

@@ -38,6 +38,17 @@ def add_kernel_option(parser: argparse.ArgumentParser) -> None:
                         "scaled_mm where this device runs it (default auto)")
 
 
+def add_placement_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype of a command that loads a model (resolved by worker.device: a bad value, or
+    cuda on a machine without it, exits 2 before anything loads)."""
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="where the model runs (default auto: the first CUDA device when torch sees one, "
+                        "else the CPU)")
+    parser.add_argument("--dtype", default="auto", metavar="auto|bf16|fp16|fp32",
+                        help="the dtype the model is loaded in, the base precision's real dtype (default auto: "
+                        "bf16 on CUDA, fp32 on the CPU)")
+
+
 def add_log_level_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="least severe log records written to stderr (default INFO)")

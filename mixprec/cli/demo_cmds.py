@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mixprec.cli.common import command
+from mixprec.cli.common import add_placement_options, command
 from mixprec.errors import FieldError, InvalidArgument
 
 DEMO_MODELS = ("minilm", "gemma3-270m")
@@ -22,15 +22,20 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=None,
                    help="calibration pairs each MiniLM worker evaluates per change (default 24), or 64-token "
                    "windows for gemma3-270m (default 2)")
+    add_placement_options(p)  # the workers' and the sweep's
 
 
 def _demo(args) -> int:
     if args.samples is not None and not 1 <= args.samples <= 796:
         raise InvalidArgument(FieldError("--samples", f"must be 1..796, got {args.samples}"))
+    from worker.device import placement
+
+    placement(args.device, args.dtype)  # refused here, not by each worker it starts
+    where = {"device": args.device, "dtype": args.dtype}
     if args.model == "gemma3-270m":
         from mixprec.demo_llm import run as run_llm
 
-        return run_llm(keep=args.keep, windows=args.samples or 2)
+        return run_llm(keep=args.keep, windows=args.samples or 2, **where)
     from mixprec.demo import run
 
-    return run(keep=args.keep, samples=args.samples or 24)
+    return run(keep=args.keep, samples=args.samples or 24, **where)

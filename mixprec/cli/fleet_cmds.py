@@ -16,6 +16,7 @@ from mixprec.cli.common import (
     timestamp_text,
     to_dict,
 )
+from mixprec.hardware import hardware_text
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 
@@ -109,7 +110,7 @@ def worker_rows(response: apb.GetFleetResponse) -> list[dict]:
             "p50/p99 ms": (f"{w.last_serving.latency_p50_ms:.1f}/{w.last_serving.latency_p99_ms:.1f}"
                            if w.HasField("last_serving") else "-"),
             "tok/s prefill/decode": _tokens_per_second(w.last_serving) if w.HasField("last_serving") else "-",
-            "kernel": w.hardware.kernel or "-",
+            "hardware": hardware_text(w.hardware.device, w.hardware.dtype, w.hardware.kernel, w.hardware.fp8_kernel),
             "last seen": timestamp_text(w.last_seen),
         }
         for w in response.workers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import add_kernel_option, command
+from mixprec.cli.common import add_kernel_option, add_placement_options, command
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.metrics import DEFAULT_WINDOWS, WINDOW_TOKENS, worsening
 from mixprec.policy import PolicySpec, Rule, load_policy_file, resolve_or_raise
@@ -16,6 +16,7 @@ def register(sub) -> None:
                 _catalog)
     c.add_argument("--model", required=True,
                    help="minilm, gemma3-270m, tiny-llama, hf:PATH (a local causal LM), or package.module:factory")
+    add_placement_options(c)
 
     e = command(sub, "eval", "measure a policy's quality against BF16 on built-in standard-library text", _eval,
                 description="Evaluate a policy file (default: every layer FP8) against the base precision on the "
@@ -31,12 +32,13 @@ def register(sub) -> None:
     e.add_argument("--greedy-tokens", type=int, default=16,
                    help="decoders: greedy tokens per prompt for greedy_match (default 16)")
     add_kernel_option(e)
+    add_placement_options(e)
 
 
 def _catalog(args) -> int:
     from worker.models import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.output == "json":
         output.as_json({"model": model.name, "layers": model.catalog, "at_base": model.at_base})
         return 0
@@ -59,7 +61,7 @@ def _eval(args) -> int:
     from worker.models import load_model
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
     precision_map = resolve_or_raise(spec, model.catalog)
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
     if model.decoder is not None:
@@ -75,16 +77,17 @@ def _eval(args) -> int:
 
         evaluator = ShadowEvaluator(engine, model, load_pairs(args.samples or None), progress=True)
         unit, metrics = "docstring pairs", METRICS
-    print(f"evaluating on {evaluator.samples} {unit} with kernel {engine.kernel} ...", file=sys.stderr)
+    print(f"evaluating on {evaluator.samples} {unit} on {engine.device} with kernel {engine.kernel} ...", file=sys.stderr)
     result = evaluator.evaluate(precision_map)
     fp8_layers = sum(p != "bf16" for p in precision_map.values())
     base_dtype = str(engine.base_dtype).removeprefix("torch.")
     if args.output == "json":
         output.as_json({"metrics": result.metrics, "deltas": result.deltas, "reference": result.reference,
                         "samples": result.samples, "kernel": engine.kernel, "base_dtype": base_dtype,
+                        "device": str(engine.device),
                         "layers": {"total": len(precision_map), "off_base": fp8_layers}})
         return 0
-    print(f"{fp8_layers} of {len(precision_map)} layers off base (base weights: {base_dtype}); "
+    print(f"{fp8_layers} of {len(precision_map)} layers off base (base weights: {base_dtype} on {engine.device}); "
           f"kernel {engine.kernel}; {result.samples} {unit}")
     output.table([{"metric": m, "base": f"{result.reference[m]:.5f}", "policy": f"{result.metrics[m]:.5f}",
                    "delta": f"{result.deltas[m]:+.5f}", "worse by": f"{worsening(m, result.deltas[m]):+.5f}"}

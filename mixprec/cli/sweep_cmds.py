@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 from mixprec.cli import output
-from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, command, count
+from mixprec.cli.common import RPC_TIMEOUT_S, actor, add_kernel_option, add_placement_options, command, count
 from mixprec.cli.endpoint_cmds import stub as policy_stub
 from mixprec.cli.policy_cmds import rules_proto
 from mixprec.errors import FieldError, InvalidArgument
@@ -60,6 +60,7 @@ def register(sub) -> None:
                    "(slower; the same decisions unless an estimate misses by more than its learned margin)")
     p.add_argument("-o", "--out", default="sweep.yaml", metavar="MAP.yaml", help="policy file to write; MAP.json and MAP.png go beside it (default sweep.yaml)")
     add_kernel_option(p)
+    add_placement_options(p)
     p.add_argument("--propose", metavar="ENDPOINT", help="store the policy as the endpoint's next version")
     p.add_argument("--parent", type=count, default=None,
                    help="version the proposal builds on (default: the latest when the sweep starts)")
@@ -96,7 +97,7 @@ def _sweep(args) -> int:
     from worker.sweep_report import write_artifacts
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
     parent = _check_endpoint(args, model.catalog) if args.propose else None
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
     pairs, held = split_holdout(load_pairs(args.samples + holdout), holdout)
@@ -116,7 +117,7 @@ def _sweep(args) -> int:
         for line in summary_lines(data):
             print(line)
         print(f"{result.seconds:.0f}s on {result.samples} {'token windows' if model.decoder is not None else 'pairs'} "
-              f"({result.algorithm} sweep)")
+              f"({result.algorithm} sweep, {result.device} in {result.dtype})")
         print(f"wrote {out} (policy), {json_path} (measurements), {png_path} (chart)")
     if args.propose:
         return _propose(args, result, parent)

@@ -6,7 +6,14 @@ import asyncio
 import logging
 import os
 
-from mixprec.cli.common import add_kernel_option, add_log_level_option, add_tls_server_options, command, given_limits
+from mixprec.cli.common import (
+    add_kernel_option,
+    add_log_level_option,
+    add_placement_options,
+    add_tls_server_options,
+    command,
+    given_limits,
+)
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.logs import configure_logging
 from mixprec.policy import PRECISIONS
@@ -30,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
                    help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9465 in a pod; optional)")
     add_kernel_option(p)
+    add_placement_options(p)
     p.add_argument("--residency", default="both", choices=("both", "fp8-only"),
                    help="keep BF16 on the device too (instant switches) or only FP8 (less memory)")
     p.add_argument("--eval-samples", type=int, default=None,
@@ -85,7 +93,8 @@ def _worker(args) -> int:
 
     logging.getLogger(__name__).info("loading %s", args.model)
     runtime = build_runtime(args.model, kernel=args.kernel, residency=args.residency,
-                            eval_samples=args.eval_samples, precisions=precisions)
+                            eval_samples=args.eval_samples, precisions=precisions, device=args.device,
+                            dtype=args.dtype)
     config = AgentConfig(
         endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,

@@ -107,3 +107,41 @@ def test_gemma_worker_generates_and_reports_llm_quality_of_a_kv_fp8_policy(tmp_p
     finally:
         worker.stop()
         plane.stop()
+
+
+def test_bf16_workers_on_the_cpu_serve_generate_and_embed_and_report_their_hardware(tmp_path):
+    """`--dtype bf16` end to end: a decoder and an embedder worker in BF16 serve, and the fleet (CLI
+    included) shows the device, the dtype and that the CPU's _scaled_mm is no FP8 GEMM."""
+    plane = ControlPlaneProc(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path)
+    for endpoint, model in (("llm", "tiny-llama"), ("emb", "minilm")):
+        plane.policies.CreateEndpoint(pb.CreateEndpointRequest(name=endpoint, model=model))
+    workers = [WorkerProc(f"w-{endpoint}", endpoint, plane.address, tmp_path, tmp_path / f"state-{endpoint}",
+                          "--dtype", "bf16", "--device", "cpu", model=model, eval_samples=2)
+               for endpoint, model in (("llm", "tiny-llama"), ("emb", "minilm"))]
+    try:
+        for worker in workers:
+            worker.wait_serving()
+        decoder, embedder = workers
+        responses = generate(decoder, "def read_lines(path):", max_tokens=4)
+        assert responses[-1].done and responses[-1].generated_tokens == 4
+        vectors = embedder.embed(["read a file line by line"]).embeddings
+        assert len(vectors[0].values) == 384 and abs(sum(v * v for v in vectors[0].values) - 1) < 1e-4
+        for endpoint in ("llm", "emb"):
+            wait_until(lambda e=endpoint: f"w-{e}" in plane.workers(e), 60, "the worker's hello")
+            hardware = plane.workers(endpoint)[f"w-{endpoint}"].hardware
+            assert (hardware.device, hardware.dtype, hardware.fp8_kernel) == ("cpu", "bfloat16", False)
+            assert hardware.kernel in ("scaled_mm (cpu reference)", "emulated")
+        shown = run_cli("--server", plane.address, "fleet", "llm")
+        assert shown.returncode == 0 and "cpu · bfloat16 ·" in shown.stdout and "no FP8 GEMM" in shown.stdout
+    finally:
+        for worker in workers:
+            worker.stop()
+        plane.stop()
+
+
+def test_a_worker_asked_for_cuda_without_it_exits_2_before_connecting(tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("checks a machine without CUDA")
+    refused = run_cli("worker", "--endpoint", "llm", "--model", "tiny-llama", "--device", "cuda:1",
+                      "--server", "127.0.0.1:1")
+    assert refused.returncode == 2 and "--device: 'cuda:1': this machine has no CUDA device" in refused.stderr

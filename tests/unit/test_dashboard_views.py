@@ -107,6 +107,15 @@ def test_fleet_rows_say_who_refuses_what_and_which_side_of_a_rollout_they_are_on
     assert views.refusing([worker("b", None, nack=(2, "x"))], replace(target, overrides={})) == 0
 
 
+def test_fleet_rows_say_each_workers_device_dtype_and_whether_a_real_fp8_gemm_runs():
+    gpu = {"device": "cuda:0 NVIDIA H200", "dtype": "bfloat16", "kernel": "scaled_mm", "fp8_kernel": True}
+    cpu = {"device": "cpu", "dtype": "float32", "kernel": "scaled_mm (cpu reference)", "fp8_kernel": False}
+    workers = [replace(worker(name, None), hardware=hardware) for name, hardware in (("g", gpu), ("c", cpu), ("x", {}))]
+    rows = views.fleet_rows(workers, Target("emb", 1, {}, {}), None)
+    assert [r.hardware for r in rows] == ["cuda:0 NVIDIA H200 · bfloat16 · scaled_mm: FP8 GEMM",
+                                          "cpu · float32 · scaled_mm (cpu reference): no FP8 GEMM", "-"]
+
+
 def test_sweep_view_scales_bars_to_the_largest_drop_or_the_budget():
     data = {"metric": "cosine_to_base", "precision": "fp8", "granularity": "layer", "max_drop": 0.002,
             "samples": 16, "units": [{"name": "a", "drop": 0.001, "chosen": True},

@@ -29,6 +29,7 @@ MATRIX = {
     "statefulset-observed": {"worker": {"kind": "StatefulSet"}, "controlPlane": {"dashboard": {"enabled": True}},
                              **OBSERVED},
     "daemonset": {"worker": {"kind": "DaemonSet"}, "database": {"existingSecret": "pg", "url": ""}},
+    "gpu": {"worker": {"gpu": {"enabled": True}, "dtype": "bf16"}},
 }
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -89,7 +90,8 @@ def test_every_object_is_valid_for_kubernetes(rendered):
 
 
 def test_every_pod_is_locked_down_and_bounded(rendered):
-    name, _, objects = rendered
+    name, values, objects = rendered
+    gpu = values.get("worker", {}).get("gpu", {}).get("enabled", False)
     workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
     assert len(workloads) == 3, name
     for w in workloads:
@@ -104,7 +106,8 @@ def test_every_pod_is_locked_down_and_bounded(rendered):
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][bound]), (w["metadata"]["name"], bound)
             assert "command" not in c, "the image's entrypoint (mixprec) runs every container"
-            assert c["image"] == "mixprec:0.1.0"  # the chart's appVersion
+            cuda = gpu and w["metadata"]["name"].endswith("-worker")
+            assert c["image"] == ("mixprec:0.1.0-cu128" if cuda else "mixprec:0.1.0")  # the chart's appVersion
 
 
 def test_probes_are_grpc_and_metrics_listen_on_the_pod_address(rendered):
@@ -211,6 +214,23 @@ def test_workers_keep_their_id_and_saved_policy_across_rescheduling(rendered):
         assert field == "spec.nodeName"
         volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
         assert "hostPath" in volumes["state"]
+
+
+def test_gpu_workers_request_a_gpu_run_on_cuda_from_the_cuda_image(rendered):
+    name, values, objects = rendered
+    worker, server = container(component(objects, "worker")), container(component(objects, "controlplane"))
+    args = dict(a.split("=", 1) for a in cli_args(worker) if "=" in a)
+    gpu = values.get("worker", {}).get("gpu", {}).get("enabled", False)
+    assert ("nvidia.com/gpu" in worker["resources"]["limits"]) == gpu
+    assert "nvidia.com/gpu" not in server["resources"]["limits"]
+    assert args["--dtype"] == values.get("worker", {}).get("dtype", "auto")
+    if gpu:
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 and args["--device"] == "cuda"
+        # The Dockerfile's CUDA variant, tagged as its header builds it; the control plane keeps the CPU image.
+        assert worker["image"] == server["image"] + "-cu128"
+        assert "mixprec:0.1.0-cu128 --build-arg TORCH_VARIANT=cu128" in (ROOT / "Dockerfile").read_text()
+    else:
+        assert args["--device"] == "auto" and worker["image"] == server["image"]
 
 
 def test_auth_and_tls_take_their_material_from_secrets(rendered):

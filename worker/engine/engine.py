@@ -262,8 +262,14 @@ class HybridEngine:
         return {name: count for name, count in totals.items() if count or name == "base"}
 
     def describe_hardware(self) -> dict:
+        """What the worker's hello says it runs on: `fp8_kernel` only where a real FP8 GEMM runs. torch's CPU
+        `_scaled_mm` computes the right numbers slowly: a reference path, reported as one."""
         device = str(self.device)
         if self.device.type == "cuda":
             device = f"{device} {torch.cuda.get_device_name(self.device)}"
-        return {"device": device, "fp8_kernel": self.kernel == kernels.SCALED_MM, "kernel": self.kernel,
+        real = self.kernel == kernels.SCALED_MM and self.device.type == "cuda"
+        kernel = self.kernel
+        if self.kernel == kernels.SCALED_MM and not real:
+            kernel = f"{self.kernel} ({self.device.type} reference)"
+        return {"device": device, "fp8_kernel": real, "kernel": kernel,
                 "dtype": str(self.base_dtype).removeprefix("torch."), "torch_version": torch.__version__}

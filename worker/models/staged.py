@@ -27,10 +27,12 @@ STAGE_OF = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention",
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Sentence embeddings from padded (texts, length, hidden) states: the mean over real tokens, L2-normalised."""
+    """Sentence embeddings from padded (texts, length, hidden) states: the mean over real tokens, L2-normalised,
+    in float32 (a BF16 model's cosines are compared at 1e-5) on the states' device."""
+    hidden = hidden.float()
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return F.normalize(pooled.float(), dim=-1).cpu()
+    return F.normalize(pooled, dim=-1)
 
 
 @dataclass
@@ -76,7 +78,7 @@ class StagedEncoder:
 
     def _capture(self, batches, packed: bool, during) -> tuple[torch.Tensor, list[CapturedBatch]]:
         captured = []
-        out = torch.empty(sum(len(index) for index, _ in batches), self.hidden_size)
+        out = torch.empty(sum(len(index) for index, _ in batches), self.hidden_size, device=self.model.device)
         for index, tokens in batches:
             mask = tokens["attention_mask"].bool()
             flat_mask = mask.reshape(-1)
@@ -163,7 +165,7 @@ class StagedEncoder:
 
     @torch.inference_mode()
     def _run(self, captured: list[CapturedBatch], block: int, stage: int, record: bool):
-        out = torch.empty(sum(len(b.index) for b in captured), self.hidden_size)
+        out = torch.empty(sum(len(b.index) for b in captured), self.hidden_size, device=self.model.device)
         records = []
         for batch in captured:
             kept = None
@@ -174,8 +176,9 @@ class StagedEncoder:
             hidden = self._block(block, batch, None, stage, kept)
             for b in range(block + 1, len(self.blocks)):
                 hidden = self._block(b, batch, hidden, record=kept)
+            hidden = hidden.float()  # pooled as mean_pooled pools
             weight = batch.row_weight.to(hidden.dtype).unsqueeze(1)
             summed = hidden.new_zeros(batch.shape[0], hidden.shape[-1]).index_add_(0, batch.text_of_row, hidden * weight)
             counts = hidden.new_zeros(batch.shape[0]).index_add_(0, batch.text_of_row, weight.squeeze(1))
-            out[batch.index] = F.normalize((summed / counts.clamp(min=1e-9).unsqueeze(1)).float(), dim=-1).cpu()
+            out[batch.index] = F.normalize(summed / counts.clamp(min=1e-9).unsqueeze(1), dim=-1)
         return out, records

@@ -45,5 +45,6 @@ def tiny_module(layers: int = 3, seed: int = 0, max_positions: int = 256):
     return module
 
 
-def load_tiny_decoder(dtype: torch.dtype | None = None, device: str = "cpu", layers: int = 3) -> LoadedModel:
+def load_tiny_decoder(dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
+                      layers: int = 3) -> LoadedModel:
     return decoder_model(TINY_NAME, tiny_module(layers), byte_tokenizer(), dtype, device)

@@ -13,6 +13,6 @@ def evaluator_for(engine: HybridEngine, model, pairs: tuple[Pair, ...], progress
     if model.decoder is not None:
         from worker.quality.language import LanguageEvaluator, text_windows
 
-        windows = text_windows(model.decoder.tokenizer, len(pairs), pairs=pairs)
+        windows = text_windows(model.decoder.tokenizer, len(pairs), pairs=pairs, device=model.device)
         return LanguageEvaluator(engine, model, windows, progress=progress)
     return ShadowEvaluator(engine, model, pairs, progress=progress)

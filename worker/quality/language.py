@@ -34,9 +34,10 @@ POSITIONS_PER_CHUNK = 64  # rows of full-vocabulary logits held at once
 KEEP_REFERENCE_ELEMENTS = 64 * 2**20  # keep base log-probs (<= 256 MB) rather than recompute the head
 
 
-def text_windows(tokenizer, samples: int, tokens: int = WINDOW_TOKENS, pairs=None) -> torch.Tensor:
-    """`samples` windows of `tokens` token ids, spread over the docstring corpus (or over `pairs`), each
-    opening with the model's BOS token where it has one, as every document the model saw did; no padding."""
+def text_windows(tokenizer, samples: int, tokens: int = WINDOW_TOKENS, pairs=None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """`samples` windows of `tokens` token ids on `device`, spread over the docstring corpus (or over `pairs`),
+    each opening with the model's BOS token where it has one, as every document the model saw did; no padding."""
     if samples < 1:
         raise InvalidArgument(FieldError("samples", f"must be >= 1, got {samples}"))
     text = "\n\n".join(f"{p.query}\n{p.document}" for p in (build_pairs() if pairs is None else pairs))
@@ -50,7 +51,7 @@ def text_windows(tokenizer, samples: int, tokens: int = WINDOW_TOKENS, pairs=Non
         raise InvalidArgument(FieldError("samples", f"{samples} windows of {tokens} tokens; the text set has "
                                                     f"{available}"))
     step = available // samples
-    return torch.tensor([bos + ids[i * step * body:(i * step + 1) * body] for i in range(samples)])
+    return torch.tensor([bos + ids[i * step * body:(i * step + 1) * body] for i in range(samples)], device=device)
 
 
 def greedy_prompts(tokenizer, count: int) -> list[list[int]]:
@@ -77,6 +78,7 @@ class LanguageEvaluator:
         if windows.dim() != 2 or windows.shape[1] < 2:
             raise InvalidArgument(FieldError("samples", "needs windows of at least 2 tokens"))
         self.engine, self.model, self.decoder = engine, model, model.decoder
+        windows = windows.to(model.device)  # the targets are gathered against log-probabilities there
         self.texts, self.prompts, self.greedy_tokens, self.progress = windows, list(prompts), greedy_tokens, progress
         self._reference = reference
         self._reference_logp: list[torch.Tensor] | None = None
@@ -149,7 +151,8 @@ class LanguageEvaluator:
         keep = self._reference_logp is None and positions.shape[0] * self.decoder.config.vocab_size <= \
             KEEP_REFERENCE_ELEMENTS
         kept = [] if keep else None
-        kl = agree = nll = 0.0
+        # Summed on the device in float64, read once at the end (a read per chunk would wait on the device).
+        kl, agree, nll = (torch.zeros((), dtype=torch.float64, device=positions.device) for _ in range(3))
         for chunk, start in enumerate(range(0, positions.shape[0], POSITIONS_PER_CHUNK)):
             rows = slice(start, start + POSITIONS_PER_CHUNK)
             logp = F.log_softmax(self.decoder.head(positions[rows]).float(), dim=-1)
@@ -159,12 +162,13 @@ class LanguageEvaluator:
                 base_logp = F.log_softmax(self.decoder.head(base_positions[rows]).float(), dim=-1)
                 if kept is not None:
                     kept.append(base_logp)
-            kl += float((base_logp.exp() * (base_logp - logp)).sum(-1).double().sum())
-            agree += float((logp.argmax(-1) == base_logp.argmax(-1)).double().sum())
-            nll -= float(logp.gather(-1, targets[rows].unsqueeze(-1)).double().sum())
+            kl += (base_logp.exp() * (base_logp - logp)).sum(-1).double().sum()
+            agree += (logp.argmax(-1) == base_logp.argmax(-1)).double().sum()
+            nll -= logp.gather(-1, targets[rows].unsqueeze(-1)).double().sum()
         if kept is not None:
             self._reference_logp = kept
         count = positions.shape[0]
+        kl, agree, nll = torch.stack([kl, agree, nll]).tolist()
         return {"kl_divergence": kl / count, "top1_agreement": agree / count, "perplexity": math.exp(nll / count)}
 
     def _greedy(self, label: str) -> list[list[int]]:
@@ -184,5 +188,5 @@ def language_evaluator(engine: HybridEngine, model, samples: int, prompts: int =
                        greedy_tokens: int = GREEDY_TOKENS, progress: bool = False) -> LanguageEvaluator:
     """The evaluator on `samples` docstring windows and `prompts` greedy prompts."""
     tokenizer = model.decoder.tokenizer
-    return LanguageEvaluator(engine, model, text_windows(tokenizer, samples), greedy_prompts(tokenizer, prompts),
-                             greedy_tokens, progress)
+    return LanguageEvaluator(engine, model, text_windows(tokenizer, samples, device=model.device),
+                             greedy_prompts(tokenizer, prompts), greedy_tokens, progress)

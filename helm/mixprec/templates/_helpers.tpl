@@ -4,6 +4,13 @@
 "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
 {{- end -}}
 
+{{/* The worker's image: the CUDA build (tag plus worker.gpu.imageSuffix) when it runs on a GPU. */}}
+{{- define "mixprec.workerImage" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if .Values.worker.gpu.enabled -}}{{- $tag = printf "%s%s" $tag .Values.worker.gpu.imageSuffix -}}{{- end -}}
+"{{ .Values.image.repository }}:{{ $tag }}"
+{{- end -}}
+
 {{- define "mixprec.labels" -}}
 app.kubernetes.io/name: mixprec
 app.kubernetes.io/instance: {{ .Release.Name }}
