@@ -16,14 +16,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from mixprec.listeners import serve_health, serve_metrics
 from mixprec.transport import add_port, server_credentials
 from mixprec.v1 import agent_pb2 as apb
+from worker.admission import ServingLoad
 from worker.client_tokens import ClientTokens
 from worker.engine import PassCancelled
-from worker.serving import InferenceLimits, InferenceServicer, ServingStats, add_inference_servicer
+from worker.serving import Capacity, InferenceLimits, InferenceServicer, ServingStats, add_inference_servicer
 from worker.state import StateStore
 from worker.sync import AgentIdentity, SyncLoop
 from worker.telemetry import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+# Before each batch the shadow evaluation waits this long at most for serving to go idle: requests
+# first, yet an evaluation still finishes under steady load.
+EVAL_YIELD_S = 2.0
 
 
 @dataclass
@@ -45,6 +50,7 @@ class AgentConfig:
     metrics_listen: str = ""  # Prometheus /metrics
     client_tokens: str | None = None  # the file of client tokens InferenceService accepts; None: no tokens asked
     inference_limits: InferenceLimits = InferenceLimits()
+    capacity: Capacity = Capacity()
 
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -55,12 +61,15 @@ class WorkerAgent:
         self.config = config
         self.runtime = runtime
         self.worker_id = config.resolved_worker_id()
-        # One thread for precision changes, one for shadow evaluation, a few for inference: applying a
-        # map never waits behind requests or an evaluation, and an evaluation of a map that is no longer
-        # applied stops at its next batch.
+        # One thread for precision changes, one for shadow evaluation, one per admitted generation and one
+        # for Embed batches: applying a map never waits behind requests or an evaluation, an evaluation of
+        # a map that is no longer applied stops at its next batch, and it steps aside while requests run.
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixprec-control")
         self._evaluation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixprec-evaluation")
-        self._inference = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mixprec-inference")
+        self._inference = ThreadPoolExecutor(max_workers=config.capacity.max_inflight + 1,
+                                             thread_name_prefix="mixprec-inference")
+        self.load = ServingLoad()
+        self.servicer: InferenceServicer | None = None
         self._evaluations: set[asyncio.Task] = set()
         self.stats = ServingStats()
         self.metrics = WorkerMetrics(config.endpoint, self.worker_id)
@@ -90,12 +99,16 @@ class WorkerAgent:
         def stale() -> bool:
             return self.sync.version != version
 
+        def between_batches() -> bool:
+            self.load.wait_idle(EVAL_YIELD_S)
+            return stale()
+
         if stale():
             return
         log.info("evaluating v%d", version)
         try:
             metrics, deltas, samples = await asyncio.get_running_loop().run_in_executor(
-                self._evaluation, self.runtime.evaluate, precision_map, stale
+                self._evaluation, self.runtime.evaluate, precision_map, between_batches
             )
         except PassCancelled:
             log.info("evaluation of v%d cancelled: v%d is applied now", version, self.sync.version)
@@ -120,10 +133,10 @@ class WorkerAgent:
     async def start_inference(self) -> int:
         server = grpc.aio.server()
         clients = ClientTokens(self.config.client_tokens) if self.config.client_tokens else None
-        add_inference_servicer(
-            InferenceServicer(self.runtime, self.stats, self._inference, self.config.endpoint, self.worker_id,
-                              self.metrics, clients, self.config.inference_limits), server
-        )
+        self.servicer = InferenceServicer(self.runtime, self.stats, self._inference, self.config.endpoint,
+                                          self.worker_id, self.metrics, clients, self.config.inference_limits,
+                                          self.config.capacity, self.load)
+        add_inference_servicer(self.servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         credentials = server_credentials(self.config.tls_cert, self.config.tls_key, self.config.client_ca)

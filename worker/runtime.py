@@ -10,6 +10,7 @@ from worker.engine import HybridEngine
 from worker.models import LoadedModel, load_model
 from worker.quality.docstrings import load_pairs
 from worker.quality.shadow import ShadowEvaluator
+from worker.sampling import Sampler, Sampling
 
 DECODER_EVAL_WINDOWS = 8  # a shadow evaluation of Gemma 3 270M on 8 x 64 tokens takes seconds on 2 cores
 
@@ -43,11 +44,26 @@ class EmbedderRuntime:
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """Embeddings and the policy version whose map computed them (one map for the whole request)."""
+        vectors, version = self.embed_many([texts])
+        return vectors[0], version
+
+    def embed_many(self, requests: list[list[str]]) -> tuple[list[list[list[float]]], int]:
+        """Several requests' embeddings in shared forward passes at one pinned map: each request's own
+        vectors, and the policy version that computed all of them."""
         if self.model.embed is None:
             raise FailedPrecondition(f"{self.model.name} is not an embedder; call Generate")
         with self.engine.pinned() as snapshot:
-            vectors = self.model.embed(texts)
-        return vectors.tolist(), snapshot.tag
+            vectors = self.model.embed([text for texts in requests for text in texts]).tolist()
+        answers, start = [], 0
+        for texts in requests:
+            answers.append(vectors[start:start + len(texts)])
+            start += len(texts)
+        return answers, snapshot.tag
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The decoder's vocabulary size (the most top_k may be), or None for an embedder."""
+        return None if self.model.decoder is None else int(self.model.decoder.config.vocab_size)
 
     def encode(self, prompt: str, max_tokens: int) -> list[int]:
         """The prompt's token ids, checked against the context length before anything runs."""
@@ -57,12 +73,15 @@ class EmbedderRuntime:
         self.model.decoder.check_prompt(len(ids), max_tokens)
         return ids
 
-    def generate(self, prompt_ids: list[int], max_tokens: int, on_token: Callable[[int, int], None]):
-        """Greedy tokens after the prompt, all at the map pinned when the request starts (KV cache
-        included), each passed to on_token(token, policy version) as it comes: returns
-        (worker.models.decoder.Generation, that policy version)."""
+    def generate(self, prompt_ids: list[int], max_tokens: int, on_token: Callable[[int, int], bool | None],
+                 sampling: Sampling | None = None):
+        """Tokens after the prompt (greedy unless `sampling` says otherwise), all at the map pinned when the
+        request starts (KV cache included), each passed to on_token(token, policy version) as it comes
+        (True back: stop there): returns (worker.models.decoder.Generation, that policy version)."""
+        choose = None if sampling is None or sampling.greedy else Sampler(sampling)
         with self.engine.pinned() as snapshot:
-            generation = self.model.decoder.generate(prompt_ids, max_tokens, lambda t: on_token(t, snapshot.tag))
+            generation = self.model.decoder.generate(prompt_ids, max_tokens, lambda t: on_token(t, snapshot.tag),
+                                                     choose)
         return generation, snapshot.tag
 
     def decode(self, tokens: list[int]) -> str:

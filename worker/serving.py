@@ -16,11 +16,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from mixprec.errors import MixprecError, status_code
+from mixprec.errors import InvalidArgument, MixprecError, ResourceExhausted, status_code
 from mixprec.transport import BEARER, TOKEN_HEADER
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import inference_pb2 as ipb
+from worker.admission import Admission, ServingLoad
 from worker.client_tokens import ClientTokens
+from worker.embed_batching import EmbedBatcher
+from worker.sampling import Sampling, TextStream, sampling_from
 
 MAX_TEXTS = 256
 MAX_TEXT_CHARS = 20_000
@@ -35,6 +38,20 @@ class InferenceLimits:
 
     max_embed_chars: int = 65_536      # all of an Embed's texts together (texts x length)
     max_generate_tokens: int = 2_048   # a Generate's prompt tokens plus the tokens it asks for
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much a worker takes at once (`mixprec worker --max-inflight/--max-queue/--embed-batch/--embed-wait-ms`)."""
+
+    max_inflight: int = 4      # Generate requests running (each on its own inference thread)
+    max_queue: int = 16        # Generate requests waiting for one of those; beyond: RESOURCE_EXHAUSTED
+    embed_batch: int = 32      # texts of different callers' Embed requests computed together
+    embed_wait_ms: float = 5.0  # the longest an Embed waits for others to share its batch
+
+    @property
+    def embed_inflight(self) -> int:
+        return self.embed_batch  # requests being batched or computed; as many again may wait
 
 
 class ServingStats:
@@ -127,7 +144,8 @@ def _bearer(context) -> str:
 
 class InferenceServicer:
     def __init__(self, runtime, stats: ServingStats, executor: Executor, endpoint: str, worker_id: str,
-                 metrics=None, clients: ClientTokens | None = None, limits: InferenceLimits = InferenceLimits()):
+                 metrics=None, clients: ClientTokens | None = None, limits: InferenceLimits = InferenceLimits(),
+                 capacity: Capacity = Capacity(), load: ServingLoad | None = None):
         self._clients = clients  # None: no tokens required (loopback, or --inference-auth off)
         self._limits = limits
         self._runtime = runtime
@@ -136,6 +154,12 @@ class InferenceServicer:
         self._executor = executor
         self._endpoint = endpoint
         self._worker_id = worker_id
+        self.load = load or ServingLoad()
+        self.generations = Admission(capacity.max_inflight, capacity.max_queue, "generations", self.load)
+        self.embeds = Admission(capacity.embed_inflight, capacity.max_queue, "embed requests", self.load)
+        self.embedder = EmbedBatcher(runtime.embed_many, executor, capacity.embed_batch,
+                                     capacity.embed_wait_ms / 1000)
+        self.stopped_early = 0  # generations that stopped before their end because the caller went away
 
     async def _admit(self, request, context) -> None:
         """Refuses (aborts) callers without an accepted token, then bytes that are no request: as on the
@@ -147,6 +171,13 @@ class InferenceServicer:
         if isinstance(request, _Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "request: is not a valid protobuf message of this method's type")
+
+    @staticmethod
+    async def _slot(admission: Admission, context) -> None:
+        try:
+            await admission.acquire()
+        except ResourceExhausted as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
 
     async def Embed(self, request: ipb.EmbedRequest, context) -> ipb.EmbedResponse:
         await self._admit(request, context)
@@ -164,12 +195,14 @@ class InferenceServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"texts: {len(texts)} texts of {total} characters in all; the limit is "
                                 f"{self._limits.max_embed_chars} (mixprec worker --max-embed-chars)")
+        await self._slot(self.embeds, context)
         started = time.perf_counter()
         try:
-            vectors, version = await asyncio.get_running_loop().run_in_executor(self._executor, self._runtime.embed,
-                                                                                texts)
+            vectors, version = await self.embedder.embed(texts)
         except MixprecError as err:  # e.g. Embed on a decoder
             await context.abort(status_code(err), str(err))
+        finally:
+            self.embeds.release()
         elapsed = time.perf_counter() - started
         self._stats.observe(elapsed, len(texts))
         if self._metrics is not None:
@@ -185,33 +218,61 @@ class InferenceServicer:
         if len(request.prompt) > MAX_TEXT_CHARS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"prompt: {len(request.prompt)} characters; the limit is {MAX_TEXT_CHARS}")
+        try:
+            sampling = sampling_from(request, self._runtime.vocab_size)
+        except InvalidArgument as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        await self._slot(self.generations, context)
+        jobs: list[asyncio.Future] = []
+        gone = threading.Event()
+        try:
+            async for response in self._generate(request.prompt, max_tokens, sampling, gone, jobs, context):
+                yield response
+        finally:
+            gone.set()  # a caller that went away (cancelled, deadline) stops the generation at its next token
+            if not jobs or jobs[0].done():
+                self.generations.release()
+            else:  # the slot is free once the thread is
+                jobs[0].add_done_callback(lambda _: self.generations.release())
+
+    async def _generate(self, prompt: str, max_tokens: int, sampling: Sampling, gone: threading.Event,
+                        jobs: list, context):
+        """The responses of one admitted generation (its thread's future goes into `jobs`)."""
         loop = asyncio.get_running_loop()
         try:
-            prompt_ids = await loop.run_in_executor(self._executor, self._runtime.encode, request.prompt, max_tokens)
+            prompt_ids = await loop.run_in_executor(self._executor, self._runtime.encode, prompt, max_tokens)
         except MixprecError as err:
             await context.abort(status_code(err), str(err))
         if len(prompt_ids) + max_tokens > self._limits.max_generate_tokens:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"prompt: {len(prompt_ids)} tokens plus max_tokens {max_tokens}; the limit is "
                                 f"{self._limits.max_generate_tokens} (mixprec worker --max-generate-tokens)")
-        tokens: asyncio.Queue = asyncio.Queue()
+        pieces: asyncio.Queue = asyncio.Queue()
+        text = TextStream(self._runtime.decode, sampling.stop)
+
+        def on_token(token: int, version: int) -> bool:
+            # On the inference thread: the text is decoded here, a short window per token, off the event loop.
+            piece = text.push(token)
+            loop.call_soon_threadsafe(pieces.put_nowait, (token, piece, version))
+            if gone.is_set():
+                self.stopped_early += 1
+                return True
+            return text.stopped
+
         started = time.perf_counter()
-        job = loop.run_in_executor(self._executor, self._runtime.generate, prompt_ids, max_tokens,
-                                   lambda token, version: loop.call_soon_threadsafe(tokens.put_nowait, (token, version)))
-        job.add_done_callback(lambda _: loop.call_soon_threadsafe(tokens.put_nowait, None))
-        generated: list[int] = []
-        text = ""
-        while (item := await tokens.get()) is not None:
-            token, version = item
-            generated.append(token)
-            # Decoding the whole text each time keeps a character split across tokens whole.
-            full = self._runtime.decode(generated)
-            piece, text = full[len(text):], full
+        job = loop.run_in_executor(self._executor, self._runtime.generate, prompt_ids, max_tokens, on_token, sampling)
+        job.add_done_callback(lambda _: pieces.put_nowait(None))  # done callbacks run on the loop
+        jobs.append(job)
+        while (item := await pieces.get()) is not None:
+            token, piece, version = item
             yield ipb.GenerateResponse(text=piece, token_ids=[token], policy_version=version)
         try:
             generation, version = await job
         except MixprecError as err:
             await context.abort(status_code(err), str(err))
+        tail = text.finish()  # a character left unfinished at the end: as decoding all tokens gives it
+        if tail:
+            yield ipb.GenerateResponse(text=tail, policy_version=version)
         elapsed = time.perf_counter() - started
         decoded = max(len(generation.tokens) - 1, 0)  # the first token comes out of the prefill
         self._stats.observe(elapsed, len(generation.tokens))
@@ -221,7 +282,7 @@ class InferenceServicer:
             self._metrics.served(version, elapsed)
         yield ipb.GenerateResponse(
             policy_version=version, done=True, prompt_tokens=generation.prompt_tokens,
-            generated_tokens=len(generation.tokens),
+            generated_tokens=len(generation.tokens), finish_reason=_finish_reason(generation, text, self._runtime),
             prefill_tokens_per_second=generation.prompt_tokens / max(generation.prefill_seconds, 1e-9),
             decode_tokens_per_second=decoded / generation.decode_seconds if generation.decode_seconds > 0 else 0.0)
 
@@ -234,3 +295,9 @@ class InferenceServicer:
             layers=[ipb.LayerState(layer=layer, precision=p, kernel=k) for layer, p, k in self._runtime.layer_states()],
             resident_bytes=self._runtime.resident_bytes(),
         )
+
+
+def _finish_reason(generation, text: TextStream, runtime) -> str:
+    if text.stopped:
+        return "stop"
+    return "eos" if generation.tokens and generation.tokens[-1] in runtime.model.decoder.eos else "length"

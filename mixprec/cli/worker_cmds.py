@@ -56,8 +56,28 @@ def register(sub) -> None:
                    help="characters of all of one Embed's texts together (texts x length; default 65536)")
     p.add_argument("--max-generate-tokens", type=int, default=None, metavar="N",
                    help="one Generate's prompt tokens plus max_tokens (default 2048)")
+    p.add_argument("--max-inflight", type=int, default=None, metavar="N",
+                   help="Generate requests running at once (default 4)")
+    p.add_argument("--max-queue", type=int, default=None, metavar="N",
+                   help="requests waiting for a place; beyond that RESOURCE_EXHAUSTED at once (default 16)")
+    p.add_argument("--embed-batch", type=int, default=None, metavar="N",
+                   help="texts of different callers' Embed requests computed together (default 32; 1: no batching)")
+    p.add_argument("--embed-wait-ms", type=float, default=None, metavar="MS",
+                   help="the longest an Embed waits for others to share its batch (default 5; 0: no wait)")
     add_tls_server_options(p)
     add_log_level_option(p)
+
+
+def _capacity(args) -> dict:
+    """The capacity options given (the worker's defaults for the others), each checked."""
+    given = given_limits(args, "max_inflight", "embed_batch")
+    for name in ("max_queue", "embed_wait_ms"):
+        value = getattr(args, name)
+        if value is not None:
+            if not 0 <= value <= 60_000:
+                raise InvalidArgument(FieldError("--" + name.replace("_", "-"), f"{value} must be 0 to 60000"))
+            given[name] = value
+    return given
 
 
 def _client_tokens(args) -> str | None:
@@ -81,6 +101,7 @@ def _worker(args) -> int:
     if unknown or not precisions:
         raise InvalidArgument(FieldError("--precisions", f"{args.precisions!r}: choose from {', '.join(PRECISIONS)}"))
     limits = given_limits(args, "max_embed_chars", "max_generate_tokens")
+    capacity = _capacity(args)
     client_tokens = _client_tokens(args)
     configure_logging(args.log_level)
     if client_tokens is None and not is_loopback(args.inference_listen):
@@ -89,7 +110,7 @@ def _worker(args) -> int:
             "may use the model", args.inference_listen)
     from worker.agent import AgentConfig, serve
     from worker.runtime import build_runtime
-    from worker.serving import InferenceLimits
+    from worker.serving import Capacity, InferenceLimits
 
     logging.getLogger(__name__).info("loading %s", args.model)
     runtime = build_runtime(args.model, kernel=args.kernel, residency=args.residency,
@@ -101,7 +122,7 @@ def _worker(args) -> int:
         token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
         tls_client=(args.tls_client_cert, args.tls_client_key) if args.tls_client_cert else None,
         health_listen=args.health_listen, metrics_listen=args.metrics_listen, client_tokens=client_tokens,
-        inference_limits=InferenceLimits(**limits),
+        inference_limits=InferenceLimits(**limits), capacity=Capacity(**capacity),
     )
     asyncio.run(serve(config, runtime))
     return 0

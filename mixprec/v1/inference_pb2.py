@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amixprec/v1/inference.proto\x12\nmixprec.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"R\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.mixprec.v1.Embedding\x12\x16\n\x0epolicy_version\x18\x02 \x01(\r\"5\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\"\xcf\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x16\n\x0epolicy_version\x18\x03 \x01(\r\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x18\n\x10generated_tokens\x18\x06 \x01(\r\x12!\n\x19prefill_tokens_per_second\x18\x07 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x08 \x01(\x01\"\x13\n\x11WorkerInfoRequest\">\n\nLayerState\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\"\xfa\x01\n\x12WorkerInfoResponse\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\r\x12&\n\x06layers\x18\x04 \x03(\x0b\x32\x16.mixprec.v1.LayerState\x12I\n\x0eresident_bytes\x18\x05 \x03(\x0b\x32\x31.mixprec.v1.WorkerInfoResponse.ResidentBytesEntry\x1a\x34\n\x12ResidentBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xe6\x01\n\x10InferenceService\x12<\n\x05\x45mbed\x12\x18.mixprec.v1.EmbedRequest\x1a\x19.mixprec.v1.EmbedResponse\x12G\n\x08Generate\x12\x1b.mixprec.v1.GenerateRequest\x1a\x1c.mixprec.v1.GenerateResponse0\x01\x12K\n\nWorkerInfo\x12\x1d.mixprec.v1.WorkerInfoRequest\x1a\x1e.mixprec.v1.WorkerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amixprec/v1/inference.proto\x12\nmixprec.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"R\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.mixprec.v1.Embedding\x12\x16\n\x0epolicy_version\x18\x02 \x01(\r\"\xa1\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\tB\x08\n\x06_top_pB\x07\n\x05_seed\"\xe6\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x16\n\x0epolicy_version\x18\x03 \x01(\r\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x18\n\x10generated_tokens\x18\x06 \x01(\r\x12!\n\x19prefill_tokens_per_second\x18\x07 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\"\x13\n\x11WorkerInfoRequest\">\n\nLayerState\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x0e\n\x06kernel\x18\x03 \x01(\t\"\xfa\x01\n\x12WorkerInfoResponse\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\r\x12&\n\x06layers\x18\x04 \x03(\x0b\x32\x16.mixprec.v1.LayerState\x12I\n\x0eresident_bytes\x18\x05 \x03(\x0b\x32\x31.mixprec.v1.WorkerInfoResponse.ResidentBytesEntry\x1a\x34\n\x12ResidentBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xe6\x01\n\x10InferenceService\x12<\n\x05\x45mbed\x12\x18.mixprec.v1.EmbedRequest\x1a\x19.mixprec.v1.EmbedResponse\x12G\n\x08Generate\x12\x1b.mixprec.v1.GenerateRequest\x1a\x1c.mixprec.v1.GenerateResponse0\x01\x12K\n\nWorkerInfo\x12\x1d.mixprec.v1.WorkerInfoRequest\x1a\x1e.mixprec.v1.WorkerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,18 +39,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING']._serialized_end=100
   _globals['_EMBEDRESPONSE']._serialized_start=102
   _globals['_EMBEDRESPONSE']._serialized_end=184
-  _globals['_GENERATEREQUEST']._serialized_start=186
-  _globals['_GENERATEREQUEST']._serialized_end=239
-  _globals['_GENERATERESPONSE']._serialized_start=242
-  _globals['_GENERATERESPONSE']._serialized_end=449
-  _globals['_WORKERINFOREQUEST']._serialized_start=451
-  _globals['_WORKERINFOREQUEST']._serialized_end=470
-  _globals['_LAYERSTATE']._serialized_start=472
-  _globals['_LAYERSTATE']._serialized_end=534
-  _globals['_WORKERINFORESPONSE']._serialized_start=537
-  _globals['_WORKERINFORESPONSE']._serialized_end=787
-  _globals['_WORKERINFORESPONSE_RESIDENTBYTESENTRY']._serialized_start=735
-  _globals['_WORKERINFORESPONSE_RESIDENTBYTESENTRY']._serialized_end=787
-  _globals['_INFERENCESERVICE']._serialized_start=790
-  _globals['_INFERENCESERVICE']._serialized_end=1020
+  _globals['_GENERATEREQUEST']._serialized_start=187
+  _globals['_GENERATEREQUEST']._serialized_end=348
+  _globals['_GENERATERESPONSE']._serialized_start=351
+  _globals['_GENERATERESPONSE']._serialized_end=581
+  _globals['_WORKERINFOREQUEST']._serialized_start=583
+  _globals['_WORKERINFOREQUEST']._serialized_end=602
+  _globals['_LAYERSTATE']._serialized_start=604
+  _globals['_LAYERSTATE']._serialized_end=666
+  _globals['_WORKERINFORESPONSE']._serialized_start=669
+  _globals['_WORKERINFORESPONSE']._serialized_end=919
+  _globals['_WORKERINFORESPONSE_RESIDENTBYTESENTRY']._serialized_start=867
+  _globals['_WORKERINFORESPONSE_RESIDENTBYTESENTRY']._serialized_end=919
+  _globals['_INFERENCESERVICE']._serialized_start=922
+  _globals['_INFERENCESERVICE']._serialized_end=1152
 # @@protoc_insertion_point(module_scope)

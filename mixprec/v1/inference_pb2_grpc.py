@@ -63,7 +63,7 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Decoders: greedy tokens as they come, every response naming the policy version that produced it.
+        """Decoders: tokens (greedy unless sampling is asked) as they come, every response naming the policy version that produced it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -115,33 +115,33 @@ class Decoder:
         return self.tokenizer(text)["input_ids"]
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_tokens: int,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
-        """Greedy tokens after `prompt_ids`, all steps at the map pinned when it starts (linear layers and
-        KV cache alike), however the engine's map changes meanwhile."""
+    def generate(self, prompt_ids: list[int], max_tokens: int, on_token: Callable[[int], bool | None] | None = None,
+                 choose: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Generation:
+        """Tokens after `prompt_ids`, all steps at the map pinned when it starts (linear layers and KV cache
+        alike), however the engine's map changes meanwhile. `choose`: (1, vocab) logits -> the next token
+        as a tensor (default greedy argmax; worker.sampling); `on_token` returning True stops after that token."""
         self.check_prompt(len(prompt_ids), max_tokens)
         with self.pinned():
-            return self._generate(prompt_ids, max_tokens, on_token)
+            return self._generate(prompt_ids, max_tokens, on_token, choose or _greedy)
 
-    def _generate(self, prompt_ids: list[int], max_tokens: int, on_token) -> Generation:
+    def _generate(self, prompt_ids: list[int], max_tokens: int, on_token, choose) -> Generation:
         cache = self.new_cache()
         model = self.module.model
         started = time.perf_counter()
         ids = torch.tensor([prompt_ids], device=self.device)
         hidden = model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
-        token = int(self.head(hidden).argmax(-1))  # the host needs each token: for on_token, and for EOS
+        token = int(choose(self.head(hidden)))  # the host needs each token: for on_token, and for EOS
         prefill = time.perf_counter() - started
         tokens = []
         started = time.perf_counter()
         for _ in range(max_tokens):
             tokens.append(token)
-            if on_token is not None:
-                on_token(token)
-            if token in self.eos or len(tokens) == max_tokens:
+            stop = on_token is not None and on_token(token)
+            if stop or token in self.eos or len(tokens) == max_tokens:
                 break
             ids = torch.tensor([[token]], device=self.device)
             hidden = model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
-            token = int(self.head(hidden).argmax(-1))
+            token = int(choose(self.head(hidden)))
         decode = time.perf_counter() - started
         return Generation(tokens, len(prompt_ids), prefill, decode, cache.nbytes(), dict(zip(
             (f"layers.{i}.{KV_CACHE}" for i in range(self.num_layers)), cache.precisions, strict=True)))
@@ -149,6 +149,10 @@ class Decoder:
     def kv_bytes_per_token(self, precision: str, dtype: torch.dtype = torch.bfloat16) -> int:
         """KV-cache bytes one token takes across all layers at `precision` (scales included)."""
         return self.num_layers * PrecisionCache.bytes_per_token(precision, self.kv_heads, self.head_dim, dtype)
+
+
+def _greedy(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
 
 
 def _as_list(value) -> list[int]:
