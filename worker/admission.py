@@ -39,8 +39,9 @@ class Admission:
     """At most `max_inflight` running and `max_queue` waiting (first come, first served); beyond that
     `acquire` raises ResourceExhausted at once. A waiter that is cancelled leaves the queue."""
 
-    def __init__(self, max_inflight: int, max_queue: int, what: str, load: ServingLoad | None = None):
-        self.max_inflight, self.max_queue, self.what = max_inflight, max_queue, what
+    def __init__(self, max_inflight: int, max_queue: int, what: str, load: ServingLoad | None = None,
+                 flags: str = "--max-inflight/--max-queue"):
+        self.max_inflight, self.max_queue, self.what, self.flags = max_inflight, max_queue, what, flags
         self.load = load or ServingLoad()
         self.inflight = 0
         self._waiters: deque[asyncio.Future] = deque()
@@ -56,7 +57,7 @@ class Admission:
             return
         if self.waiting >= self.max_queue:
             raise ResourceExhausted(f"worker busy: {self.inflight} {self.what} running and {self.waiting} waiting, "
-                                    f"the most it takes (mixprec worker --max-inflight/--max-queue); retry later")
+                                    f"the most it takes (mixprec worker {self.flags}); retry later")
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self.load.add(1)

@@ -156,7 +156,8 @@ class InferenceServicer:
         self._worker_id = worker_id
         self.load = load or ServingLoad()
         self.generations = Admission(capacity.max_inflight, capacity.max_queue, "generations", self.load)
-        self.embeds = Admission(capacity.embed_inflight, capacity.max_queue, "embed requests", self.load)
+        self.embeds = Admission(capacity.embed_inflight, capacity.max_queue, "embed requests", self.load,
+                                "--embed-batch/--max-queue")
         self.embedder = EmbedBatcher(runtime.embed_many, executor, capacity.embed_batch,
                                      capacity.embed_wait_ms / 1000)
         self.stopped_early = 0  # generations that stopped before their end because the caller went away

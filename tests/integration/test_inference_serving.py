@@ -153,9 +153,14 @@ def test_bad_sampling_values_are_invalid_arguments_naming_the_field_and_value(de
     serving(decoder, scenario)
 
 
-def test_generate_cli_refuses_a_negative_top_k_before_calling(capsys):
+def test_cli_refuses_bad_sampling_and_capacity_options_before_any_work(capsys):
     assert main(["generate", "--worker", "127.0.0.1:1", "--top-k", "-1", "hi"]) == 2
     assert "--top-k: must be 0 or more, got -1" in capsys.readouterr().err
+    worker = ["worker", "--endpoint", "e", "--model", "tiny-llama"]
+    assert main([*worker, "--max-queue", "-1"]) == 2
+    assert "--max-queue: -1 must be 0 to 60000" in capsys.readouterr().err
+    assert main([*worker, "--max-inflight", "0"]) == 2
+    assert "--max-inflight: 0 must be a number > 0" in capsys.readouterr().err
 
 
 def test_embed_requests_of_different_callers_are_batched_each_answered_at_one_map(embedder):
