@@ -47,6 +47,7 @@ bench: setup
 	$(PY) benchmarks/fp8_gemm.py
 	$(PY) benchmarks/dashboard.py
 	$(PY) benchmarks/security.py
+	$(PY) benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

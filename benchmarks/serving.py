@@ -2,8 +2,9 @@
 
 One worker (the real `WorkerAgent` InferenceService on port 0) serves Generate. The same requests run
 twice: one at a time (one client), then from N concurrent clients while the precision map switches
-between all-BF16 and all-FP8 (KV caches included) under that load. Measured per phase: aggregate
-generated tokens/s, p50/p99 time to first token, p50/p99 time per token after the first. Every
+between all-BF16 and all-FP8 (KV caches included; `--fp8 kv`: the KV caches only) under that load.
+Measured per phase: aggregate generated tokens/s, p50/p99 time to first token, p50/p99 time per
+token after the first. Every
 response is checked: all of its streamed pieces name one policy version, and its tokens equal the
 tokens that version's map generates for that prompt alone (greedy; references computed first).
 
@@ -11,7 +12,7 @@ Each generation still runs alone (batch 1) on its own thread: decode steps of di
 not batched yet (issue 23 part 3), so on a CPU the clients share the cores rather than a forward pass.
 
 Usage: python benchmarks/serving.py [--model tiny-llama|gemma3-270m] [--clients 8] [--requests 2]
-                                    [--tokens 32] [--switches 50] [--device auto]
+                                    [--tokens 32] [--switches 50] [--device auto] [--fp8 all|kv]
 Ends with `serving: 8 clients X.Xx one at a time, per-token p99 X.Xx lone, mixed-map responses N`.
 """
 
@@ -134,10 +135,11 @@ def row(name: str, phase: Phase) -> str:
 
 async def bench(args) -> None:
     runtime = build_runtime(args.model, eval_samples=0, device=args.device)
-    maps = {BASE: {}, FP8: {layer: "fp8" for layer in runtime.catalog}}
+    maps = {BASE: {}, FP8: {layer: "fp8" for layer in runtime.catalog if args.fp8 == "all" or "kv_cache" in layer}}
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.clients)]
     print(f"{args.model} on {runtime.hardware().get('device', '?')} ({platform.machine()}, {os.cpu_count()} CPUs): "
-          f"{args.clients} clients x {args.requests} requests x {args.tokens} tokens", file=sys.stderr)
+          f"{args.clients} clients x {args.requests} requests x {args.tokens} tokens, v2: {args.fp8} FP8",
+          file=sys.stderr)
     reference = references(runtime, maps, sorted(set(prompts)), args.tokens)
     runtime.apply(BASE, maps[BASE])
     config = AgentConfig(endpoint="bench", model=args.model, server="127.0.0.1:1", inference_listen="127.0.0.1:0",
@@ -179,6 +181,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each request")
     parser.add_argument("--switches", type=int, default=50, help="map switches under the concurrent load")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--fp8", choices=("all", "kv"), default="all",
+                        help="the second map: every unit in FP8 (default), or the KV caches only (faster on a CPU)")
     asyncio.run(bench(parser.parse_args()))
 
 
