@@ -17,11 +17,14 @@ from controlplane.api.errors import abort_with
 from controlplane.api.limits import Undecodable, check_request
 from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
+from controlplane.push.holders import Holder, StreamHolders
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
+from controlplane.services.checks import check_name
 from controlplane.services.fleet import FleetService, Target, check_hello
+from controlplane.services.identity import WorkerIdentity, check_worker_id
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import AlreadyExists, MixprecError
+from mixprec.errors import MixprecError
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -29,17 +32,10 @@ from mixprec.v1 import policy_pb2 as pb
 log = logging.getLogger(__name__)
 
 ACCEPTED_KEY = "mixprec-accepted"  # initial metadata: the hello was accepted (worker.sync reads it)
+ISSUED_TOKEN_KEY = "mixprec-worker-token"  # initial metadata: the token a bootstrap token issued this worker
 REPORT_KINDS = {apb.Report.QUALITY: "quality", apb.Report.SERVING: "serving"}
 HELLO_TIMEOUT_S = 10.0            # a stream that says nothing is closed (it holds a slot and a task)
 MAX_STREAMS_PER_TOKEN = 1000      # one token's live streams on this replica
-
-
-@dataclass
-class _Holder:
-    """The live stream that holds a worker id, and how to end it when the same token takes over."""
-
-    token: str
-    replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -92,11 +88,14 @@ def add_agent_servicer(servicer: AgentServicer, server: grpc.aio.Server) -> None
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, fleet: FleetService, hub: TargetHub, recorder: FleetRecorder, replica: str, ack_latency=None,
                  fleet_metrics=None, hello_timeout: float = HELLO_TIMEOUT_S,
-                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN):
+                 max_streams_per_token: int = MAX_STREAMS_PER_TOKEN, *,
+                 identity: WorkerIdentity, holders: StreamHolders | None = None):
         self._hello_timeout = hello_timeout
         self._max_streams = max_streams_per_token
         self._streams: dict[str, int] = {}  # token name -> live streams on this replica
-        self._holders: dict[tuple[str, str], _Holder] = {}  # (endpoint, worker id) -> its stream
+        self._identity = identity  # the worker-id leases of every replica
+        self.holders = holders or StreamHolders()  # the worker ids this replica's streams hold
+        self._releasing: set[asyncio.Future] = set()
         self._fleet = fleet
         self._fleet_metrics = fleet_metrics  # propagation times and NACK reasons (controlplane.api.fleet_metrics)
         self._hub = hub
@@ -115,7 +114,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                                 f"{self._max_streams} (close some, or give workers their own tokens)")
         self._streams[token] = self._streams.get(token, 0) + 1
         try:
-            await self._connect(context, token)
+            await self._connect(context)
         finally:
             self._streams[token] -= 1
             if not self._streams[token]:
@@ -135,32 +134,34 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await abort_with(context, err)
         return first.hello
 
-    def _bind(self, hello: apb.Hello, token: str) -> _Holder:
-        """A worker id belongs to one live stream. The token that holds it may take it over (a worker
-        restarting before its old stream timed out); any other token is refused."""
-        key = (hello.endpoint, hello.worker_id)
-        holder = self._holders.get(key)
-        if holder is not None:
-            if holder.token != token:
-                raise AlreadyExists(f"worker id {hello.worker_id!r} of endpoint {hello.endpoint!r} is held by a live "
-                                    "stream of another token")
-            holder.replaced.set()
-        self._holders[key] = mine = _Holder(token)
-        return mine
+    async def _bind(self, hello: apb.Hello) -> tuple[Holder, str | None]:
+        """A worker id belongs to one live stream, on any replica (services.identity decides who may take
+        it); returns this stream's hold on it and the token issued to it, if a bootstrap token asked."""
+        principal = current_principal()
+        stream = uuid.uuid4().hex
+        issued, runs_as = await run_blocking(self._identity.claim, principal, hello.endpoint, hello.worker_id,
+                                             self._replica, stream)
+        token_ids = frozenset(t for t in (principal.token_id, runs_as.token_id) if t is not None)
+        holder = Holder(hello.endpoint, hello.worker_id, stream, token_ids)
+        self.holders.hold(holder)
+        return holder, issued
 
-    async def _connect(self, context: grpc.aio.ServicerContext, token: str):
+    async def _connect(self, context: grpc.aio.ServicerContext):
         hello = await self._hello(context)
         try:
             authorize(current_principal(), Action.CONNECT, hello.endpoint)
-            holder = self._bind(hello, token)
+            check_name(hello.endpoint, "hello.endpoint")  # before the lease: names that can be stored
+            check_worker_id(hello.worker_id, "hello.worker_id")
+            holder, issued = await self._bind(hello)
         except MixprecError as err:
             await abort_with(context, err)
         try:
             last_nack, target = await self._register(hello)
         except MixprecError as err:
-            self._release(hello, holder)
+            self._release(holder)
             await abort_with(context, err)
-        await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
+        accepted = ((ACCEPTED_KEY, self._replica),) + (((ISSUED_TOKEN_KEY, issued),) if issued else ())
+        await context.send_initial_metadata(accepted)
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
             nacked={last_nack} if last_nack else set(), report_round=target.report_round,
@@ -177,10 +178,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 session.wake = changed
                 reader = asyncio.ensure_future(self._read(context, session))
                 reader.add_done_callback(lambda _: changed.set())
-                replaced = asyncio.ensure_future(holder.replaced.wait())
-                replaced.add_done_callback(lambda _: changed.set())
+                ended = asyncio.ensure_future(holder.ended.wait())
+                ended.add_done_callback(lambda _: changed.set())
                 reason = "connect"
-                while not reader.done() and not holder.replaced.is_set():
+                while not reader.done() and not holder.ended.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
                     if latest is None:  # deleted: the worker keeps serving its last map and retries
@@ -190,25 +191,34 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
-                replaced.cancel()
-                if holder.replaced.is_set():
-                    await context.abort(grpc.StatusCode.ABORTED, "a new stream of the same token took this worker id over")
+                ended.cancel()
+                if holder.ended.is_set():
+                    await context.abort(holder.code, holder.why)
                 reader.result()
         finally:
             if reader is not None:
                 reader.cancel()
-            if self._release(hello, holder):
+            if self._release(holder):
                 self._recorder.live(hello.endpoint, hello.worker_id, False)
                 self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
                 log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
 
-    def _release(self, hello: apb.Hello, holder: _Holder) -> bool:
-        """Lets go of the worker id unless a newer stream took it over; True when this stream held it."""
-        key = (hello.endpoint, hello.worker_id)
-        if self._holders.get(key) is holder:
-            del self._holders[key]
-            return True
-        return False
+    def _release(self, holder: Holder) -> bool:
+        """Lets go of the worker id here and of its lease everywhere, unless a newer stream took it over;
+        True when this stream held it. The lease is released in the background (a cancelled stream cannot
+        wait for the database); one that cannot be released expires with this replica's heartbeat."""
+        if not self.holders.release(holder):
+            return False
+        task = asyncio.ensure_future(run_blocking(self._identity.release, holder.endpoint, holder.worker_id,
+                                                  holder.stream))
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+        return True
+
+    def _released(self, task: asyncio.Future) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not release a worker-id lease (%s); it expires", task.exception())
 
     async def _register(self, hello: apb.Hello) -> tuple[int, Target]:
         """Accepts a hello: (the version this worker last refused, the endpoint's target).
