@@ -172,6 +172,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         log.info("worker %s of %s connected (running v%d)", hello.worker_id, hello.endpoint, hello.running_version)
         self._recorder.live(hello.endpoint, hello.worker_id, True)
         reader: asyncio.Future | None = None
+        ended: asyncio.Future | None = None
         try:
             with self._hub.watch(hello.endpoint) as changed:
                 # The reader and acknowledged reports set `changed` too, so one wait covers all three.
@@ -191,13 +192,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
-                ended.cancel()
                 if holder.ended.is_set():
                     await context.abort(holder.code, holder.why)
                 reader.result()
         finally:
-            if reader is not None:
-                reader.cancel()
+            for task in (reader, ended):
+                if task is not None:
+                    task.cancel()
             if self._release(holder):
                 self._recorder.live(hello.endpoint, hello.worker_id, False)
                 self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
