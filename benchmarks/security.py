@@ -3,10 +3,14 @@
 Starts one control plane in this process (SQLite, loopback) per configuration and times sequential
 GetEndpoint calls: no tokens on plaintext (the demo), tokens on plaintext, tokens over TLS (a
 run-time CA from trustme). Then times the refusal of two requests that used to exhaust the server: a
-3.8 MB glob in ResolvePolicy and a 100,000-deep artifact. With --server it times that server instead
-(pass --token and, for TLS, --tls-ca).
+3.8 MB glob in ResolvePolicy and a 100,000-deep artifact. Then two replicas over one database play
+hostile agents: a shared token claiming a live worker id through the other replica, and a revoked
+token's streams on both replicas, timed until they close (the README promises 5 s), with the freed
+worker id taken by a new token. With --server it times that server instead (pass --token and, for
+TLS, --tls-ca).
 
-Usage: python benchmarks/security.py [--calls 500] [--server HOST:PORT --token T --tls-ca CA.pem]
+Usage: python benchmarks/security.py [--calls 500] [--db URL] [--redis URL]
+       python benchmarks/security.py --server HOST:PORT --token T [--tls-ca CA.pem]
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import time
 import grpc
 
 from mixprec import transport
+from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import agent_pb2_grpc, auth_pb2, auth_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
-from mixprec.v1 import policy_pb2_grpc
 
 LAYERS = [f"layers.{i}.{g}" for i in range(6) for g in ("attention.q_proj", "mlp.up_proj", "mlp.down_proj")]
 
@@ -78,6 +83,87 @@ def refusal_ms(stub) -> list[tuple[str, float, str]]:
     return rows
 
 
+class AgentStream:
+    """A raw Connect stream held open in a thread until `close()`; `wait()` gives its end."""
+
+    def __init__(self, address: str, token: str, worker_id: str):
+        self._release = threading.Event()
+        self.ended = threading.Event()
+        self.code = "OK"
+
+        def outgoing():
+            yield apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id=worker_id, layers=LAYERS))
+            self._release.wait(60)
+
+        self.call = agent_pb2_grpc.AgentServiceStub(transport.channel(address, token)).Connect(outgoing(), timeout=60)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            for _ in self.call:
+                pass
+        except grpc.RpcError as err:
+            self.code = err.code().name
+        self.ended.set()
+
+    def accepted(self) -> str:
+        """Waits for the hello's answer: OK, or the refusal's code."""
+        try:
+            self.call.initial_metadata()
+        except grpc.RpcError as err:
+            return err.code().name
+        return "OK" if not self.ended.wait(0.2) else self.code
+
+    def close(self) -> None:
+        self._release.set()
+
+
+def identity_rows(db: str, redis_url: str | None) -> list[tuple[str, float, str]]:
+    """Hostile agents against two replicas over `db`: (case, ms, answer)."""
+    from controlplane.auth import TokenService
+    from controlplane.storage.database import ensure_schema, open_engine
+    from controlplane.storage.unit_of_work import unit_of_work_factory
+
+    engine = open_engine(db)
+    ensure_schema(engine)
+    tokens = TokenService(unit_of_work_factory(engine))
+    root, _ = tokens.create("bench-root", "admin")
+    shared, _ = tokens.create("bench-agents", "agent", "emb")
+    engine.dispose()
+    one, two = (InProcessServer(db, auth="required", redis_url=redis_url) for _ in range(2))
+    rows = []
+    try:
+        policy_pb2_grpc.PolicyServiceStub(transport.channel(one.address, root)).CreateEndpoint(
+            pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+        here, there = AgentStream(one.address, shared, "w1"), AgentStream(two.address, shared, "w2")
+        assert here.accepted() == "OK" and there.accepted() == "OK"
+        started = time.perf_counter()
+        intruder = AgentStream(two.address, shared, "w1")
+        rows.append(("claim a live worker id, other replica", (time.perf_counter() - started) * 1000,
+                     intruder.accepted()))
+        intruder.close()
+        admin = auth_pb2_grpc.TokenServiceStub(transport.channel(one.address, root))
+        started = time.perf_counter()
+        admin.RevokeToken(auth_pb2.RevokeTokenRequest(name="bench-agents"), timeout=10)
+        for label, stream in (("revoked: stream closed, same replica", here),
+                              ("revoked: stream closed, other replica", there)):
+            closed = stream.ended.wait(30)
+            rows.append((label, (time.perf_counter() - started) * 1000, stream.code if closed else "still open"))
+        fresh = admin.CreateToken(auth_pb2.CreateTokenRequest(name="bench-agents-2", role="agent", endpoint="emb"),
+                                  timeout=10).secret
+        started = time.perf_counter()
+        successor = AgentStream(two.address, fresh, "w1")
+        rows.append(("freed worker id, new token connects", (time.perf_counter() - started) * 1000,
+                     successor.accepted()))
+        successor.close()
+        for stream in (here, there):
+            stream.close()
+    finally:
+        one.stop()
+        two.stop()
+    return rows
+
+
 def configurations(folder: str):
     """(label, server options, client options) with the tokens and certificates they need."""
     import trustme
@@ -118,6 +204,10 @@ def main() -> int:
     parser.add_argument("--server", default=None, help="time this control plane instead (needs endpoint 'emb')")
     parser.add_argument("--token", default=os.environ.get("MIXPREC_TOKEN"), help="token for --server")
     parser.add_argument("--tls-ca", default=os.environ.get("MIXPREC_TLS_CA"), help="CA for --server's TLS")
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="an empty, migrated database for the two-replica cases (default: a SQLite file)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="Redis for the two-replica cases (default none: revocations found by polling)")
     args = parser.parse_args()
     header = f"{'configuration':<30} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8}  vs first"
     if args.server:
@@ -140,6 +230,7 @@ def main() -> int:
                     refusals = refusal_ms(stub)
             finally:
                 server.stop()
+        identity = identity_rows(args.db or f"sqlite:///{folder}/replicas.db", args.redis)
     print(header)
     base = statistics.median(results[0][1])
     for label, times in results:
@@ -147,6 +238,12 @@ def main() -> int:
     print()
     print(f"{'hostile request':<38} {'ms':>8}  answer")
     for name, ms, code in refusals:
+        print(f"{name:<38} {ms:>8.1f}  {code}")
+    print()
+    fan_out = "Redis" if args.redis else "no Redis: polling"
+    print(f"hostile agents, two replicas over one database ({fan_out}); a revocation must bite within 5,000 ms")
+    print(f"{'case':<38} {'ms':>8}  answer")
+    for name, ms, code in identity:
         print(f"{name:<38} {ms:>8.1f}  {code}")
     return 0
 
