@@ -1,8 +1,9 @@
 """Ends what a revoked or expired token, or a lost worker-id lease, no longer allows, on this replica.
 
 Every `interval` seconds (and at once when woken: a revocation or takeover here, or one another
-replica announced over Redis) it extends this replica's worker-id leases and asks the database which
-of the tokens in use here (streams, dashboard sessions, the authenticator's memory) have ended. Then
+replica announced over Redis) it reads which worker-id leases this replica's streams still hold and
+asks the database which of the tokens in use here (streams, dashboard sessions, the authenticator's
+memory) have ended; every third of a lease's life it also extends this replica's leases. Then
 it closes those streams (UNAUTHENTICATED), the streams whose lease is gone (ABORTED), forgets the
 tokens and ends their dashboard sessions. Without Redis a revocation bites within one interval.
 """
@@ -33,6 +34,7 @@ class SessionWatch:
         self._authenticator = authenticator
         self._replica = replica
         self._interval = interval
+        self._extended = -float("inf")  # when this replica's leases were last extended (monotonic)
         self._wake = asyncio.Event()
         # Other holders of tokens (the dashboard's sessions): () -> their token ids, and ending them.
         self.session_tokens: Callable[[], set[int]] = set
@@ -58,7 +60,10 @@ class SessionWatch:
     async def check(self) -> None:
         started = time.monotonic()
         tokens = self._holders.token_ids() | self._authenticator.token_ids() | self.session_tokens()
-        leased, ended = await run_blocking(self._identity.heartbeat, self._replica, sorted(tokens))
+        extend = started - self._extended >= self._identity.lease_seconds / 3
+        leased, ended = await run_blocking(self._identity.heartbeat, self._replica, sorted(tokens), extend)
+        if extend:
+            self._extended = started
         closed = self._holders.sweep(leased, ended, started)
         if ended:
             self._authenticator.forget_ids(ended)

@@ -96,12 +96,12 @@ class WorkerIdentity:
             uow.leases.release(endpoint, worker_id, stream)
             uow.commit()
 
-    def heartbeat(self, replica: str, token_ids: list[int]) -> tuple[set[str], set[int]]:
-        """Extends this replica's leases: (the streams still holding theirs, which of `token_ids` have been
-        revoked or have expired)."""
+    def heartbeat(self, replica: str, token_ids: list[int], extend: bool = True) -> tuple[set[str], set[int]]:
+        """Extends this replica's leases (when `extend`): (the streams still holding theirs, which of
+        `token_ids` have been revoked or have expired)."""
         now = utcnow()
         with self._uow() as uow:
-            held = uow.leases.extend(replica, now + timedelta(seconds=self.lease_seconds))
+            held = uow.leases.extend(replica, now + timedelta(seconds=self.lease_seconds) if extend else None)
             ended: set[int] = set()
             for start in range(0, len(token_ids), 500):
                 ended |= uow.tokens.ended(token_ids[start:start + 500], now)

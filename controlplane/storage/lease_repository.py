@@ -60,10 +60,11 @@ class LeaseRepository:
         self._session.delete(row)
         return _lease(row)
 
-    def extend(self, replica: str, until: datetime) -> set[str]:
-        """Extends this replica's leases; returns the streams that still hold one."""
-        self._session.execute(update(WorkerLeaseRow).where(WorkerLeaseRow.replica == replica)
-                              .values(expires_at=until))
+    def extend(self, replica: str, until: datetime | None) -> set[str]:
+        """Extends this replica's leases (unless `until` is None); returns the streams that hold one."""
+        if until is not None:
+            self._session.execute(update(WorkerLeaseRow).where(WorkerLeaseRow.replica == replica)
+                                  .values(expires_at=until))
         return set(self._session.scalars(select(WorkerLeaseRow.stream).where(WorkerLeaseRow.replica == replica)))
 
     def release_replica(self, replica: str) -> None:

@@ -223,3 +223,35 @@ def test_a_bootstrap_token_issues_each_worker_id_its_own_token_once(replicas, tm
         await again.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_lease_of_a_replica_that_died_expires_and_frees_its_worker_id(db_url):
+    import sqlalchemy as sa
+
+    from controlplane.auth import Principal
+    from controlplane.services.identity import WorkerIdentity, issued_token_name
+    from mixprec import policy as lang
+    from mixprec.errors import AlreadyExists
+
+    engine = open_engine(db_url)
+    upgrade(engine)
+    identity = WorkerIdentity(unit_of_work_factory(engine))
+    shared, other = Principal("shared", Role.AGENT, "emb", token_id=1), Principal("other", Role.AGENT, "emb", token_id=2)
+    try:
+        identity.claim(shared, "emb", "w1", "replica-a", "stream-a")
+        with pytest.raises(AlreadyExists):
+            identity.claim(other, "emb", "w1", "replica-b", "stream-b")
+        with pytest.raises(AlreadyExists):  # a shared token cannot take over its own live id either
+            identity.claim(shared, "emb", "w1", "replica-b", "stream-b")
+        # Replica a stops extending its leases (it died): once the lease is past, the id is free.
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE worker_leases SET expires_at = acquired_at"))
+        identity.claim(other, "emb", "w1", "replica-b", "stream-b")
+        held, _ = identity.heartbeat("replica-a", [])
+        assert held == set()  # so replica a, if it comes back, ends its stream
+        assert identity.heartbeat("replica-b", [])[0] == {"stream-b"}
+    finally:
+        engine.dispose()
+    for worker_id in ("w1", "Search_Worker 0", "é" * 40, "-" * 128, "x" * 128):
+        name = issued_token_name("emb", worker_id)
+        assert not lang.endpoint_name_errors(name, "name"), name
