@@ -134,17 +134,26 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await abort_with(context, err)
         return first.hello
 
-    async def _bind(self, hello: apb.Hello) -> tuple[Holder, str | None]:
+    async def _bind(self, hello: apb.Hello) -> Holder:
         """A worker id belongs to one live stream, on any replica (services.identity decides who may take
-        it); returns this stream's hold on it and the token issued to it, if a bootstrap token asked."""
+        it); returns this stream's hold on it."""
         principal = current_principal()
-        stream = uuid.uuid4().hex
-        issued, runs_as = await run_blocking(self._identity.claim, principal, hello.endpoint, hello.worker_id,
-                                             self._replica, stream)
-        token_ids = frozenset(t for t in (principal.token_id, runs_as.token_id) if t is not None)
-        holder = Holder(hello.endpoint, hello.worker_id, stream, token_ids)
+        holder = Holder(hello.endpoint, hello.worker_id, uuid.uuid4().hex,
+                        {principal.token_id} if principal.token_id is not None else set())
+        await run_blocking(self._identity.claim, principal, hello.endpoint, hello.worker_id, self._replica,
+                           holder.stream)
         self.holders.hold(holder)
-        return holder, issued
+        return holder
+
+    async def _issue(self, holder: Holder) -> tuple[tuple[str, str], ...]:
+        """A bootstrap token's accepted hello: the worker's own token, for the initial metadata."""
+        principal = current_principal()
+        if not principal.bootstrap:
+            return ()
+        secret, issued = await run_blocking(self._identity.issue, principal, holder.endpoint, holder.worker_id,
+                                            holder.stream)
+        holder.token_ids.add(issued.token_id)
+        return ((ISSUED_TOKEN_KEY, secret),)
 
     async def _connect(self, context: grpc.aio.ServicerContext):
         hello = await self._hello(context)
@@ -152,16 +161,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             authorize(current_principal(), Action.CONNECT, hello.endpoint)
             check_name(hello.endpoint, "hello.endpoint")  # before the lease: names that can be stored
             check_worker_id(hello.worker_id, "hello.worker_id")
-            holder, issued = await self._bind(hello)
+            holder = await self._bind(hello)
         except MixprecError as err:
             await abort_with(context, err)
         try:
             last_nack, target = await self._register(hello)
+            issued = await self._issue(holder)
         except MixprecError as err:
             self._release(holder)
             await abort_with(context, err)
-        accepted = ((ACCEPTED_KEY, self._replica),) + (((ISSUED_TOKEN_KEY, issued),) if issued else ())
-        await context.send_initial_metadata(accepted)
+        await context.send_initial_metadata(((ACCEPTED_KEY, self._replica), *issued))
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
             nacked={last_nack} if last_nack else set(), report_round=target.report_round,

@@ -20,7 +20,7 @@ class Holder:
     endpoint: str
     worker_id: str
     stream: str                 # the lease's stream id
-    token_ids: frozenset[int]   # the tokens it authenticated with (a bootstrap token and the one it issued)
+    token_ids: set[int]         # the tokens it authenticated with (a bootstrap token and the one it issued)
     since: float = field(default_factory=time.monotonic)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     code: grpc.StatusCode = grpc.StatusCode.OK

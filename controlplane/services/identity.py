@@ -13,6 +13,7 @@ bootstrap token cannot connect as that id again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from datetime import timedelta
@@ -43,6 +44,13 @@ def issued_token_name(endpoint: str, worker_id: str) -> str:
     return f"{slug}-{digest}"
 
 
+def _refuse_issued(uow: UnitOfWork, endpoint: str, worker_id: str) -> None:
+    if uow.tokens.live_for_worker(endpoint, worker_id):
+        raise PermissionDenied(f"worker id {worker_id!r} of endpoint {endpoint!r} has its own token already: "
+                               "a bootstrap token issues it once. Connect with that token (the worker keeps it "
+                               "in its state directory), or an admin runs mixprec takeover")
+
+
 def may_take_over(lease: domain.WorkerLease, claimant: Principal) -> bool:
     """The holder's own worker-bound token may (a restart); with --auth off anyone may (no identities)."""
     if claimant.token_id is None:
@@ -55,10 +63,8 @@ class WorkerIdentity:
         self._uow = uow
         self.lease_seconds = lease_seconds
 
-    def claim(self, principal: Principal, endpoint: str, worker_id: str, replica: str,
-              stream: str) -> tuple[str | None, Principal]:
-        """Gives the worker id to this stream: (the token issued to it, when a bootstrap token asked; the
-        principal the stream runs as). AlreadyExists while another stream holds the id anywhere."""
+    def claim(self, principal: Principal, endpoint: str, worker_id: str, replica: str, stream: str) -> None:
+        """Gives the worker id to this stream; AlreadyExists while another stream holds it anywhere."""
         if principal.worker_id is not None and principal.worker_id != worker_id:
             raise PermissionDenied(f"token {principal.name!r} belongs to worker id {principal.worker_id!r}, "
                                    f"not {worker_id!r}")
@@ -68,27 +74,30 @@ class WorkerIdentity:
             if lease is not None and lease.expires_at > now and not may_take_over(lease, principal):
                 raise AlreadyExists(f"worker id {worker_id!r} of endpoint {endpoint!r} is held by a live stream "
                                     "of another token; give each worker its own token, or an admin runs "
-                                    "mixprec worker takeover")
-            secret, runs_as = None, principal
+                                    "mixprec takeover")
             if principal.bootstrap:
-                secret, runs_as = self._issue(uow, principal, endpoint, worker_id)
-            uow.leases.hold(domain.WorkerLease(endpoint, worker_id, runs_as.token_id, runs_as.name, replica, stream,
-                                               now + timedelta(seconds=self.lease_seconds)), now)
+                _refuse_issued(uow, endpoint, worker_id)
+            uow.leases.hold(domain.WorkerLease(endpoint, worker_id, principal.token_id, principal.name, replica,
+                                               stream, now + timedelta(seconds=self.lease_seconds)), now)
             uow.commit()
-        return secret, runs_as
 
-    @staticmethod
-    def _issue(uow: UnitOfWork, bootstrap: Principal, endpoint: str, worker_id: str) -> tuple[str, Principal]:
-        if uow.tokens.live_for_worker(endpoint, worker_id):
-            raise PermissionDenied(f"worker id {worker_id!r} of endpoint {endpoint!r} has its own token already: "
-                                   "a bootstrap token issues it once. Connect with that token (the worker keeps "
-                                   "it in its state directory), or an admin runs mixprec worker takeover")
+    def issue(self, bootstrap: Principal, endpoint: str, worker_id: str, stream: str) -> tuple[str, Principal]:
+        """The worker id's own token, made for the bootstrap token's stream that holds the id (once its
+        hello was accepted, so a refused hello leaves no token nobody received); the lease is the new
+        token's from then on, so the worker restarting with it may take its id over."""
         secret, now = new_token(), utcnow()
-        info = uow.tokens.add(domain.TokenInfo(
-            name=issued_token_name(endpoint, worker_id), role=Role.AGENT.value, endpoint=endpoint,
-            created_by=bootstrap.name, created_at=now, worker_id=worker_id,
-        ), token_hash(secret))
-        uow.audit.record(endpoint, "token.issue", bootstrap.name, "", name=info.name, worker_id=worker_id)
+        with self._uow() as uow:
+            lease = uow.leases.get(endpoint, worker_id)
+            if lease is None or lease.stream != stream:
+                raise AlreadyExists(f"worker id {worker_id!r} of endpoint {endpoint!r} was taken over meanwhile")
+            _refuse_issued(uow, endpoint, worker_id)
+            info = uow.tokens.add(domain.TokenInfo(
+                name=issued_token_name(endpoint, worker_id), role=Role.AGENT.value, endpoint=endpoint,
+                created_by=bootstrap.name, created_at=now, worker_id=worker_id,
+            ), token_hash(secret))
+            uow.audit.record(endpoint, "token.issue", bootstrap.name, "", name=info.name, worker_id=worker_id)
+            uow.leases.hold(dataclasses.replace(lease, token_id=info.id, token_name=info.name), now)
+            uow.commit()
         return secret, Principal(info.name, Role.AGENT, endpoint, worker_id, False, info.id)
 
     def release(self, endpoint: str, worker_id: str, stream: str) -> None:

@@ -36,7 +36,7 @@ class TokenRepository:
         )
         if info.worker_id is not None and self.live_for_worker(info.endpoint or "", info.worker_id):
             raise AlreadyExists(f"worker id {info.worker_id!r} of endpoint {info.endpoint!r} has a live token; "
-                                "revoke it first (mixprec worker takeover does)")
+                                "revoke it first (mixprec takeover does)")
         self._session.add(row)
         try:
             self._session.flush()
