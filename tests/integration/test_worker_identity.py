@@ -219,7 +219,16 @@ def test_a_bootstrap_token_issues_each_worker_id_its_own_token_once(replicas, tm
         # The worker, restarted elsewhere, connects with the token it kept.
         again = LightAgent(two.address, "emb", "w-boot", token=made["boot"], state_dir=tmp_path).start()
         await asyncio.wait_for(again.loop.connected.wait(), 10)
-        assert again.loop.issued_token == kept.read_text().strip()
+        old_token = kept.read_text().strip()
+        assert again.loop.issued_token == old_token
+        # An admin takes the id over (its token leaked, say): the worker's own token is refused, it asks the
+        # bootstrap token again and is issued a new one.
+        _, fleet = stubs(one.address, made["root"])
+        taken = fleet.TakeOverWorker(apb.TakeOverWorkerRequest(endpoint="emb", worker_id="w-boot", reason="rotate"))
+        assert taken.ended_stream and len(taken.revoked_tokens) == 1
+        await eventually(lambda: again.loop.connected.is_set() and again.loop.issued_token not in (None, old_token),
+                         what="a new token issued")
+        assert kept.read_text().strip() == again.loop.issued_token
         await again.stop()
 
     asyncio.run(scenario())
