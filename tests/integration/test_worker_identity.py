@@ -5,6 +5,7 @@ streams and dashboard sessions on every replica and frees their worker ids."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import threading
@@ -145,9 +146,15 @@ def test_an_admin_takes_a_worker_id_over_audited_wherever_its_stream_is(replicas
             assert code == 0 and "its live stream is being closed" in out and "w1-token" in out
             # Its stream on replica one ends, and its token no longer lets it back in.
             await eventually(lambda: holder.loop.last_error.startswith("UNAUTHENTICATED"), what="holder locked out")
-            tokens = auth_pb2_grpc.TokenServiceStub(transport.channel(one.address, made["root"]))
-            fresh = tokens.CreateToken(auth_pb2.CreateTokenRequest(name="w1-new", role="agent", endpoint="emb",
-                                                                   worker_id="w1")).secret
+            for bad in (["--role", "viewer", "--worker-id", "w1"], ["--role", "agent", "--worker-id", "w1"]):
+                code, _, err = await asyncio.to_thread(cli, "token", "create", "w1-new", *bad)
+                assert code == 2 and ("worker_id" in err or "endpoint" in err), err
+            code, fresh, _ = await asyncio.to_thread(cli, "token", "create", "w1-new", "--role", "agent",
+                                                     "--endpoint", "emb", "--worker-id", "w1")
+            fresh = fresh.strip()
+            code, listed, _ = await asyncio.to_thread(cli, "--output", "json", "token", "list")
+            assert {"w1-new": "w1", "boot": "(bootstrap)", "agents": "*"}.items() <= \
+                {t["name"]: t["worker"] for t in json.loads(listed)}.items()
             successor = LightAgent(two.address, "emb", "w1", token=fresh).start()
             await asyncio.wait_for(successor.loop.connected.wait(), 10)
             await successor.stop()
