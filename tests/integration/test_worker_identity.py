@@ -9,16 +9,21 @@ import json
 import os
 import stat
 import threading
+from datetime import timedelta
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from support import LAYERS, LightAgent, RunningControlPlane, eventually, fleet_of, rules, stubs
 
-from controlplane.auth import Authenticator, Role, TokenService
+from controlplane.auth import Authenticator, Principal, Role, TokenService
+from controlplane.services.identity import WorkerIdentity, issued_token_name
 from controlplane.storage.database import open_engine, upgrade
 from controlplane.storage.unit_of_work import unit_of_work_factory
+from mixprec import policy as lang
 from mixprec import transport
 from mixprec.cli.main import main
+from mixprec.errors import AlreadyExists
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, auth_pb2, auth_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -242,13 +247,6 @@ def test_a_bootstrap_token_issues_each_worker_id_its_own_token_once(replicas, tm
 
 
 def test_a_lease_of_a_replica_that_died_expires_and_frees_its_worker_id(db_url):
-    import sqlalchemy as sa
-
-    from controlplane.auth import Principal
-    from controlplane.services.identity import WorkerIdentity, issued_token_name
-    from mixprec import policy as lang
-    from mixprec.errors import AlreadyExists
-
     engine = open_engine(db_url)
     upgrade(engine)
     identity = WorkerIdentity(unit_of_work_factory(engine))
@@ -271,3 +269,25 @@ def test_a_lease_of_a_replica_that_died_expires_and_frees_its_worker_id(db_url):
     for worker_id in ("w1", "Search_Worker 0", "é" * 40, "-" * 128, "x" * 128):
         name = issued_token_name("emb", worker_id)
         assert not lang.endpoint_name_errors(name, "name"), name
+
+
+def test_a_token_that_expires_ends_its_streams_too(replicas):
+
+    import sqlalchemy as sa
+
+    one, two, _, url = replicas
+    engine, tokens, _ = _token_service(url)
+    short, _ = tokens.create("short-lived", "agent", "emb", expires_in=timedelta(hours=1))
+
+    async def scenario():
+        agent = LightAgent(two.address, "emb", "w-short", token=short).start()
+        await asyncio.wait_for(agent.loop.connected.wait(), 10)
+        with engine.begin() as conn:  # its hour is up
+            conn.execute(sa.text("UPDATE tokens SET expires_at = CURRENT_TIMESTAMP WHERE name = 'short-lived'"))
+        await eventually(lambda: agent.loop.last_error.startswith("UNAUTHENTICATED"), timeout=5, what="stream ended")
+        await agent.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
