@@ -140,8 +140,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         principal = current_principal()
         holder = Holder(hello.endpoint, hello.worker_id, uuid.uuid4().hex,
                         {principal.token_id} if principal.token_id is not None else set())
-        await run_blocking(self._identity.claim, principal, hello.endpoint, hello.worker_id, self._replica,
-                           holder.stream)
+        self.holders.claiming.add(holder.stream)
+        try:
+            await run_blocking(self._identity.claim, principal, hello.endpoint, hello.worker_id, self._replica,
+                               holder.stream)
+        except BaseException:  # refused, or cancelled (a lease it took anyway the session watch releases)
+            self.holders.claiming.discard(holder.stream)
+            raise
         self.holders.hold(holder)
         return holder
 
@@ -167,10 +172,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         try:
             last_nack, target = await self._register(hello)
             issued = await self._issue(holder)
+            await context.send_initial_metadata(((ACCEPTED_KEY, self._replica), *issued))
         except MixprecError as err:
             self._release(holder)
             await abort_with(context, err)
-        await context.send_initial_metadata(((ACCEPTED_KEY, self._replica), *issued))
+        except BaseException:  # cancelled (the worker went away): the id must not stay held
+            self._release(holder)
+            raise
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
             nacked={last_nack} if last_nack else set(), report_round=target.report_round,
@@ -219,11 +227,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         wait for the database); one that cannot be released expires with this replica's heartbeat."""
         if not self.holders.release(holder):
             return False
+        self._release_lease(holder)
+        return True
+
+    def _release_lease(self, holder: Holder) -> None:
         task = asyncio.ensure_future(run_blocking(self._identity.release, holder.endpoint, holder.worker_id,
                                                   holder.stream))
         self._releasing.add(task)
         task.add_done_callback(self._released)
-        return True
 
     def _released(self, task: asyncio.Future) -> None:
         self._releasing.discard(task)

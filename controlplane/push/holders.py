@@ -35,9 +35,15 @@ class Holder:
 class StreamHolders:
     def __init__(self) -> None:
         self._holders: dict[tuple[str, str], Holder] = {}  # (endpoint, worker id) -> its stream here
+        self.claiming: set[str] = set()  # streams whose lease is being claimed now
+
+    def streams(self) -> set[str]:
+        """Every stream of this replica that holds, or is claiming, a lease."""
+        return {h.stream for h in self._holders.values()} | self.claiming
 
     def hold(self, holder: Holder) -> None:
         """The lease is this stream's now: an older stream of this replica with the id ends."""
+        self.claiming.discard(holder.stream)
         old = self._holders.get((holder.endpoint, holder.worker_id))
         if old is not None:
             old.end(grpc.StatusCode.ABORTED, "a new stream of the same worker took this worker id over")

@@ -35,6 +35,7 @@ class SessionWatch:
         self._replica = replica
         self._interval = interval
         self._extended = -float("inf")  # when this replica's leases were last extended (monotonic)
+        self._orphans: set[str] = set()
         self._wake = asyncio.Event()
         # Other holders of tokens (the dashboard's sessions): () -> their token ids, and ending them.
         self.session_tokens: Callable[[], set[int]] = set
@@ -61,9 +62,12 @@ class SessionWatch:
         started = time.monotonic()
         tokens = self._holders.token_ids() | self._authenticator.token_ids() | self.session_tokens()
         extend = started - self._extended >= self._identity.lease_seconds / 3
-        leased, ended = await run_blocking(self._identity.heartbeat, self._replica, sorted(tokens), extend)
+        leased, ended = await run_blocking(self._identity.heartbeat, self._replica, sorted(tokens), extend,
+                                           self._orphans)
         if extend:
             self._extended = started
+        # A lease whose stream is neither here nor claiming (it left mid-claim) is released next pass.
+        self._orphans = leased - self._holders.streams()
         closed = self._holders.sweep(leased, ended, started)
         if ended:
             self._authenticator.forget_ids(ended)

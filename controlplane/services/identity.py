@@ -105,11 +105,14 @@ class WorkerIdentity:
             uow.leases.release(endpoint, worker_id, stream)
             uow.commit()
 
-    def heartbeat(self, replica: str, token_ids: list[int], extend: bool = True) -> tuple[set[str], set[int]]:
-        """Extends this replica's leases (when `extend`): (the streams still holding theirs, which of
-        `token_ids` have been revoked or have expired)."""
+    def heartbeat(self, replica: str, token_ids: list[int], extend: bool = True,
+                  orphans: set[str] = frozenset()) -> tuple[set[str], set[int]]:
+        """Extends this replica's leases (when `extend`) and releases `orphans` (leases of streams gone
+        from this replica): (the streams still holding theirs, which of `token_ids` have ended)."""
         now = utcnow()
         with self._uow() as uow:
+            if orphans:
+                uow.leases.release_streams(replica, orphans)
             held = uow.leases.extend(replica, now + timedelta(seconds=self.lease_seconds) if extend else None)
             ended: set[int] = set()
             for start in range(0, len(token_ids), 500):

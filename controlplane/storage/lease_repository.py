@@ -67,5 +67,9 @@ class LeaseRepository:
                                   .values(expires_at=until))
         return set(self._session.scalars(select(WorkerLeaseRow.stream).where(WorkerLeaseRow.replica == replica)))
 
+    def release_streams(self, replica: str, streams: set[str]) -> None:
+        self._session.execute(delete(WorkerLeaseRow).where(WorkerLeaseRow.replica == replica,
+                                                           WorkerLeaseRow.stream.in_(sorted(streams))))
+
     def release_replica(self, replica: str) -> None:
         self._session.execute(delete(WorkerLeaseRow).where(WorkerLeaseRow.replica == replica))
