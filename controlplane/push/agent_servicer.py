@@ -17,12 +17,12 @@ from controlplane.api.errors import abort_with
 from controlplane.api.limits import Undecodable, check_request
 from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
-from controlplane.push.holders import Holder, StreamHolders
+from controlplane.push.holders import ClaimQueue, Holder, StreamHolders
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
 from controlplane.services.checks import check_name
 from controlplane.services.fleet import FleetService, Target, check_hello
-from controlplane.services.identity import WorkerIdentity, check_worker_id
+from controlplane.services.identity import Claim, WorkerIdentity, check_worker_id
 from controlplane.storage.repositories import utcnow
 from mixprec.errors import MixprecError
 from mixprec.v1 import agent_pb2 as apb
@@ -96,6 +96,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._identity = identity  # the worker-id leases of every replica
         self.holders = holders or StreamHolders()  # the worker ids this replica's streams hold
         self._releasing: set[asyncio.Future] = set()
+        self._claims = ClaimQueue(identity)
         self._fleet = fleet
         self._fleet_metrics = fleet_metrics  # propagation times and NACK reasons (controlplane.api.fleet_metrics)
         self._hub = hub
@@ -142,8 +143,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         {principal.token_id} if principal.token_id is not None else set())
         self.holders.claiming.add(holder.stream)
         try:
-            await run_blocking(self._identity.claim, principal, hello.endpoint, hello.worker_id, self._replica,
-                               holder.stream)
+            await self._claims.claim(Claim(principal, hello.endpoint, hello.worker_id, self._replica, holder.stream))
         except BaseException:  # refused, or cancelled (a lease it took anyway the session watch releases)
             self.holders.claiming.discard(holder.stream)
             raise

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from controlplane.blocking import run_blocking
+from controlplane.services.identity import Claim, WorkerIdentity
+
 
 @dataclass
 class Holder:
@@ -78,3 +81,42 @@ class StreamHolders:
                 continue
             count += 1
         return count
+
+
+class ClaimQueue:
+    """The hellos' claims of worker ids, decided in batches: one goes at once, the ones that arrive
+    meanwhile wait for it and go together (a fleet reconnecting at once costs a few transactions)."""
+
+    MAX_BATCH = 500
+
+    def __init__(self, identity: WorkerIdentity):
+        self._identity = identity
+        self._waiting: list[tuple[Claim, asyncio.Future]] = []
+        self._draining = False
+
+    async def claim(self, claim: Claim) -> None:
+        """Returns once the stream holds the id; raises its refusal otherwise."""
+        decided = asyncio.get_running_loop().create_future()
+        self._waiting.append((claim, decided))
+        if not self._draining:
+            self._draining = True
+            asyncio.ensure_future(self._drain())
+        await decided
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:self.MAX_BATCH], self._waiting[self.MAX_BATCH:]
+                try:
+                    outcomes = await run_blocking(self._identity.claim_many, [claim for claim, _ in batch])
+                except Exception as err:  # noqa: BLE001 - e.g. the database is away: every claim of it fails
+                    outcomes = [err] * len(batch)
+                for (_, decided), outcome in zip(batch, outcomes, strict=True):
+                    if decided.done():  # its stream went away meanwhile
+                        continue
+                    if outcome is None:
+                        decided.set_result(None)
+                    else:
+                        decided.set_exception(outcome)
+        finally:
+            self._draining = False

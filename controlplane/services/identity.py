@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Callable
 
 from controlplane import domain
@@ -25,7 +26,7 @@ from controlplane.auth.tokens import new_token, token_hash
 from controlplane.services.checks import check_name, check_text
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
-from mixprec.errors import AlreadyExists, FieldError, InvalidArgument, NotFound, PermissionDenied
+from mixprec.errors import AlreadyExists, FieldError, InvalidArgument, MixprecError, NotFound, PermissionDenied
 
 LEASE_SECONDS = 15.0   # a replica that stops extending its leases frees their ids after this long
 MAX_WORKER_ID = 128
@@ -58,6 +59,17 @@ def may_take_over(lease: domain.WorkerLease, claimant: Principal) -> bool:
     return claimant.worker_id is not None and lease.token_id == claimant.token_id
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A stream asking for a worker id."""
+
+    principal: Principal
+    endpoint: str
+    worker_id: str
+    replica: str
+    stream: str
+
+
 class WorkerIdentity:
     def __init__(self, uow: Callable[[], UnitOfWork], lease_seconds: float = LEASE_SECONDS):
         self._uow = uow
@@ -65,21 +77,41 @@ class WorkerIdentity:
 
     def claim(self, principal: Principal, endpoint: str, worker_id: str, replica: str, stream: str) -> None:
         """Gives the worker id to this stream; AlreadyExists while another stream holds it anywhere."""
+        (refusal,) = self.claim_many([Claim(principal, endpoint, worker_id, replica, stream)])
+        if refusal is not None:
+            raise refusal
+
+    def claim_many(self, claims: list[Claim]) -> list[MixprecError | None]:
+        """Decides many claims in one transaction (a fleet reconnecting at once costs a few commits, not
+        one each), each on its own savepoint: its refusal, or None where the stream holds the id now."""
+        now = utcnow()
+        outcomes: list[MixprecError | None] = [None] * len(claims)
+        # In one order on every replica, so that two replicas' batches never wait on each other's row locks.
+        order = sorted(range(len(claims)), key=lambda i: (claims[i].endpoint, claims[i].worker_id))
+        with self._uow() as uow:
+            for i in order:
+                try:
+                    with uow.savepoint():
+                        self._claim(uow, claims[i], now)
+                except MixprecError as err:
+                    outcomes[i] = err
+            uow.commit()
+        return outcomes
+
+    def _claim(self, uow: UnitOfWork, claim: Claim, now: datetime) -> None:
+        principal, endpoint, worker_id = claim.principal, claim.endpoint, claim.worker_id
         if principal.worker_id is not None and principal.worker_id != worker_id:
             raise PermissionDenied(f"token {principal.name!r} belongs to worker id {principal.worker_id!r}, "
                                    f"not {worker_id!r}")
-        now = utcnow()
-        with self._uow() as uow:
-            lease = uow.leases.get(endpoint, worker_id)
-            if lease is not None and lease.expires_at > now and not may_take_over(lease, principal):
-                raise AlreadyExists(f"worker id {worker_id!r} of endpoint {endpoint!r} is held by a live stream "
-                                    "of another token; give each worker its own token, or an admin runs "
-                                    "mixprec takeover")
-            if principal.bootstrap:
-                _refuse_issued(uow, endpoint, worker_id)
-            uow.leases.hold(domain.WorkerLease(endpoint, worker_id, principal.token_id, principal.name, replica,
-                                               stream, now + timedelta(seconds=self.lease_seconds)), now)
-            uow.commit()
+        lease = uow.leases.get(endpoint, worker_id)
+        if lease is not None and lease.expires_at > now and not may_take_over(lease, principal):
+            raise AlreadyExists(f"worker id {worker_id!r} of endpoint {endpoint!r} is held by a live stream "
+                                "of another token; give each worker its own token, or an admin runs "
+                                "mixprec takeover")
+        if principal.bootstrap:
+            _refuse_issued(uow, endpoint, worker_id)
+        uow.leases.hold(domain.WorkerLease(endpoint, worker_id, principal.token_id, principal.name, claim.replica,
+                                           claim.stream, now + timedelta(seconds=self.lease_seconds)), now)
 
     def issue(self, bootstrap: Principal, endpoint: str, worker_id: str, stream: str) -> tuple[str, Principal]:
         """The worker id's own token, made for the bootstrap token's stream that holds the id (once its

@@ -49,6 +49,10 @@ class UnitOfWork:
         self.leases = LeaseRepository(self.session)
         return self
 
+    def savepoint(self):
+        """A nested transaction: what fails inside it is undone alone (a context manager)."""
+        return self.session.begin_nested()
+
     def commit(self) -> None:
         scope = current_scope.get()
         try:

@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from support import LAYERS, LightAgent, RunningControlPlane, eventually, fleet_of, rules, stubs
 
 from controlplane.auth import Authenticator, Principal, Role, TokenService
-from controlplane.services.identity import WorkerIdentity, issued_token_name
+from controlplane.services.identity import Claim, WorkerIdentity, issued_token_name
 from controlplane.storage.database import open_engine, upgrade
 from controlplane.storage.unit_of_work import unit_of_work_factory
 from mixprec import policy as lang
 from mixprec import transport
 from mixprec.cli.main import main
-from mixprec.errors import AlreadyExists
+from mixprec.errors import AlreadyExists, PermissionDenied
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, auth_pb2, auth_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -289,5 +289,24 @@ def test_a_token_that_expires_ends_its_streams_too(replicas):
 
     try:
         asyncio.run(scenario())
+    finally:
+        engine.dispose()
+
+
+def test_a_batch_of_claims_decides_each_on_its_own(db_url):
+    engine = open_engine(db_url)
+    upgrade(engine)
+    identity = WorkerIdentity(unit_of_work_factory(engine))
+    shared, other = Principal("shared", Role.AGENT, "emb", token_id=1), Principal("other", Role.AGENT, "emb", token_id=2)
+    own = Principal("w9-own", Role.AGENT, "emb", worker_id="w9", token_id=3)
+    try:
+        outcomes = identity.claim_many([
+            Claim(other, "emb", "w2", "r", "s-w2"), Claim(shared, "emb", "w1", "r", "s-w1"),
+            Claim(other, "emb", "w1", "r", "s-intruder"), Claim(own, "emb", "w1", "r", "s-own"),
+        ])
+        assert [type(o) for o in outcomes] == [type(None), type(None), AlreadyExists, PermissionDenied]
+        with engine.connect() as conn:
+            leases = dict(conn.execute(sa.text("SELECT worker_id, stream FROM worker_leases")).all())
+        assert leases == {"w1": "s-w1", "w2": "s-w2"}
     finally:
         engine.dispose()
