@@ -5,8 +5,8 @@ GetEndpoint calls: no tokens on plaintext (the demo), tokens on plaintext, token
 run-time CA from trustme). Then times the refusal of two requests that used to exhaust the server: a
 3.8 MB glob in ResolvePolicy and a 100,000-deep artifact. Then two replicas over one database play
 hostile agents: a shared token claiming a live worker id through the other replica, and a revoked
-token's streams on both replicas, timed until they close (the README promises 5 s), with the freed
-worker id taken by a new token. With --server it times that server instead (pass --token and, for
+token's streams on both replicas, timed until they close (the README promises 5 s), the freed
+worker id taken by a new token, and an admin's takeover of it closing that stream on the other replica. With --server it times that server instead (pass --token and, for
 TLS, --tls-ca).
 
 Usage: python benchmarks/security.py [--calls 500] [--db URL] [--redis URL]
@@ -155,6 +155,12 @@ def identity_rows(db: str, redis_url: str | None) -> list[tuple[str, float, str]
         successor = AgentStream(two.address, fresh, "w1")
         rows.append(("freed worker id, new token connects", (time.perf_counter() - started) * 1000,
                      successor.accepted()))
+        started = time.perf_counter()
+        agent_pb2_grpc.FleetServiceStub(transport.channel(one.address, root)).TakeOverWorker(
+            apb.TakeOverWorkerRequest(endpoint="emb", worker_id="w1", reason="benchmark"), timeout=10)
+        closed = successor.ended.wait(30)
+        rows.append(("admin takeover: stream closed, other", (time.perf_counter() - started) * 1000,
+                     successor.code if closed else "still open"))
         successor.close()
         for stream in (here, there):
             stream.close()
