@@ -45,5 +45,15 @@ class IssuedToken:
         os.chmod(temporary, 0o600)
         os.replace(temporary, self.path)
 
+    def keep(self, token: str) -> str:
+        """Saves the token; where it is kept (memory only, with an error logged, when it cannot be written)."""
+        try:
+            self.save(token)
+        except OSError as err:
+            log.error("cannot write this worker's token to %s (%s): it lasts until the process ends; an admin "
+                      "must run mixprec takeover for a restart to connect", self.path, err)
+            return "memory only"
+        return str(self.path)
+
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -230,10 +230,8 @@ class SyncLoop:
         issued = dict(metadata or ()).get(ISSUED_TOKEN_KEY)
         if issued:  # issued once: kept before anything else, the bootstrap token cannot issue it again
             self.issued_token = issued
-            if self._issued is not None:
-                self._issued.save(issued)
-            log.info("the control plane issued this worker its own token (kept in %s)",
-                     self._issued.path if self._issued else "memory only: no state dir")
+            kept = self._issued.keep(issued) if self._issued is not None else "memory only: no state dir"
+            log.info("the control plane issued this worker its own token (kept in %s)", kept)
         if metadata is not None and ACCEPTED_KEY in dict(metadata):
             self.connected.set()
             self._backoff.reset()
