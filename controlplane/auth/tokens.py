@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from controlplane import domain
 from controlplane.auth.roles import Principal, Role
+from controlplane.services.checks import check_worker_id
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
@@ -70,8 +71,7 @@ def _check_worker_binding(role: Role, endpoint: str, worker_id: str, bootstrap: 
         if not endpoint:
             raise InvalidArgument(FieldError("endpoint", "is required with worker_id: a worker id is one "
                                                          "endpoint's"))
-        if len(worker_id) > 128 or not worker_id.isprintable():
-            raise InvalidArgument(FieldError("worker_id", f"{worker_id[:128]!r} must be 1-128 printable characters"))
+        check_worker_id(worker_id)
 
 
 class TokenService:

@@ -20,9 +20,9 @@ from controlplane.blocking import run_blocking
 from controlplane.push.holders import ClaimQueue, Holder, StreamHolders
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
-from controlplane.services.checks import check_name
+from controlplane.services.checks import check_name, check_worker_id
 from controlplane.services.fleet import FleetService, Target, check_hello
-from controlplane.services.identity import Claim, WorkerIdentity, check_worker_id
+from controlplane.services.identity import Claim, WorkerIdentity
 from controlplane.storage.repositories import utcnow
 from mixprec.errors import MixprecError
 from mixprec.v1 import agent_pb2 as apb

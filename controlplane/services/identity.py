@@ -23,19 +23,12 @@ from typing import Callable
 from controlplane import domain
 from controlplane.auth.roles import Principal, Role
 from controlplane.auth.tokens import new_token, token_hash
-from controlplane.services.checks import check_name, check_text
+from controlplane.services.checks import check_name, check_text, check_worker_id
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec.errors import AlreadyExists, FieldError, InvalidArgument, MixprecError, NotFound, PermissionDenied
 
 LEASE_SECONDS = 15.0   # a replica that stops extending its leases frees their ids after this long
-MAX_WORKER_ID = 128
-
-
-def check_worker_id(worker_id: str, field_name: str = "worker_id") -> None:
-    if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
-        raise InvalidArgument(FieldError(field_name, f"{worker_id[:MAX_WORKER_ID]!r} must be 1-{MAX_WORKER_ID} "
-                                                     "printable characters"))
 
 
 def issued_token_name(endpoint: str, worker_id: str) -> str:
