@@ -96,13 +96,13 @@ class WorkerIdentity:
         if principal.worker_id is not None and principal.worker_id != worker_id:
             raise PermissionDenied(f"token {principal.name!r} belongs to worker id {principal.worker_id!r}, "
                                    f"not {worker_id!r}")
+        if principal.bootstrap:  # first: held or not, an id that has its own token is never issued another
+            _refuse_issued(uow, endpoint, worker_id)
         lease = uow.leases.get(endpoint, worker_id)
         if lease is not None and lease.expires_at > now and not may_take_over(lease, principal):
             raise AlreadyExists(f"worker id {worker_id!r} of endpoint {endpoint!r} is held by a live stream "
                                 "of another token; give each worker its own token, or an admin runs "
                                 "mixprec takeover")
-        if principal.bootstrap:
-            _refuse_issued(uow, endpoint, worker_id)
         uow.leases.hold(domain.WorkerLease(endpoint, worker_id, principal.token_id, principal.name, claim.replica,
                                            claim.stream, now + timedelta(seconds=self.lease_seconds)), now)
 

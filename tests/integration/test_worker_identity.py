@@ -224,7 +224,7 @@ def test_a_bootstrap_token_issues_each_worker_id_its_own_token_once(replicas, tm
             engine.dispose()
         await first.stop()
         release = threading.Event()
-        # Issued once: the bootstrap token cannot claim that id again, even with it free.
+        # Issued once: the bootstrap token cannot claim that id again (held or free).
         err = await asyncio.to_thread(refusal, hello_stream(two.address, made["boot"], "w-boot", release))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "has its own token already" in err.details()
         release.set()
