@@ -63,8 +63,8 @@ class SlotLayer(CacheLayerMixin):
 
     `capacity`: the most tokens the request will store (None: exactly what the first write brings, for
     a single forward). A sliding-window layer holds min(capacity, window) tokens in a ring: a decode
-    step then attends to every slot (the window's last tokens, in ring order, which attention does not
-    care about), exactly what the model's own sliding layer would hand it.
+    step then attends to every slot, the window's last tokens, exactly the ones the model's own sliding
+    layer would hand it (BF16 views and the kernel read them in ring order, equal up to rounding).
     """
 
     def __init__(self, precision: str, capacity: int | None, window: int | None = None,
@@ -115,13 +115,23 @@ class SlotLayer(CacheLayerMixin):
             return fresh[0], fresh[1]
         if earlier is not None:
             return (torch.cat([earlier[0], fresh[0]], dim=-2), torch.cat([earlier[1], fresh[1]], dim=-2))
-        filled = min(self.seen, self.slots)
-        return self._read(self.keys[:, :, :filled], new), self._read(self.values[:, :, :filled], new)
+        return self._visible(new)
 
-    def _read(self, buffer: torch.Tensor, new: int) -> torch.Tensor:
+    def _visible(self, new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a later step's attention reads: the filled slots (packed FP8 ones where the kernel reads
+        codes, at one token a step); dequantized ones oldest first, in the model's own cache's order (an
+        FP8 rounding downstream would turn a different summation order into different codes)."""
+        filled = min(self.seen, self.slots)
+        buffers = (self.keys, self.values)
         if self.precision != "fp8" or (self.reads_codes and new == 1):
-            return buffer
-        return dequantize_packed(buffer, self.dtype)
+            return tuple(buffer[:, :, :filled] for buffer in buffers)
+        if self.seen > self.slots:  # a ring that wrapped
+            index = self._slots_of(self.seen - filled, self.seen)
+            return tuple(dequantize_packed(buffer.index_select(2, index), self.dtype) for buffer in buffers)
+        return tuple(dequantize_packed(buffer[:, :, :filled], self.dtype) for buffer in buffers)
+
+    def _slots_of(self, first: int, end: int) -> torch.Tensor:
+        return torch.arange(first, end, device=self.device) % self.slots
 
     def _store(self, buffer: torch.Tensor, rows: torch.Tensor, start: int) -> None:
         """Writes rows (batch, heads, n, width) for positions start..start+n-1 in place (a ring wraps)."""
@@ -132,12 +142,12 @@ class SlotLayer(CacheLayerMixin):
         if at + rows.shape[-2] <= self.slots:
             buffer.narrow(2, at, rows.shape[-2]).copy_(rows)
         else:
-            buffer.index_copy_(2, torch.arange(first, end, device=buffer.device) % self.slots, rows)
+            buffer.index_copy_(2, self._slots_of(first, end), rows)
 
     def _ordered_window(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The last window-1 stored tokens of a sliding layer, oldest first, as attention reads them."""
         kept = min(self.seen, self.window - 1, self.slots)
-        index = torch.arange(self.seen - kept, self.seen, device=self.device) % self.slots
+        index = self._slots_of(self.seen - kept, self.seen)
         pair = [buffer.index_select(2, index) for buffer in (self.keys, self.values)]
         return tuple(dequantize_packed(t, self.dtype) if self.precision == "fp8" else t for t in pair)
 
