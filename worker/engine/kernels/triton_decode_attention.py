@@ -108,8 +108,8 @@ def decode_attention(query: torch.Tensor, key_codes: torch.Tensor, key_scales: t
     # Splits follow the buffers' size, not the lengths: the launch shape is fixed for a slot (a graph).
     splits = max(1, min(_MAX_SPLITS, triton.cdiv(slots, _CHUNK)))
     chunk = triton.cdiv(min(slots, window) if window else slots, splits)
-    group_p, block_d, splits_p = max(triton.next_power_of_2(group), 2), triton.next_power_of_2(head_dim), \
-        triton.next_power_of_2(splits)
+    group_p, block_d = max(triton.next_power_of_2(group), 2), triton.next_power_of_2(head_dim)
+    splits_p = max(triton.next_power_of_2(splits), 2)  # tl.arange's sizes: powers of two, two at least
     block_n = max(16, min(64, 8192 // (group_p * block_d)))  # a (group x tokens x head_dim) product in registers
     device = query.device
     m = torch.empty((batch, kv_heads, splits_p, group_p), dtype=torch.float32, device=device)
