@@ -188,3 +188,18 @@ def test_decode_steps_read_fp8_codes_through_the_kernel_and_decode_the_same(inte
     monkeypatch.delenv(kernels.TRITON_ON_CPU_ENV)
     dequantized = model.decoder.generate(prompt(), 6)
     assert with_kernel.tokens == dequantized.tokens and len(calls) == 3 * (len(with_kernel.tokens) - 1)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+@torch.inference_mode()
+def test_a_prompt_fed_in_chunks_reads_the_window_before_overwriting_it(precision):
+    decoder = tiny_gemma().decoder
+    ids = prompt(5)
+    slot = PrecisionCache(decoder.config, [precision] * decoder.num_layers, decoder.capacity(PROMPT, 4))
+    outputs = []
+    for cache in (reference_cache(decoder, precision), slot):
+        model = decoder.module.model
+        model(input_ids=torch.tensor([ids[:4]]), cache=cache, use_cache=True)  # shorter than the window
+        outputs.append(model(input_ids=torch.tensor([ids[4:]]), cache=cache, use_cache=True).last_hidden_state)
+    assert slot.layers[0].seen == PROMPT and slot.layers[0].slots == 5
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
