@@ -21,8 +21,8 @@ from mixprec.cli.quality_options import (
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.families import LLAMA, family_of
 from mixprec.metrics import DATA_WINDOWS, limit_word
-from mixprec.metrics import METRICS as KNOWN_METRICS
 from mixprec.policy import PRECISIONS, compact_rules
+from mixprec.sweep_summary import quality_lines, word_of
 from mixprec.v1 import policy_pb2 as pb
 
 # The budget when none is given: how much worse the sweep's metric may get.
@@ -216,17 +216,10 @@ def _ladder(text: str) -> list[str]:
     return names
 
 
-def _word(data: dict) -> str:
-    """'drop' or 'rise' for the artifact's metric: a user metric's direction is stored with it."""
-    if data["metric"] in KNOWN_METRICS:
-        return limit_word(data["metric"])
-    return "rise" if data.get("direction") == "lower" else "drop"
-
-
 def sweep_table(data: dict) -> list[dict]:
     """A sweep's JSON as rows, least sensitive first: unit, its worsening (measured, or ~estimated), what it got."""
     rows = []
-    word = _word(data)
+    word = word_of(data)
     for unit in sorted(data["units"], key=lambda u: u["drop"]):
         got = unit.get("precision") or (data["precision"] if unit["chosen"] else "bf16")
         verdict = f"{got} (combined check)" if unit["reverted"] else got
@@ -246,30 +239,11 @@ def sweep_table(data: dict) -> list[dict]:
 
 def summary_lines(data: dict) -> list[str]:
     """The chosen map's drop on the calibration pairs and on the held-out ones, and what the fast sweep did."""
-    word = _word(data)
+    word = word_of(data)
     chosen = sum(p != "bf16" for p in data["precision_map"].values())
-    final = next((c for c in data["combined"] if c.get("final")), data["combined"][-1] if data["combined"] else None)
     lines = [f"{chosen} of {len(data['precision_map'])} layers below bf16 ({data['precision']}); budget: "
              f"{data['metric']} {word} <= {data['max_drop']:g}; {len(data['combined'])} combined check(s)"]
-    confidence = data.get("confidence") or 0
-    bound = data.get("calibration_bound")
-    bound_text = "" if not confidence else (
-        f", {100 * confidence:g}% bound {bound:.6f}" if bound is not None else
-        f", no {100 * confidence:g}% bound (too few items to bound)")
-    if final:
-        lines.append(f"calibration {word} ({data['samples']} pairs or windows): measured {final['measured_drop']:.6f} "
-                     f"(predicted {final['predicted_drop']:.6f}){bound_text}")
-    held = data.get("holdout") or {}
-    if held:
-        held_bound = "" if held.get("bound") is None else f", {100 * confidence:g}% bound {held['bound']:.6f}"
-        lines.append(f"held-out {word} ({held['pairs']} texts the sweep never saw, {held.get('items', '?')} items): "
-                     f"measured {held['drop']:.6f}{held_bound}")
-        if held.get("note"):
-            lines.append(f"warning: {held['note']}" if held.get("overfit") else f"note: {held['note']}")
-    fingerprint = data.get("data") or {}
-    if "sha256" in fingerprint:
-        lines.append(f"data: {fingerprint['path']} ({fingerprint['format']}, {fingerprint['records']} records, "
-                     f"{fingerprint['bytes']} bytes, sha256 {fingerprint['sha256'][:16]}...)")
+    lines += quality_lines(data)[0]
     fast = data.get("fast") or {}
     if fast:
         rho = fast.get("rank_correlation_measured")
@@ -297,8 +271,9 @@ def _show(args) -> int:
     print(f"{endpoint} v{policy.version}: {policy.message}")
     output.table(sweep_table(data))
     for check in data["combined"]:
+        bound = "" if check.get("bound") is None else f", bound {check['bound']:.6f}"
         print(f"combined check of {len(check['units'])} unit(s): predicted drop {check['predicted_drop']:.6f}, "
-              f"measured {check['measured_drop']:.6f}")
+              f"measured {check['measured_drop']:.6f}{bound}")
     for line in summary_lines(data):
         print(line)
     return 0
