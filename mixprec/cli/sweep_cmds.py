@@ -39,8 +39,9 @@ def register(sub) -> None:
                 "drop fits --max-drop, then the chosen map is checked together (the most sensitive unit moves down "
                 "the list, then to base, while the combined drop is over budget). By default every unit's drop is "
                 "estimated from one forward and a few backward passes and only the units a decision depends on are measured "
-                "exactly (--exact measures every unit). The chosen map is then measured on --holdout pairs the sweep "
-                "never saw. Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
+                "exactly (--exact measures every unit). The chosen map is then trimmed until the upper bound of its drop "
+                "at --confidence fits the budget, and measured on --holdout pairs the sweep never saw. --data and "
+                "--metric put your own data and metric in place of the built-in ones. Writes MAP.yaml (a policy), MAP.json (every measurement) and MAP.png (a chart). "
                 "`mixprec sweep show ENDPOINT VERSION` prints the sweep stored with a proposed version.")
     p.add_argument("show", nargs="*", metavar="show ENDPOINT VERSION", help="print a stored sweep instead")
     p.add_argument("--model", help="the model to sweep: minilm, gemma3-270m, tiny-llama or hf:PATH")
