@@ -44,6 +44,7 @@ def test_propose_creates_exactly_one_version_with_the_sweep_beside_it(plane, tmp
     assert main(["--server", plane.address, "--output", "json", "sweep", "show", "emb", "2"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["granularity"] == "group" and len(shown["units"]) == 6
+    assert shown["data"] == {"builtin": "docstrings"} and shown["confidence"] == 0.95  # the stored sweep says both
     assert main(["--server", plane.address, "sweep", "show", "emb", "2"]) == 0
     table = capsys.readouterr().out
     assert all(f"{u['name']} " in table for u in shown["units"])
