@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import textwrap
 
 import pytest
@@ -38,8 +39,9 @@ SECRET = "zebra-quartz"  # a word of the user's data that must appear in nothing
 
 @pytest.fixture
 def user(tmp_path, monkeypatch):
-    (tmp_path / "team_metrics.py").write_text(textwrap.dedent(METRICS_MODULE))
+    (tmp_path / "cli_team_metrics.py").write_text(textwrap.dedent(METRICS_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cli_team_metrics", raising=False)  # another test's module of the same name
     monkeypatch.setattr(directions, "DECLARED", {})
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"text": f"def f{i}(x):\n    '''Add {i} to x ({SECRET}), then log the "
@@ -55,7 +57,7 @@ def user(tmp_path, monkeypatch):
 def test_a_decoder_sweep_on_user_texts_with_a_user_metric_records_the_fingerprint_not_the_data(user, capsys):
     out = user / "map.yaml"
     argv = ["sweep", "--model", "tiny-llama", "--data", str(user / "texts.jsonl"), "--metric",
-            "team_metrics:target_nll", "--max-rise", "0.05", "--samples", "8", "--granularity", "group", "--exact",
+            "cli_team_metrics:target_nll", "--max-rise", "0.05", "--samples", "8", "--granularity", "group", "--exact",
             "-o", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -72,7 +74,7 @@ def test_a_decoder_sweep_on_user_texts_with_a_user_metric_records_the_fingerprin
 
 def test_an_embedder_eval_on_labelled_pairs_gives_the_users_log_loss_with_its_bound(user, capsys):
     argv = ["--output", "json", "eval", "--model", "minilm", "--data", str(user / "pairs.jsonl"),
-            "--metric", "team_metrics:log_loss"]
+            "--metric", "cli_team_metrics:log_loss"]
     assert main(argv) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["samples"] == 12 and shown["data"]["records"] == 12
@@ -85,7 +87,7 @@ def test_a_bad_line_or_metric_is_refused_by_name_and_nothing_is_written(user, ca
     out = user / "map.yaml"
     assert main(["sweep", "--model", "tiny-llama", "--data", str(user / "bad.jsonl"), "-o", str(out)]) == 2
     assert "--data line 3 field 'completion': missing" in capsys.readouterr().err
-    assert main(["sweep", "--model", "tiny-llama", "--metric", "team_metrics:nothing", "-o", str(out)]) == 2
+    assert main(["sweep", "--model", "tiny-llama", "--metric", "cli_team_metrics:nothing", "-o", str(out)]) == 2
     assert "has no function 'nothing'" in capsys.readouterr().err
     assert main(["eval", "--model", "tiny-llama", "--data", str(user / "texts.jsonl"), "--max-data-bytes", "100"]) == 2
     assert "the limit is 100 (--max-data-bytes)" in capsys.readouterr().err
@@ -97,7 +99,7 @@ def test_the_workers_shadow_evaluation_on_user_data_reports_only_metrics(user):
     from worker.runtime import build_runtime
 
     runtime = build_runtime("tiny-llama", eval_samples=8, eval_data=str(user / "texts.jsonl"),
-                            metric="team_metrics:target_nll")
+                            metric="cli_team_metrics:target_nll")
     metrics, deltas, samples = runtime.evaluate(dict.fromkeys(runtime.catalog, "fp8"))
     assert samples == 8 and "target_nll" in metrics and deltas["kl_divergence"] > 0
     # What the agent sends is these three: names and numbers, nothing of the text.

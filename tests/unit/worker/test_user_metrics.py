@@ -3,6 +3,7 @@ and every way it can be wrong refused with a clear error that names it."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -54,6 +55,7 @@ def user_module(tmp_path, monkeypatch):
     (tmp_path / "team_metrics.py").write_text(textwrap.dedent(MODULE))
     (tmp_path / "broken_import.py").write_text("raise RuntimeError('no config found')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "team_metrics", raising=False)  # another test's module of the same name
     monkeypatch.setattr(directions, "DECLARED", {})  # each test declares afresh
     return "team_metrics"
 
