@@ -25,12 +25,13 @@ def upper_bound(metric: str, items, reference_items, confidence: float, resample
                 seed: int = SEED) -> float | None:
     """The `confidence` upper quantile of the metric's worsening (positive = worse) under resampling of the
     items; None with fewer than MIN_ITEMS items or confidence 0."""
-    candidate = torch.as_tensor(items, dtype=torch.float64).flatten().cpu()
-    base = torch.as_tensor(reference_items, dtype=torch.float64).flatten().cpu()
+    # On the CPU whatever the default device: the items are a few numbers per window or pair.
+    candidate = torch.as_tensor(items, dtype=torch.float64, device="cpu").flatten()
+    base = torch.as_tensor(reference_items, dtype=torch.float64, device="cpu").flatten()
     if confidence <= 0 or candidate.numel() < MIN_ITEMS or candidate.shape != base.shape:
         return None
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(candidate.numel(), (resamples, candidate.numel()), generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    picks = torch.randint(candidate.numel(), (resamples, candidate.numel()), generator=generator, device="cpu")
     if metric in LOG_MEAN:
         deltas = LOG_MEAN[metric](candidate[picks].mean(1)) - LOG_MEAN[metric](base[picks].mean(1))
     else:

@@ -48,9 +48,9 @@ class ShadowEvaluator:
         self._reference_items: dict[str, list[float]] | None = None
         self.user_metrics = tuple(user_metrics)
         self.metrics = METRICS + tuple(n for m in self.user_metrics for n in m.names)
-        self._groups = [torch.tensor(g) for g in query_groups(pairs)] if self.user_metrics else []
+        self._groups = [torch.tensor(g, device=model.device) for g in query_groups(pairs)] if self.user_metrics else []
         labels = [float("nan") if p.label is None else p.label for p in pairs]
-        self._labels = torch.tensor(labels, dtype=torch.float64)
+        self._labels = torch.tensor(labels, dtype=torch.float64, device=model.device)
 
     default_metric = "cosine_to_base"  # agreement with base separates layers far better than label metrics
 
@@ -88,7 +88,7 @@ class ShadowEvaluator:
         built_in = {**retrieval_items(*ours), **agreement_items(*ours, *base)}
         names = list(built_in)  # one read from the device for all of them
         items = dict(zip(names, torch.stack([built_in[n].double() for n in names]).tolist(), strict=True))
-        labels = self._labels.to(ours[0].device)
+        labels = self._labels
         for metric in self.user_metrics:
             per_group = [metric((base[0][g], base[1][g]), (ours[0][g], ours[1][g]), labels[g])
                          for g in self._groups]
