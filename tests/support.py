@@ -94,7 +94,9 @@ class LightAgent:
     async def _report(self, version, precision_map):
         fp8 = sum(p != "bf16" for p in precision_map.values())
         self.loop.report(apb.Report(kind=apb.Report.QUALITY, version=version, metrics={"cosine_to_base": 1 - fp8 / 1000},
-                                    deltas={"cosine_to_base": -fp8 / 1000, "kl_divergence": fp8 / 100}, samples=8))
+                                    deltas={"cosine_to_base": -fp8 / 1000, "kl_divergence": fp8 / 100,
+                                            "team_log_loss": fp8 / 200},  # a user's metric: only its name is known
+                                    samples=8))
 
     def start(self):
         self.task = asyncio.ensure_future(self.loop.run())
