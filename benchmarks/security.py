@@ -10,9 +10,14 @@ loop (how long each takes to be refused or survived, and how). Then what hostile
 the others on a server with tokens: 20,000-name hellos beside an activate, a report flood, fresh
 worker ids, four worst-case resolutions beside cheap reads, request ids reused, webhooks to private
 addresses, and a worker's InferenceService called without a token, with garbage and oversize.
-With --server it times that server instead (pass --token and, for TLS, --tls-ca).
+Then two replicas over one database play hostile agents: a shared token claiming a live worker id
+through the other replica, and a revoked token's streams on both replicas, timed until they close
+(the README promises 5 s), the freed worker id taken by a new token, and an admin's takeover of it
+closing that stream on the other replica. With --server it times that server instead (pass --token
+and, for TLS, --tls-ca).
 
-Usage: python benchmarks/security.py [--calls 500] [--skip-costs] [--server HOST:PORT --token T --tls-ca CA.pem]
+Usage: python benchmarks/security.py [--calls 500] [--skip-costs] [--resolve-layers N] [--db URL] [--redis URL]
+       python benchmarks/security.py --server HOST:PORT --token T [--tls-ca CA.pem]
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import grpc
 
 from mixprec import transport
 from mixprec.v1 import agent_pb2 as apb
-from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
+from mixprec.v1 import agent_pb2_grpc, auth_pb2, auth_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
 
 LAYERS = [f"layers.{i}.{g}" for i in range(6) for g in ("attention.q_proj", "mlp.up_proj", "mlp.down_proj")]
@@ -432,6 +437,93 @@ def legal_but_costly(folder: str, layers: int) -> list[tuple[str, float, str]]:
     return rows + inference(folder, admin)
 
 
+class AgentStream:
+    """A raw Connect stream held open in a thread until `close()`; `wait()` gives its end."""
+
+    def __init__(self, address: str, token: str, worker_id: str):
+        self._release = threading.Event()
+        self.ended = threading.Event()
+        self.code = "OK"
+
+        def outgoing():
+            yield apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id=worker_id, layers=LAYERS))
+            self._release.wait(60)
+
+        self.call = agent_pb2_grpc.AgentServiceStub(transport.channel(address, token)).Connect(outgoing(), timeout=60)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            for _ in self.call:
+                pass
+        except grpc.RpcError as err:
+            self.code = err.code().name
+        self.ended.set()
+
+    def accepted(self) -> str:
+        """Waits for the hello's answer: OK, or the refusal's code."""
+        try:
+            self.call.initial_metadata()
+        except grpc.RpcError as err:
+            return err.code().name
+        return "OK" if not self.ended.wait(0.2) else self.code
+
+    def close(self) -> None:
+        self._release.set()
+
+
+def identity_rows(db: str, redis_url: str | None) -> list[tuple[str, float, str]]:
+    """Hostile agents against two replicas over `db`: (case, ms, answer)."""
+    from controlplane.auth import TokenService
+    from controlplane.storage.database import ensure_schema, open_engine
+    from controlplane.storage.unit_of_work import unit_of_work_factory
+
+    engine = open_engine(db)
+    ensure_schema(engine)
+    tokens = TokenService(unit_of_work_factory(engine))
+    root, _ = tokens.create("bench-root", "admin")
+    shared, _ = tokens.create("bench-agents", "agent", "emb")
+    engine.dispose()
+    one, two = (InProcessServer(db, auth="required", redis_url=redis_url) for _ in range(2))
+    rows = []
+    try:
+        policy_pb2_grpc.PolicyServiceStub(transport.channel(one.address, root)).CreateEndpoint(
+            pb.CreateEndpointRequest(name="emb", layers=LAYERS))
+        here, there = AgentStream(one.address, shared, "w1"), AgentStream(two.address, shared, "w2")
+        assert here.accepted() == "OK" and there.accepted() == "OK"
+        started = time.perf_counter()
+        intruder = AgentStream(two.address, shared, "w1")
+        rows.append(("claim a live worker id, other replica", (time.perf_counter() - started) * 1000,
+                     intruder.accepted()))
+        intruder.close()
+        admin = auth_pb2_grpc.TokenServiceStub(transport.channel(one.address, root))
+        started = time.perf_counter()
+        admin.RevokeToken(auth_pb2.RevokeTokenRequest(name="bench-agents"), timeout=10)
+        for label, stream in (("revoked: stream closed, same replica", here),
+                              ("revoked: stream closed, other replica", there)):
+            closed = stream.ended.wait(30)
+            rows.append((label, (time.perf_counter() - started) * 1000, stream.code if closed else "still open"))
+        fresh = admin.CreateToken(auth_pb2.CreateTokenRequest(name="bench-agents-2", role="agent", endpoint="emb"),
+                                  timeout=10).secret
+        started = time.perf_counter()
+        successor = AgentStream(two.address, fresh, "w1")
+        rows.append(("freed worker id, new token connects", (time.perf_counter() - started) * 1000,
+                     successor.accepted()))
+        started = time.perf_counter()
+        agent_pb2_grpc.FleetServiceStub(transport.channel(one.address, root)).TakeOverWorker(
+            apb.TakeOverWorkerRequest(endpoint="emb", worker_id="w1", reason="benchmark"), timeout=10)
+        closed = successor.ended.wait(30)
+        rows.append(("admin takeover: stream closed, other", (time.perf_counter() - started) * 1000,
+                     successor.code if closed else "still open"))
+        successor.close()
+        for stream in (here, there):
+            stream.close()
+    finally:
+        one.stop()
+        two.stop()
+    return rows
+
+
 def configurations(folder: str):
     """(label, server options, client options) with the tokens and certificates they need."""
     import trustme
@@ -475,6 +567,10 @@ def main() -> int:
     parser.add_argument("--skip-costs", action="store_true", help="leave out the hostile but legal calls (issue 22)")
     parser.add_argument("--resolve-layers", type=int, default=2000,
                         help="catalog size of the worst-case resolutions (rules x layers stays at 2,000,000)")
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="an empty, migrated database for the two-replica cases (default: a SQLite file)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="Redis for the two-replica cases (default none: revocations found by polling)")
     args = parser.parse_args()
     from mixprec.logs import configure_logging
 
@@ -485,7 +581,7 @@ def main() -> int:
         print(header)
         print(row(args.server, time_calls(stub, args.calls), None))
         return 0
-    results, refusals, hostile, costs = [], [], [], []
+    results, refusals, hostile, costs, identity = [], [], [], [], []
     with tempfile.TemporaryDirectory() as folder:
         db, configs = configurations(folder)
         for label, server_options, client_options in configs:
@@ -504,6 +600,7 @@ def main() -> int:
                 server.stop()
         if not args.skip_costs:
             costs = legal_but_costly(folder, args.resolve_layers)
+        identity = identity_rows(args.db or f"sqlite:///{folder}/replicas.db", args.redis)
     print(header)
     base = statistics.median(results[0][1])
     for label, times in results:
@@ -517,6 +614,12 @@ def main() -> int:
         print(f"{'hostile but legal (issue 22)':<44} {'ms':>8}  answer  (a ratio row: x, not ms)")
         for name, ms, answer in costs:
             print(f"{name:<44} {ms:>8.1f}  {answer}")
+    print()
+    fan_out = "Redis" if args.redis else "no Redis: polling"
+    print(f"hostile agents, two replicas over one database ({fan_out}); a revocation must bite within 5,000 ms")
+    print(f"{'case':<38} {'ms':>8}  answer")
+    for name, ms, code in identity:
+        print(f"{name:<38} {ms:>8.1f}  {code}")
     return 0
 
 

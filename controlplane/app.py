@@ -28,10 +28,13 @@ from controlplane.database_health import DatabaseHealth
 from controlplane.notifier import Notifier
 from controlplane.push.agent_servicer import AgentServicer, add_agent_servicer
 from controlplane.push.feeds import LocalFeed, RedisFeed
+from controlplane.push.holders import StreamHolders
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
+from controlplane.push.session_watch import SessionWatch
 from controlplane.resolution_pool import ResolutionPool
 from controlplane.services.fleet import FleetService
+from controlplane.services.identity import WorkerIdentity
 from controlplane.services.notifications import NotificationService
 from controlplane.services.policies import PolicyService
 from controlplane.services.rollouts import RolloutService
@@ -117,6 +120,8 @@ class ControlPlane:
         stream_limits: dict | None = None,
         resolution_limits: dict | None = None,  # ExpensiveReads' keywords (per_token, total)
         webhook_allow: Sequence[str] = (),  # address ranges webhooks may reach beyond public addresses
+        watch_interval: float = 1.0,
+        lease_seconds: float = 15.0,
     ):
         self.db_url = db_url
         self.listen = listen
@@ -146,7 +151,11 @@ class ControlPlane:
         self.hub = TargetHub()
         self.recorder = FleetRecorder(self.fleet)
         self.authenticator = Authenticator(uow)
-        self.tokens = TokenService(uow, on_revoke=self.authenticator.forget)
+        self.tokens = TokenService(uow, on_revoke=self._sessions_ended_soon)
+        self.identity = WorkerIdentity(uow, lease_seconds)
+        self.holders = StreamHolders()
+        self.watch = SessionWatch(self.identity, self.holders, self.authenticator, self.replica, watch_interval)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._feed = None
@@ -159,9 +168,24 @@ class ControlPlane:
             authenticate = self.authenticator.authenticate if tokens_required(auth, http_listen, "http_listen") else None
             self.dashboard = DashboardServer(Pages(self.policies, self.fleet, self.rollouts, self.requests), self.endpoint_changed,
                                              http_listen, authenticate, *(http_tls or ()))
+            sessions = self.dashboard.dashboard.access.sessions
+            self.watch.session_tokens, self.watch.end_sessions = sessions.token_ids, sessions.end_tokens
+
+    def _sessions_ended_soon(self) -> None:
+        """A token was revoked here (called from a worker thread): forget it, look now, tell the others."""
+        self.authenticator.forget()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.sessions_ended()))
+
+    async def sessions_ended(self) -> None:
+        """A token was revoked or a worker id taken over: every replica's session watch looks at once."""
+        self.watch.wake()
+        if self._feed is not None:
+            await self._feed.publish_ended()
 
     async def start(self) -> int:
         blocking.configure()
+        self._loop = asyncio.get_running_loop()
         await blocking.run_blocking(ensure_schema, self.engine)
         metrics = RpcMetrics(self.registry)
         self.fleet_metrics = FleetMetrics(self.registry, TelemetryService(self._uow), self.metrics_interval)
@@ -172,11 +196,11 @@ class ControlPlane:
         )
         add_agent_servicer(
             AgentServicer(self.fleet, self.hub, self.recorder, self.replica, metrics.ack_latency, self.fleet_metrics,
-                          **self.stream_limits),
+                          **self.stream_limits, identity=self.identity, holders=self.holders),
             server,
         )
         agent_pb2_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(self.fleet, self.endpoint_changed, self.requests), server
+            FleetServicer(self.fleet, self.endpoint_changed, self.requests, self.identity, self.sessions_ended), server
         )
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
             RolloutServicer(self.rollouts, self.endpoint_changed, self.requests), server
@@ -196,7 +220,8 @@ class ControlPlane:
         self._feed = RedisFeed(self.redis_url, self.replica) if self.redis_url else LocalFeed()
         self._tasks = [
             asyncio.ensure_future(self.recorder.run()),
-            asyncio.ensure_future(self._feed.run(self.refresh)),
+            asyncio.ensure_future(self._feed.run(self.refresh, self.watch.wake)),
+            asyncio.ensure_future(self.watch.run()),
             asyncio.ensure_future(self._poll()),
             asyncio.ensure_future(self._drive_rollouts()),
             asyncio.ensure_future(self.fleet_metrics.run()),
@@ -230,6 +255,7 @@ class ControlPlane:
         await self.recorder.flush_before_exit()
         try:  # the streams are gone with this replica: its workers are not connected any more
             await blocking.run_blocking(self.fleet.release_replica, self.replica)
+            await blocking.run_blocking(self.identity.release_replica, self.replica)
         except MixprecError as err:
             log.warning("could not mark this replica's workers disconnected: %s", err)
         await self._feed.close()

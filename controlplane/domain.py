@@ -182,6 +182,9 @@ class TokenInfo:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    worker_id: str | None = None   # an agent token that may connect as this one worker id only
+    bootstrap: bool = False        # an agent token that issues each worker id its own token, once
+    id: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,3 +214,16 @@ class Delivery:
     error: str
     created_at: datetime
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WorkerLease:
+    """The live stream that holds a worker id, as every replica sees it."""
+
+    endpoint: str
+    worker_id: str
+    token_id: int | None
+    token_name: str
+    replica: str
+    stream: str
+    expires_at: datetime

@@ -34,13 +34,38 @@ METRICS: dict[str, Direction] = {
 # The decoder quality set (worker.quality.language): windows of standard-library docstring tokens.
 WINDOW_TOKENS = 64
 DEFAULT_WINDOWS = 16
+# A user's data file (`--data`): a calibration set, not a training set; read where it is measured.
+MAX_DATA_BYTES = 16 * 2**20
+DATA_WINDOWS = 64  # a decoder's windows of a user's data, at most, unless --samples says otherwise
+
+
+# A user's metrics (`--metric package.module:function`), declared by the process that loaded them: the
+# worker and the CLI know their direction; the control plane never imports them, so a guardrail on one
+# names its side (max_drop or max_rise) itself.
+DECLARED: dict[str, Direction] = {}
+
+
+def declares(**directions: str):
+    """`@declares(log_loss="lower")` on a user metric function: each value it returns, and its good direction
+    ("higher" or "lower"), declared once, as METRICS declares the built-in ones."""
+    def mark(function):
+        function.directions = dict(directions)
+        return function
+    return mark
+
+
+def declare(metric: str, good: Direction) -> None:
+    """Makes a user metric's direction known to this process (worsening, limit_word, budgets)."""
+    if metric in METRICS:
+        raise InvalidArgument(FieldError("--metric", f"{metric!r} is a built-in metric; name yours differently"))
+    DECLARED[metric] = good
 
 
 def direction(metric: str, field_name: str = "metric") -> Direction:
     try:
-        return METRICS[metric]
+        return METRICS[metric] if metric in METRICS else DECLARED[metric]
     except KeyError:
-        known = ", ".join(sorted(METRICS))
+        known = ", ".join(sorted({**METRICS, **DECLARED}))
         raise InvalidArgument(FieldError(field_name, f"unknown metric {metric!r}; known: {known}")) from None
 
 

@@ -18,6 +18,7 @@ from mixprec.transport import add_port, server_credentials
 from mixprec.v1 import agent_pb2 as apb
 from worker.admission import ServingLoad
 from worker.client_tokens import ClientTokens
+from worker.credentials import IssuedToken
 from worker.engine import PassCancelled
 from worker.serving import Capacity, InferenceLimits, InferenceServicer, ServingStats, add_inference_servicer
 from worker.state import StateStore
@@ -156,7 +157,8 @@ class WorkerAgent:
         )
         self.sync = SyncLoop(self.config.server, identity, self._apply, state=state, on_applied=self._after_apply,
                              on_report_requested=self._evaluate_soon,
-                             token=self.config.token, tls_ca=self.config.tls_ca, tls_client=self.config.tls_client)
+                             token=self.config.token, tls_ca=self.config.tls_ca, tls_client=self.config.tls_client,
+                             issued=IssuedToken(self.config.state_dir, self.config.endpoint, self.worker_id))
         # The last applied policy is live before the first request is served or the control plane answers.
         restored = await self.sync.restore()
         self.metrics.watch(lambda: self.runtime.version, self.sync.connected.is_set)

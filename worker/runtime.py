@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 from mixprec.errors import FailedPrecondition
+from mixprec.metrics import MAX_DATA_BYTES
 from mixprec.policy import PRECISIONS
 from worker.engine import HybridEngine
 from worker.models import LoadedModel, load_model
 from worker.quality.docstrings import load_pairs
 from worker.quality.shadow import ShadowEvaluator
+from worker.quality.user_data import load_data
+from worker.quality.user_metrics import load_metric
 from worker.sampling import Sampler, Sampling
 
 DECODER_EVAL_WINDOWS = 8  # a shadow evaluation of Gemma 3 270M on 8 x 64 tokens takes seconds on 2 cores
@@ -106,18 +109,29 @@ class EmbedderRuntime:
 
 
 def build_runtime(model_spec: str, kernel: str = "auto", residency: str = "both", eval_samples: int | None = None,
-                  precisions: Sequence[str] = PRECISIONS, device="auto", dtype="auto") -> EmbedderRuntime:
+                  precisions: Sequence[str] = PRECISIONS, device="auto", dtype="auto", eval_data: str | None = None,
+                  metric: str | None = None, max_data_bytes: int = MAX_DATA_BYTES) -> EmbedderRuntime:
     """`eval_samples`: docstring pairs (embedders, default 64) or token windows (decoders, default 8); 0: off.
+    `eval_data`: a user's data file instead of the docstrings (read here; only the metrics leave the worker);
+    `metric`: a user metric (package.module:function) measured beside the built-in ones.
     `device`, `dtype`: as `--device` and `--dtype` take them (worker.device)."""
+    user_metrics = (load_metric(metric),) if metric else ()  # before the model: a bad module fails at once
     model = load_model(model_spec, dtype=dtype, device=device)
     engine = HybridEngine(model.module, model.layer_map, residency=residency, kernel=kernel)
     evaluator = None
+    data = None if eval_data is None or eval_samples == 0 else \
+        load_data(eval_data, model.decoder is not None, max_data_bytes, "--eval-data")
     if model.decoder is not None and eval_samples != 0:
+        from worker.quality.evaluators import evaluator_for
         from worker.quality.language import language_evaluator
 
-        evaluator = language_evaluator(engine, model, eval_samples or DECODER_EVAL_WINDOWS, prompts=2, greedy_tokens=8)
+        windows = eval_samples or DECODER_EVAL_WINDOWS
+        evaluator = language_evaluator(engine, model, windows, prompts=2, greedy_tokens=8, user_metrics=user_metrics) \
+            if data is None else evaluator_for(engine, model, data.pairs, user_metrics=user_metrics, windows=windows,
+                                               prompts=2, greedy_tokens=8)
     elif model.embed is not None and eval_samples != 0:
-        evaluator = ShadowEvaluator(engine, model, load_pairs(eval_samples or 64))
+        pairs = load_pairs(eval_samples or 64) if data is None else data.pairs[:eval_samples or None]
+        evaluator = ShadowEvaluator(engine, model, pairs, user_metrics=user_metrics)
     if evaluator is not None:
         evaluator.reference()  # before serving and before fp8-only residency drops base weights
     return EmbedderRuntime(model, engine, evaluator, precisions)

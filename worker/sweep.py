@@ -30,8 +30,10 @@ from worker.device import dtype_name
 from worker.engine import HybridEngine
 from worker.engine.methods import METHODS
 from worker.models import LoadedModel
+from worker.quality.bound import METHOD as BOUND_METHOD
 from worker.quality.docstrings import Pair
 from worker.quality.evaluators import evaluator_for
+from worker.quality.shadow import EvalResult
 
 # Agreement with the base reference separates layers far better than label metrics on a robust model.
 DEFAULT_METRIC = "cosine_to_base"
@@ -87,6 +89,11 @@ class SweepResult:
     fast: dict = field(default_factory=dict)     # the fast sweep's account: estimates, margins, what it measured
     device: str = ""            # where it was measured, and the base precision's real dtype
     dtype: str = ""
+    confidence: float = 0.0     # the choice held its bound (not its point estimate) to the budget; 0: point choice
+    calibration_bound: float | None = None  # the chosen map's worsening bound on the calibration items
+    bound_method: str = ""
+    data: dict = field(default_factory=dict)  # the data's fingerprint (sha256, bytes, records), never its text
+    direction: str = ""         # the metric's good direction ("higher", "lower"): a user metric's, for readers
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -115,6 +122,9 @@ class SweepProgress:
 
     def holdout(self, result: SweepResult) -> None:
         """The chosen map was measured on the held-out pairs."""
+
+    def bound(self, check: dict, max_drop: float, reverted: Unit | None) -> None:
+        """The chosen map's bound was checked; `reverted` moved down its ladder because it was over the budget."""
 
 
 SILENT = SweepProgress()
@@ -153,11 +163,13 @@ class Sweep:
 
     def __init__(self, model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
                  metric: str | None = DEFAULT_METRIC, precision: str | list[str] = "fp8", strategy: str = "staged",
-                 pack: bool = True, estimator=None):
+                 pack: bool = True, estimator=None, user_metrics=(), windows: int | None = None):
         """`estimator` (worker.sweep_estimate.Estimator): records the fast sweep's estimates during the
-        reference pass, where the staged runner can (`estimator.items` stays 0 where it cannot)."""
-        # Embedders: agreement on the docstring pairs; decoders: LLM metrics on token windows of their text.
-        self.evaluator = evaluator_for(engine, model, pairs)
+        reference pass, where the staged runner can (`estimator.items` stays 0 where it cannot).
+        `user_metrics`: a user's metric functions, measured beside the built-in ones; `windows`: a decoder's
+        token windows (default one per pair)."""
+        # Embedders: agreement on the pairs; decoders: LLM metrics on token windows of their text.
+        self.evaluator = evaluator_for(engine, model, pairs, user_metrics=user_metrics, windows=windows)
         metric = metric or self.evaluator.default_metric
         if metric not in self.evaluator.metrics:
             raise ValueError(f"metric {metric!r} is not one of {', '.join(self.evaluator.metrics)}")
@@ -182,6 +194,7 @@ class Sweep:
             self.evaluator.use_reference(reference)
         self.evaluator.reference()  # computed here if the capture did not
         self._check_cache, self._check_map = self._captured, {}
+        self._last: tuple[dict, EvalResult] | None = None
 
     def worsening(self, deltas: dict[str, float]) -> float:
         return directions.worsening(self.metric, deltas[self.metric])
@@ -202,6 +215,12 @@ class Sweep:
     def deltas(self, vectors: torch.Tensor) -> dict[str, float]:
         """Every metric at `vectors` minus the same metric at base."""
         return self.evaluator.compare(vectors).deltas
+
+    def check_result(self, assignment: dict[str, str]) -> EvalResult:
+        """`check`'s whole result, with every metric's values per item (the bound reads them)."""
+        if self._last is None or self._last[0] != assignment:
+            self.check(assignment)
+        return self._last[1]
 
     def trials(self, unit: Unit) -> list[Trial]:
         if [t.precision for t in unit.trials] != self.ladder:
@@ -245,11 +264,14 @@ class Sweep:
         if start is None and self._captured is not None and assignment == self._check_map:
             start = (len(self.model.staged.blocks) - 1, 0)  # the same map again: any start gives it
         if start is None:
-            return self.deltas(self.evaluator.embed(assignment))
-        with self.engine.using(assignment):
-            vectors, self._check_cache = self.model.staged.capture_from(self._check_cache, *start)
-        self._check_map = dict(assignment)
-        return self.deltas(vectors)
+            vectors = self.evaluator.embed(assignment)
+        else:
+            with self.engine.using(assignment):
+                vectors, self._check_cache = self.model.staged.capture_from(self._check_cache, *start)
+            self._check_map = dict(assignment)
+        result = self.evaluator.compare(vectors)
+        self._last = (dict(assignment), result)
+        return result.deltas
 
     def next_rung(self, unit: Unit, rung: int | None, max_drop: float) -> int | None:
         """The first precision after `rung` (-1: from the start) that `unit` alone takes within the
@@ -315,8 +337,13 @@ def settle(units: list[Unit], rungs: dict[int, int | None], ladder: list[str]) -
 def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...], *, metric: str | None = DEFAULT_METRIC,
               precision: str | list[str] = "fp8", granularity: str = "layer", max_drop: float = 0.001,
               strategy: str = "staged", algorithm: str = "fast", holdout: tuple[Pair, ...] = (),
-              progress: SweepProgress = SILENT) -> SweepResult:
-    """Sweeps `pairs`; then, when `holdout` pairs are given, measures the chosen map on them too."""
+              progress: SweepProgress = SILENT, confidence: float = 0.0, user_metrics=(),
+              windows: int | None = None, data: dict | None = None) -> SweepResult:
+    """Sweeps `pairs`; with `confidence` > 0, trims the chosen map until the upper bound of its worsening
+    (worker.quality.bound) fits the budget; then, when `holdout` pairs are given, measures the chosen map on
+    them too. `data`: the fingerprint of a user's data, for the artifact."""
+    from worker.sweep_bound import hold_to_bound, holdout_report
+
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     started = time.perf_counter()
@@ -327,7 +354,8 @@ def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
         from worker.sweep_fast import FastChooser, estimator_for
 
         estimator = estimator_for(model, engine, metric, ladder_of(precision))
-    sweep = Sweep(model, engine, pairs, metric=metric, precision=precision, strategy=strategy, estimator=estimator)
+    sweep = Sweep(model, engine, pairs, metric=metric, precision=precision, strategy=strategy, estimator=estimator,
+                  user_metrics=user_metrics, windows=windows)
     if algorithm == "exact":
         sweep.measure(units, progress)
         chosen, history = sweep.choose(units, max_drop, progress)
@@ -335,16 +363,19 @@ def run_sweep(model: LoadedModel, engine: HybridEngine, pairs: tuple[Pair, ...],
         chooser = FastChooser(sweep, progress, estimator)
         chosen, history = chooser.choose(units, max_drop)
         account = chooser.account()
+    chosen, bound = hold_to_bound(sweep, units, chosen, history, max_drop, confidence, progress)
     precision_map = {layer: chosen.get(layer, lang.BASE_PRECISION) for layer in engine.catalog}
     result = SweepResult(model.name, sweep.metric, ",".join(sweep.ladder), granularity, max_drop, sweep.evaluator.samples, units,
                          history, precision_map, 0.0, sweep.strategy, algorithm,
                          calibration_drop=final_drop(history), fast=account, device=str(engine.device),
-                         dtype=dtype_name(engine.base_dtype))
-    result.seconds = time.perf_counter() - started
+                         dtype=dtype_name(engine.base_dtype), confidence=confidence, calibration_bound=bound,
+                         bound_method=BOUND_METHOD if confidence > 0 else "", data=data or {"builtin": "docstrings"},
+                         direction=directions.direction(sweep.metric).value)
     if holdout:
-        deltas = evaluator_for(engine, model, holdout).evaluate(chosen).deltas
-        result.holdout = {"pairs": len(holdout), "drop": sweep.worsening(deltas), "deltas": deltas}
+        held = evaluator_for(engine, model, holdout, user_metrics=user_metrics, windows=windows).evaluate(chosen)
+        result.holdout = holdout_report(sweep.metric, held, confidence, bound, len(holdout))
         progress.holdout(result)
+    result.seconds = time.perf_counter() - started
     return result
 
 

@@ -57,6 +57,11 @@ class SweepBar(SweepProgress):
         print(f"{self.indent}combined check, {len(check['units'])} unit(s) together: drop measured "
               f"{check['measured_drop']:.6f} (predicted {check['predicted_drop']:.6f}), {verdict}", file=self.file)
 
+    def bound(self, check: dict, max_drop: float, reverted: Unit | None) -> None:
+        print(f"{self.indent}bound check, {len(check['units'])} unit(s) together: drop measured "
+              f"{check['measured_drop']:.6f}, bound {check['bound']:.6f} over the budget {max_drop:g}: "
+              f"{reverted.name} {_moved(reverted)}", file=self.file)
+
 
 def _moved(unit: Unit) -> str:
     """Where the combined check sends a unit: the next precision of its ladder it fits, else base."""

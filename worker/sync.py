@@ -18,6 +18,7 @@ import grpc
 from mixprec import transport
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
+from worker.credentials import IssuedToken
 from worker.state import AppliedAssignment, StateStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ CHANNEL_OPTIONS = [
 ]
 
 ACCEPTED_KEY = "mixprec-accepted"
+ISSUED_TOKEN_KEY = "mixprec-worker-token"  # a bootstrap token's hello was answered with this worker's own token
 
 # Codes after which retrying the same hello cannot succeed until someone acts.
 FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
@@ -87,9 +89,12 @@ class SyncLoop:
         token: str | None = None,
         tls_ca: str | None = None,
         tls_client: tuple[str, str] | None = None,
+        issued: IssuedToken | None = None,
     ):
         self.server = server
-        self._token = token  # an agent token scoped to this endpoint (MIXPREC_TOKEN)
+        self._token = token  # an agent token scoped to this endpoint (MIXPREC_TOKEN), or a bootstrap token
+        self._issued = issued  # where the token a bootstrap token issued this worker is kept
+        self.issued_token: str | None = issued.load() if issued else None
         self._tls_ca = tls_ca
         self._tls_client = tls_client or (None, None)  # (certificate, key) for mutual TLS
         self.identity = identity
@@ -176,6 +181,12 @@ class SyncLoop:
             except grpc.aio.AioRpcError as err:
                 failures = 0
                 self.last_error = f"{err.code().name}: {err.details()}"
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED and self.issued_token:
+                    # Revoked (an admin took the id over): the next try asks the bootstrap token again.
+                    log.error("this worker's own token was refused (%s); falling back to MIXPREC_TOKEN", err.details())
+                    self.issued_token = None
+                    if self._issued is not None:
+                        self._issued.discard()
                 if err.code() in FATAL:
                     log.error("control plane refused this worker: %s", self.last_error)
                     self.fatal_error = err
@@ -207,7 +218,8 @@ class SyncLoop:
         )
 
         async with transport.aio_channel(self.server, self._tls_ca, CHANNEL_OPTIONS, *self._tls_client) as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=transport.token_metadata(self._token))
+            token = self.issued_token or self._token
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect(metadata=transport.token_metadata(token))
             writer = asyncio.ensure_future(self._write(call, outbox))
             try:
                 await self._converse(call, outbox)
@@ -225,6 +237,11 @@ class SyncLoop:
         # The control plane sends its initial metadata once it has accepted the hello; a refused
         # hello ends the call with an error status, raised by the iteration below.
         metadata = await call.initial_metadata()
+        issued = dict(metadata or ()).get(ISSUED_TOKEN_KEY)
+        if issued:  # issued once: kept before anything else, the bootstrap token cannot issue it again
+            self.issued_token = issued
+            kept = self._issued.keep(issued) if self._issued is not None else "memory only: no state dir"
+            log.info("the control plane issued this worker its own token (kept in %s)", kept)
         if metadata is not None and ACCEPTED_KEY in dict(metadata):
             self.connected.set()
             self._backoff.reset()

@@ -60,6 +60,7 @@ RPC_RULES: dict[str, Rule] = {
     **_rules("FleetService", Action.ACTIVATE, "endpoint", "Activate"),
     **_rules("FleetService", Action.ROLLBACK, "endpoint", "Rollback"),
     **_rules("FleetService", Action.READ, "endpoint", "GetFleet", "ListAudit"),
+    **_rules("FleetService", Action.TAKE_OVER_WORKER, "endpoint", "TakeOverWorker"),
     **_rules("RolloutService", Action.ROLLOUT, "endpoint", "StartRollout", "PauseRollout", "ResumeRollout",
              "AbortRollout", "PromoteRollout"),
     **_rules("RolloutService", Action.READ, "endpoint", "GetRollout", "ListRollouts"),

@@ -13,6 +13,7 @@ from controlplane.api.errors import maps_domain_errors
 from controlplane.api.idempotency import write_rpc
 from controlplane.blocking import run_blocking
 from controlplane.services.fleet import ActivationResult, FleetService
+from controlplane.services.identity import WorkerIdentity
 from controlplane.services.write_requests import RequestLog
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
@@ -20,8 +21,11 @@ from mixprec.v1 import agent_pb2_grpc
 
 class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
     def __init__(self, fleet: FleetService, changed: Callable[[str], Awaitable[int]],
-                 requests: RequestLog | None = None):
+                 requests: RequestLog | None = None, identity: WorkerIdentity | None = None,
+                 sessions_ended: Callable[[], Awaitable[None]] | None = None):
         self._fleet = fleet
+        self._identity = identity
+        self._sessions_ended = sessions_ended  # every replica's session watch ends what is no longer held
         self._changed = changed  # pushes the endpoint's new target; returns workers it reaches here
         self._requests = requests
 
@@ -50,6 +54,16 @@ class FleetServicer(agent_pb2_grpc.FleetServiceServicer):
             actor(request.actor),
         )
         return await self._respond(result)
+
+    @maps_domain_errors
+    @write_rpc(apb.TakeOverWorkerResponse)
+    async def TakeOverWorker(self, request: apb.TakeOverWorkerRequest, context) -> apb.TakeOverWorkerResponse:
+        ended, revoked = await run_blocking(self._identity.take_over, request.endpoint, request.worker_id,
+                                            request.reason, actor())
+        if self._sessions_ended is not None:
+            await self._sessions_ended()
+        return apb.TakeOverWorkerResponse(endpoint=request.endpoint, worker_id=request.worker_id, ended_stream=ended,
+                                          revoked_tokens=revoked)
 
     @maps_domain_errors
     async def GetFleet(self, request: apb.GetFleetRequest, context) -> apb.GetFleetResponse:

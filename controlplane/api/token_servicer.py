@@ -18,7 +18,8 @@ from mixprec.v1 import auth_pb2_grpc
 
 def token_to_proto(info: domain.TokenInfo) -> apb.Token:
     token = apb.Token(name=info.name, role=info.role, endpoint=info.endpoint or "", created_by=info.created_by,
-                      create_time=convert.timestamp(info.created_at))
+                      create_time=convert.timestamp(info.created_at), worker_id=info.worker_id or "",
+                      bootstrap=info.bootstrap)
     if info.expires_at:
         token.expire_time.CopyFrom(convert.timestamp(info.expires_at))
     if info.revoked_at:
@@ -41,7 +42,7 @@ class TokenServicer(auth_pb2_grpc.TokenServiceServicer):
     async def CreateToken(self, request: apb.CreateTokenRequest, context) -> apb.CreateTokenResponse:
         expires = timedelta(seconds=request.expires_seconds) if request.expires_seconds else None
         secret, info = await run_blocking(self._tokens.create, request.name, request.role, request.endpoint,
-                                          expires, current_principal().name)
+                                          expires, current_principal().name, request.worker_id, request.bootstrap)
         return apb.CreateTokenResponse(token=token_to_proto(info), secret=secret)
 
     @maps_domain_errors

@@ -28,6 +28,7 @@ class Action(enum.Enum):
     ADMIN_ENDPOINTS = "create or delete endpoints"
     ADMIN_TOKENS = "create, list or revoke tokens"
     CONNECT = "connect a worker agent"
+    TAKE_OVER_WORKER = "take over a worker id"  # admin: ends the stream that holds it
     NOTIFICATIONS = "configure an endpoint's webhooks"  # admin: a webhook makes the server call out
 
 
@@ -47,11 +48,15 @@ _GLOBAL_ACTIONS = frozenset({Action.ADMIN_TOKENS})
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller: a token's name and role, and the one endpoint it is limited to."""
+    """The authenticated caller: a token's name and role, and the one endpoint it is limited to.
+    An agent token may also be bound to one worker id, or be a bootstrap token (see WorkerLeases)."""
 
     name: str
     role: Role
     endpoint: str | None = None
+    worker_id: str | None = None
+    bootstrap: bool = False
+    token_id: int | None = None  # the token's row; None for ANONYMOUS (--auth off)
     credential: str = ""  # the token's stored hash: what request ids belong to ("" without a token)
 
     def may_see(self, endpoint: str) -> bool:

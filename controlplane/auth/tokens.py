@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from controlplane import domain
 from controlplane.auth.roles import Principal, Role
+from controlplane.services.checks import check_worker_id
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec import policy as lang
@@ -57,6 +58,22 @@ def _role(value: str, field_name: str = "role") -> Role:
         raise InvalidArgument(FieldError(field_name, f"unknown role {value[:40]!r}; choose one of {choices}")) from None
 
 
+def _check_worker_binding(role: Role, endpoint: str, worker_id: str, bootstrap: bool) -> None:
+    if not worker_id and not bootstrap:
+        return
+    field_name = "worker_id" if worker_id else "bootstrap"
+    if role is not Role.AGENT:
+        raise InvalidArgument(FieldError(field_name, f"is for agent tokens, not role {role}"))
+    if worker_id and bootstrap:
+        raise InvalidArgument(FieldError("worker_id", "a bootstrap token issues worker ids their tokens; it is "
+                                                      "bound to none"))
+    if worker_id:
+        if not endpoint:
+            raise InvalidArgument(FieldError("endpoint", "is required with worker_id: a worker id is one "
+                                                         "endpoint's"))
+        check_worker_id(worker_id)
+
+
 class TokenService:
     """Create, list and revoke tokens (admins do, through the server or straight on the database)."""
 
@@ -65,24 +82,30 @@ class TokenService:
         self._on_revoke = on_revoke
 
     def create(self, name: str, role: str, endpoint: str = "", expires_in: timedelta | None = None,
-               created_by: str = "") -> tuple[str, domain.TokenInfo]:
-        """Returns the token itself (the only time it exists outside the caller) and what is stored."""
+               created_by: str = "", worker_id: str = "", bootstrap: bool = False) -> tuple[str, domain.TokenInfo]:
+        """Returns the token itself (the only time it exists outside the caller) and what is stored.
+
+        `worker_id`: an agent token of one endpoint that may connect as that worker id only.
+        `bootstrap`: an agent token that issues each worker id its own token once (WorkerIdentity)."""
         errors = lang.endpoint_name_errors(name, "name")
         if endpoint:
             errors += lang.endpoint_name_errors(endpoint, "endpoint")
         if errors:
             raise InvalidArgument(errors)
         parsed_role = _role(role)
+        _check_worker_binding(parsed_role, endpoint, worker_id, bootstrap)
         now = utcnow()
         info = domain.TokenInfo(
             name=name, role=parsed_role.value, endpoint=endpoint or None, created_by=created_by[:200],
-            created_at=now, expires_at=now + expires_in if expires_in else None,
+            created_at=now, expires_at=now + expires_in if expires_in else None, worker_id=worker_id or None,
+            bootstrap=bootstrap,
         )
         token = new_token()
         with self._uow() as uow:
             stored = uow.tokens.add(info, token_hash(token))
             uow.audit.record(endpoint or "", "token.create", created_by[:200], "", name=name, role=parsed_role.value,
-                             expires_at=info.expires_at.isoformat() if info.expires_at else None)
+                             expires_at=info.expires_at.isoformat() if info.expires_at else None,
+                             worker_id=info.worker_id, bootstrap=bootstrap)
             uow.commit()
         return token, stored
 
@@ -145,7 +168,8 @@ class Authenticator:
             raise Unauthenticated(f"token {info.name!r} was revoked")
         if info.expires_at is not None and now >= info.expires_at:
             raise Unauthenticated(f"token {info.name!r} expired at {info.expires_at:%Y-%m-%d %H:%M:%S}Z")
-        principal = Principal(info.name, Role(info.role), info.endpoint, credential=digest)
+        principal = Principal(info.name, Role(info.role), info.endpoint, info.worker_id, info.bootstrap, info.id,
+                              credential=digest)
         with self._lock:
             self._cache[digest] = (time.monotonic() + self._cache_seconds, principal, info.expires_at)
             self._cache.move_to_end(digest)
@@ -157,3 +181,13 @@ class Authenticator:
         """Drop every remembered token (after a revocation on this replica)."""
         with self._lock:
             self._cache.clear()
+
+    def token_ids(self) -> set[int]:
+        """The tokens remembered now (the session watch asks the database whether they still hold)."""
+        with self._lock:
+            return {p.token_id for _, p, _ in self._cache.values() if p.token_id is not None}
+
+    def forget_ids(self, token_ids: set[int]) -> None:
+        with self._lock:
+            for digest in [d for d, (_, p, _) in self._cache.items() if p.token_id in token_ids]:
+                del self._cache[digest]

@@ -18,11 +18,14 @@ from controlplane.api.errors import abort_with
 from controlplane.api.limits import Undecodable, check_request
 from controlplane.auth import Action, authorize
 from controlplane.blocking import run_blocking
+from controlplane.push.holders import ClaimQueue, Holder, StreamHolders
 from controlplane.push.hub import TargetHub
 from controlplane.push.recorder import FleetRecorder
+from controlplane.services.checks import check_name, check_worker_id
 from controlplane.services.fleet import FleetService, Target, check_hello
+from controlplane.services.identity import Claim, WorkerIdentity
 from controlplane.storage.repositories import utcnow
-from mixprec.errors import AlreadyExists, MixprecError
+from mixprec.errors import MixprecError
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -30,6 +33,7 @@ from mixprec.v1 import policy_pb2 as pb
 log = logging.getLogger(__name__)
 
 ACCEPTED_KEY = "mixprec-accepted"  # initial metadata: the hello was accepted (worker.sync reads it)
+ISSUED_TOKEN_KEY = "mixprec-worker-token"  # initial metadata: the token a bootstrap token issued this worker
 REPORT_KINDS = {apb.Report.QUALITY: "quality", apb.Report.SERVING: "serving"}
 HELLO_TIMEOUT_S = 10.0            # a stream that says nothing is closed (it holds a slot and a task)
 MAX_STREAMS_PER_TOKEN = 1000      # one token's live streams on this replica
@@ -38,14 +42,6 @@ MAX_REPORTS_PER_TOKEN = 500.0     # reports a second, all of one token's streams
 MAX_REPORTS_PER_WORKER = 1.0      # reports a second of one stream (a worker sends one per few seconds)
 REPORT_BURST_S = 30.0             # a bucket holds this many seconds of its rate (at least 10 reports)
 DROP_LOG_EVERY_S = 60.0           # a stream's dropped reports are logged at most this often
-
-
-@dataclass
-class _Holder:
-    """The live stream that holds a worker id, and how to end it when the same token takes over."""
-
-    token: str
-    replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -109,14 +105,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                  max_streams_per_token: int = MAX_STREAMS_PER_TOKEN,
                  max_worker_ids_per_token: int = MAX_WORKER_IDS_PER_TOKEN,
                  max_reports_per_token: float = MAX_REPORTS_PER_TOKEN,
-                 max_reports_per_worker: float = MAX_REPORTS_PER_WORKER):
+                 max_reports_per_worker: float = MAX_REPORTS_PER_WORKER, *,
+                 identity: WorkerIdentity, holders: StreamHolders | None = None):
         self._hello_timeout = hello_timeout
         self._max_streams = max_streams_per_token
         self._worker_ids = WorkerIdQuota(max_worker_ids_per_token)
         self._token_reports = RateLimits(max_reports_per_token, _burst(max_reports_per_token))
         self._worker_report_rate = max_reports_per_worker
         self._streams: dict[str, int] = {}  # token name -> live streams on this replica
-        self._holders: dict[tuple[str, str], _Holder] = {}  # (endpoint, worker id) -> its stream
+        self._identity = identity  # the worker-id leases of every replica
+        self.holders = holders or StreamHolders()  # the worker ids this replica's streams hold
+        self._releasing: set[asyncio.Future] = set()
+        self._claims = ClaimQueue(identity)
         self._fleet = fleet
         self._fleet_metrics = fleet_metrics  # propagation times and NACK reasons (controlplane.api.fleet_metrics)
         self._hub = hub
@@ -155,38 +155,60 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await abort_with(context, err)
         return first.hello
 
-    def _bind(self, hello: apb.Hello, token: str) -> _Holder:
-        """A worker id belongs to one live stream. The token that holds it may take it over (a worker
-        restarting before its old stream timed out); any other token is refused."""
-        key = (hello.endpoint, hello.worker_id)
-        holder = self._holders.get(key)
-        if holder is not None:
-            if holder.token != token:
-                raise AlreadyExists(f"worker id {hello.worker_id!r} of endpoint {hello.endpoint!r} is held by a live "
-                                    "stream of another token")
-            holder.replaced.set()
-        self._holders[key] = mine = _Holder(token)
-        return mine
+    async def _bind(self, hello: apb.Hello) -> Holder:
+        """A worker id belongs to one live stream, on any replica (services.identity decides who may take
+        it); returns this stream's hold on it."""
+        principal = current_principal()
+        holder = Holder(hello.endpoint, hello.worker_id, uuid.uuid4().hex,
+                        {principal.token_id} if principal.token_id is not None else set())
+        self.holders.claiming.add(holder.stream)
+        try:
+            await self._claims.claim(Claim(principal, hello.endpoint, hello.worker_id, self._replica, holder.stream))
+        except BaseException:  # refused, or cancelled (a lease it took anyway the session watch releases)
+            self.holders.claiming.discard(holder.stream)
+            raise
+        self.holders.hold(holder)
+        return holder
+
+    async def _issue(self, holder: Holder) -> tuple[tuple[str, str], ...]:
+        """A bootstrap token's accepted hello: the worker's own token, for the initial metadata."""
+        principal = current_principal()
+        if not principal.bootstrap:
+            return ()
+        secret, issued = await run_blocking(self._identity.issue, principal, holder.endpoint, holder.worker_id,
+                                            holder.stream)
+        holder.token_ids.add(issued.token_id)
+        return ((ISSUED_TOKEN_KEY, secret),)
 
     async def _connect(self, context: grpc.aio.ServicerContext, token: str):
         hello = await self._hello(context)
         try:
             authorize(current_principal(), Action.CONNECT, hello.endpoint)
+            check_name(hello.endpoint, "hello.endpoint")  # before the lease: names that can be stored
+            check_worker_id(hello.worker_id, "hello.worker_id")
             self._worker_ids.admit(token, hello.endpoint, hello.worker_id)
         except MixprecError as err:
             await abort_with(context, err)
         try:
-            holder = self._bind(hello, token)
+            holder = await self._bind(hello)
         except MixprecError as err:
             self._worker_ids.release(token, hello.endpoint, hello.worker_id)
             await abort_with(context, err)
+        except BaseException:  # cancelled while claiming
+            self._worker_ids.release(token, hello.endpoint, hello.worker_id)
+            raise
         try:
             last_nack, target = await self._register(hello)
+            issued = await self._issue(holder)
+            await context.send_initial_metadata(((ACCEPTED_KEY, self._replica), *issued))
         except MixprecError as err:
-            self._release(hello, holder)
+            self._release(holder)
             self._worker_ids.release(token, hello.endpoint, hello.worker_id)
             await abort_with(context, err)
-        await context.send_initial_metadata(((ACCEPTED_KEY, self._replica),))
+        except BaseException:  # cancelled (the worker went away): the id must not stay held
+            self._release(holder)
+            self._worker_ids.release(token, hello.endpoint, hello.worker_id)
+            raise
         session = WorkerSession(
             hello.endpoint, hello.worker_id, applied=hello.running_version, current=hello.running_version,
             nacked={last_nack} if last_nack else set(), report_round=target.report_round, token=token,
@@ -198,16 +220,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         log.info("worker %s of %s connected (running v%d)", hello.worker_id, hello.endpoint, hello.running_version)
         self._recorder.live(hello.endpoint, hello.worker_id, True)
         reader: asyncio.Future | None = None
+        ended: asyncio.Future | None = None
         try:
             with self._hub.watch(hello.endpoint) as changed:
                 # The reader and acknowledged reports set `changed` too, so one wait covers all three.
                 session.wake = changed
                 reader = asyncio.ensure_future(self._read(context, session))
                 reader.add_done_callback(lambda _: changed.set())
-                replaced = asyncio.ensure_future(holder.replaced.wait())
-                replaced.add_done_callback(lambda _: changed.set())
+                ended = asyncio.ensure_future(holder.ended.wait())
+                ended.add_done_callback(lambda _: changed.set())
                 reason = "connect"
-                while not reader.done() and not holder.replaced.is_set():
+                while not reader.done() and not holder.ended.is_set():
                     changed.clear()
                     latest = self._hub.get(hello.endpoint)
                     if latest is None:  # deleted: the worker keeps serving its last map and retries
@@ -217,26 +240,38 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         await context.write(session.outbox.pop(0))
                     reason = "change"
                     await changed.wait()
-                replaced.cancel()
-                if holder.replaced.is_set():
-                    await context.abort(grpc.StatusCode.ABORTED, "a new stream of the same token took this worker id over")
+                if holder.ended.is_set():
+                    await context.abort(holder.code, holder.why)
                 reader.result()
         finally:
-            if reader is not None:
-                reader.cancel()
-            if self._release(hello, holder):
+            for task in (reader, ended):
+                if task is not None:
+                    task.cancel()
+            if self._release(holder):
                 self._worker_ids.release(token, hello.endpoint, hello.worker_id)
                 self._recorder.live(hello.endpoint, hello.worker_id, False)
                 self._recorder.update(domain.WorkerUpdate(hello.endpoint, hello.worker_id, connected=False))
                 log.info("worker %s of %s disconnected", hello.worker_id, hello.endpoint)
 
-    def _release(self, hello: apb.Hello, holder: _Holder) -> bool:
-        """Lets go of the worker id unless a newer stream took it over; True when this stream held it."""
-        key = (hello.endpoint, hello.worker_id)
-        if self._holders.get(key) is holder:
-            del self._holders[key]
-            return True
-        return False
+    def _release(self, holder: Holder) -> bool:
+        """Lets go of the worker id here and of its lease everywhere, unless a newer stream took it over;
+        True when this stream held it. The lease is released in the background (a cancelled stream cannot
+        wait for the database); one that cannot be released expires with this replica's heartbeat."""
+        if not self.holders.release(holder):
+            return False
+        self._release_lease(holder)
+        return True
+
+    def _release_lease(self, holder: Holder) -> None:
+        task = asyncio.ensure_future(run_blocking(self._identity.release, holder.endpoint, holder.worker_id,
+                                                  holder.stream))
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Future) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not release a worker-id lease (%s); it expires", task.exception())
 
     async def _register(self, hello: apb.Hello) -> tuple[int, Target]:
         """Accepts a hello: (the version this worker last refused, the endpoint's target).

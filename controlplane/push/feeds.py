@@ -4,6 +4,9 @@ A replica that changes an endpoint refreshes its own streams at once and publish
 name; the other replicas learn it from Redis pub/sub. Without Redis (one replica, the embedded
 default) nothing needs telling. Every replica also re-reads the endpoints its streams watch every
 few seconds, so a lost message delays a change but never loses it.
+
+A revoked token or a worker id taken over is announced the same way (`publish_ended`): each replica's
+session watch looks at once instead of at its next pass.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "mixprec:endpoint-changed"
 PUBLISH_TIMEOUT_S = 2.0  # a stalled Redis must not hold up the write that changed the endpoint
+ENDED_CHANNEL = "mixprec:sessions-ended"  # a token was revoked or a worker id taken over somewhere
 OnChange = Callable[[str], Awaitable[None]]
+OnEnded = Callable[[], None]
 
 
 class LocalFeed:
@@ -25,7 +30,10 @@ class LocalFeed:
     async def publish(self, endpoint: str) -> None:
         return None
 
-    async def run(self, on_change: OnChange) -> None:
+    async def publish_ended(self) -> None:
+        return None
+
+    async def run(self, on_change: OnChange, on_ended: OnEnded | None = None) -> None:
         await asyncio.Event().wait()
 
     async def close(self) -> None:
@@ -48,14 +56,24 @@ class RedisFeed:
         except Exception as err:  # noqa: BLE001 - Redis is an accelerator; the poll still delivers
             log.warning("could not publish change of %s to Redis (%s); other replicas will poll", endpoint, err)
 
-    async def run(self, on_change: OnChange) -> None:
+    async def publish_ended(self) -> None:
+        try:
+            await self._redis.publish(ENDED_CHANNEL, self._replica)
+        except Exception as err:  # noqa: BLE001 - the session watch's own pass still finds it
+            log.warning("could not announce ended sessions on Redis (%s); other replicas look within a second", err)
+
+    async def run(self, on_change: OnChange, on_ended: OnEnded | None = None) -> None:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(CHANNEL, ENDED_CHANNEL)
                     async for message in pubsub.listen():
+                        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
                         sender, _, endpoint = message["data"].decode().partition(" ")
-                        if sender != self._replica and endpoint:
+                        if channel == ENDED_CHANNEL:
+                            if sender != self._replica and on_ended is not None:
+                                on_ended()
+                        elif sender != self._replica and endpoint:
                             await on_change(endpoint)
             except asyncio.CancelledError:
                 raise

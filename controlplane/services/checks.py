@@ -8,12 +8,19 @@ from mixprec import policy as lang
 from mixprec.errors import FieldError, InvalidArgument
 
 MAX_TEXT = 10_000
+MAX_WORKER_ID = 128  # the edge's limit (api.limits) and the lease's column
 
 
 def check_name(name: str, field_name: str) -> None:
     errors = lang.endpoint_name_errors(name, field_name)
     if errors:
         raise InvalidArgument(errors)
+
+
+def check_worker_id(worker_id: str, field_name: str = "worker_id") -> None:
+    if not worker_id or len(worker_id) > MAX_WORKER_ID or not worker_id.isprintable():
+        raise InvalidArgument(FieldError(field_name, f"{worker_id[:MAX_WORKER_ID]!r} must be 1-{MAX_WORKER_ID} "
+                                                     "printable characters"))
 
 
 def check_version(version: int, field_name: str, allow_latest: bool = False) -> None:

@@ -13,7 +13,6 @@ from controlplane.services.fleet import STALE_AFTER
 from controlplane.storage.repositories import utcnow
 from controlplane.storage.unit_of_work import UnitOfWork
 from mixprec.errors import NotFound
-from mixprec.metrics import METRICS, worsening
 
 # A worker that lost its stream counts as "disconnected" for this long, then as gone (scaled down).
 RECENTLY_LOST = timedelta(hours=1)
@@ -39,10 +38,6 @@ class EndpointTelemetry:
         return 100.0 * len(on_new) / len(self.connected)
 
 
-def worsening_of(metric: str, delta: float) -> float:
-    return worsening(metric, delta) if metric in METRICS else -delta
-
-
 def endpoint_telemetry(endpoint: domain.Endpoint, workers: list[domain.WorkerState],
                        rollout: domain.Rollout | None, now: datetime) -> EndpointTelemetry:
     connected = tuple(w.worker_id for w in workers if w.connected and w.last_seen >= now - STALE_AFTER)
@@ -57,11 +52,14 @@ def endpoint_telemetry(endpoint: domain.Endpoint, workers: list[domain.WorkerSta
     guardrails = {}
     if rollout is not None and rollout.open:
         latest = {w.worker_id: (w.last_quality or {}) for w in workers if w.worker_id in rollout.new_workers}
-        for metric, limit in {**rollout.guardrails.max_drop, **rollout.guardrails.max_rise}.items():
-            measured = [worsening_of(metric, float(q["deltas"][metric])) for q in latest.values()
-                        if int(q.get("version", 0) or 0) == rollout.to_version and metric in (q.get("deltas") or {})]
-            if measured:
-                guardrails[metric] = (max(measured), limit)
+        # The side a guardrail is on says which way is worse: a user's metric is known here by that alone.
+        sides = [(-1.0, rollout.guardrails.max_drop), (1.0, rollout.guardrails.max_rise)]
+        for sign, limits in sides:
+            for metric, limit in limits.items():
+                measured = [sign * float(q["deltas"][metric]) for q in latest.values()
+                            if int(q.get("version", 0) or 0) == rollout.to_version and metric in (q.get("deltas") or {})]
+                if measured:
+                    guardrails[metric] = (max(measured), limit)
     return EndpointTelemetry(
         name=endpoint.name, active_version=endpoint.active_version, workers=tuple(workers), connected=connected,
         disconnected=disconnected, rollout=rollout, quality={k: fmean(v) for k, v in by_key.items()},

@@ -170,6 +170,26 @@ class TokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # an agent token of one worker
+    bootstrap: Mapped[bool] = mapped_column(Boolean, default=False)  # issues each worker id its own token once
+
+
+class WorkerLeaseRow(Base):
+    """Which live stream holds a worker id, seen by every replica; its replica's heartbeat extends it,
+    so the lease of a replica that died expires."""
+
+    __tablename__ = "worker_leases"
+    __table_args__ = (UniqueConstraint("endpoint", "worker_id", name="uq_worker_leases_endpoint_worker"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(63))
+    worker_id: Mapped[str] = mapped_column(String(128))
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: --auth off
+    token_name: Mapped[str] = mapped_column(String(63), default="")
+    replica: Mapped[str] = mapped_column(String(64), index=True)
+    stream: Mapped[str] = mapped_column(String(32))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookRow(Base):

@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.storage.fleet_repositories import ActivationRepository, ReportRepository, WorkerRepository
+from controlplane.storage.lease_repository import LeaseRepository
 from controlplane.storage.repositories import AuditRepository, EndpointRepository, PolicyRepository
 from controlplane.storage.rollout_repository import RolloutRepository
 from controlplane.storage.token_repository import TokenRepository
@@ -27,6 +28,7 @@ class UnitOfWork:
     requests: WriteRequestRepository
     webhooks: WebhookRepository
     deliveries: DeliveryRepository
+    leases: LeaseRepository
 
     def __init__(self, sessions: sessionmaker):
         self._sessions = sessions
@@ -44,7 +46,12 @@ class UnitOfWork:
         self.requests = WriteRequestRepository(self.session)
         self.webhooks = WebhookRepository(self.session)
         self.deliveries = DeliveryRepository(self.session)
+        self.leases = LeaseRepository(self.session)
         return self
+
+    def savepoint(self):
+        """A nested transaction: what fails inside it is undone alone (a context manager)."""
+        return self.session.begin_nested()
 
     def commit(self) -> None:
         scope = current_scope.get()

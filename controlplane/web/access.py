@@ -4,7 +4,7 @@ A browser logs in with the same bearer token the CLI uses. The token stays on th
 replica's memory, under a random session id; the browser only holds that id in a cookie that scripts
 cannot read (HttpOnly), that other sites' requests do not carry (SameSite=Strict), and that travels
 only over TLS when the dashboard is served over TLS (Secure). Every request authenticates the token
-again, so a revoked or expired token ends its sessions at once. Every action also needs the session's
+again, and the session watch ends the sessions of a token revoked or expired on any replica. Every action also needs the session's
 CSRF token in a header or form field, compared in constant time.
 """
 
@@ -37,6 +37,7 @@ class Session:
     csrf: str
     token: str | None  # None: not logged in (yet), or auth is off
     last_used: float
+    token_id: int | None = None  # the token's row, so that its revocation ends this session
 
 
 class SessionStore:
@@ -52,8 +53,8 @@ class SessionStore:
     def _shelf(self, session: Session) -> OrderedDict[str, Session]:
         return self._anonymous if session.token is None else self._logged_in
 
-    def new(self, token: str | None = None) -> Session:
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), token, time.monotonic())
+    def new(self, token: str | None = None, token_id: int | None = None) -> Session:
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), token, time.monotonic(), token_id)
         shelf = self._shelf(session)
         shelf[session.id] = session
         while len(shelf) > self._limit:
@@ -74,6 +75,15 @@ class SessionStore:
 
     def drop(self, session: Session) -> None:
         self._shelf(session).pop(session.id, None)
+
+    def token_ids(self) -> set[int]:
+        return {s.token_id for s in list(self._logged_in.values()) if s.token_id is not None}
+
+    def end_tokens(self, token_ids: set[int]) -> None:
+        """Ends the sessions logged in with these (revoked or expired) tokens."""
+        for session in [s for s in list(self._logged_in.values()) if s.token_id in token_ids]:
+            session.token = None  # a live page holding it re-checks and is sent to log in
+            self._logged_in.pop(session.id, None)
 
 
 class Access:
@@ -105,7 +115,7 @@ class Access:
         if not token or len(token) > MAX_TOKEN or not token.isprintable():
             raise Unauthenticated("that is not an API token (mixprec token create makes one)")
         principal = self._authenticate(token) if self._authenticate else ANONYMOUS
-        return self.sessions.new(token), principal
+        return self.sessions.new(token, principal.token_id), principal
 
     @staticmethod
     def check_csrf(request: Request, session: Session | None, form: dict | None = None) -> None:

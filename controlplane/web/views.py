@@ -15,6 +15,7 @@ from controlplane import domain
 from controlplane.services.fleet import Target
 from mixprec.hardware import hardware_text
 from mixprec.metrics import METRICS, limit_word, worsening
+from mixprec.sweep_summary import quality_lines
 
 # Precision -> (short text in a grid cell, what it means); the CSS gives each a colour and a pattern.
 PRECISION_LABELS = {
@@ -384,6 +385,8 @@ class SweepView:
     ticks: list[tuple[float, str]]
     combined: list[str]
     chosen: int
+    quality: list[str] = field(default_factory=list)  # calibration, held out and their bounds (mixprec.sweep_summary)
+    overfit: bool = False  # the held-out drop exceeds the calibration bound
 
 
 CHART_WIDTH = 420  # bar area in SVG user units; the SVG scales to its container
@@ -412,8 +415,9 @@ def sweep_view(version: int, data: Mapping) -> SweepView:
     combined = [f"combined check of {len(c.get('units', []))} unit(s): predicted drop "
                 f"{float(c.get('predicted_drop', 0)):.6f}, measured {float(c.get('measured_drop', 0)):.6f}"
                 for c in data.get("combined", [])]
+    quality, overfit = quality_lines(data)
     return SweepView(
-        version=version, metric=str(data.get("metric", "?")), precision=str(data.get("precision", "fp8")),
+        quality=quality, overfit=overfit, version=version, metric=str(data.get("metric", "?")), precision=str(data.get("precision", "fp8")),
         granularity=str(data.get("granularity", "layer")), budget=budget, samples=int(data.get("samples", 0)),
         bars=bars, budget_x=budget / scale_max * CHART_WIDTH if budget is not None else None,
         height=max(1, len(bars)) * ROW_HEIGHT, ticks=ticks, combined=combined,

@@ -43,6 +43,17 @@ def register(sub) -> None:
                 _fleet)
     f.add_argument("endpoint")
 
+    t = command(sub, "takeover", "admin: end the stream holding a worker id, wherever it is, and revoke the tokens "
+                "bound to it (audited)", _takeover,
+                description="Give a worker id to another worker: the live stream holding it is closed (ABORTED) "
+                "on whichever replica has it, and the tokens bound to that id are revoked, so its holder cannot "
+                "come back with them. Then mint the new worker its token (mixprec token create ... --worker-id), "
+                "or let a bootstrap token issue one.")
+    t.add_argument("endpoint")
+    t.add_argument("worker_id")
+    t.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    add_request_id_option(t)
+
     u = command(sub, "audit", "show who changed what on an endpoint, newest first", _audit)
     u.add_argument("endpoint")
     u.add_argument("--limit", type=count, default=100, help="how many entries, newest first (default 100)")
@@ -95,6 +106,21 @@ def _tokens_per_second(report: apb.Report) -> str:
     """Decoders report prefill and decode tokens per second; embedders neither."""
     rates = [report.metrics.get(f"{phase}_tokens_per_second") for phase in ("prefill", "decode")]
     return "-" if rates == [None, None] else "/".join("-" if r is None else f"{r:.1f}" for r in rates)
+
+
+def _takeover(args) -> int:
+    response = fleet_stub(args).TakeOverWorker(
+        apb.TakeOverWorkerRequest(endpoint=args.endpoint, worker_id=args.worker_id, reason=args.reason,
+                                  request_id=request_id(args)),
+        timeout=RPC_TIMEOUT_S,
+    )
+    if args.output == "json":
+        output.as_json(to_dict(response))
+        return 0
+    ended = "its live stream is being closed" if response.ended_stream else "no live stream held it"
+    revoked = ", ".join(response.revoked_tokens) or "none"
+    print(f"took over worker {response.worker_id!r} of {response.endpoint}: {ended}; revoked tokens: {revoked}")
+    return 0
 
 
 def worker_rows(response: apb.GetFleetResponse) -> list[dict]:

@@ -6,8 +6,15 @@ import sys
 
 from mixprec.cli import output
 from mixprec.cli.common import add_kernel_option, add_placement_options, command
+from mixprec.cli.quality_options import (
+    add_data_options,
+    check_confidence,
+    load_data_file,
+    load_user_metrics,
+    user_metric_spec,
+)
 from mixprec.errors import FieldError, InvalidArgument
-from mixprec.metrics import DEFAULT_WINDOWS, WINDOW_TOKENS, worsening
+from mixprec.metrics import DATA_WINDOWS, DEFAULT_WINDOWS, WINDOW_TOKENS, worsening
 from mixprec.policy import PolicySpec, Rule, load_policy_file, resolve_or_raise
 
 
@@ -31,6 +38,13 @@ def register(sub) -> None:
     e.add_argument("--prompts", type=int, default=4, help="decoders: prompts for greedy_match (default 4; 0: skip)")
     e.add_argument("--greedy-tokens", type=int, default=16,
                    help="decoders: greedy tokens per prompt for greedy_match (default 16)")
+    add_data_options(e)
+    e.add_argument("--metric", default=None, metavar="package.module:function",
+                   help="your own metric, measured beside the built-in ones (its declared direction says which way "
+                   "is worse)")
+    e.add_argument("--confidence", type=float, default=0.95,
+                   help="print each metric's upper bound of its worsening at this confidence, from a bootstrap over "
+                   "the windows or pairs (default 0.95; 0: none)")
     add_kernel_option(e)
     add_placement_options(e)
 
@@ -56,40 +70,61 @@ def _eval(args) -> int:
     for name in ("prompts", "greedy_tokens"):
         if not 0 <= getattr(args, name) <= 256:
             raise InvalidArgument(FieldError(f"--{name.replace('_', '-')}", f"must be 0..256, got {getattr(args, name)}"))
+    confidence = check_confidence(args.confidence)
+    metric_spec = user_metric_spec(args.metric)
+    if args.metric and metric_spec is None:
+        raise InvalidArgument(FieldError("--metric", f"{args.metric!r} is built in (eval measures every built-in "
+                                         "metric); give package.module:function"))
     spec = load_policy_file(args.policy) if args.policy else PolicySpec((Rule("*", "fp8"),))
+    user_metrics = load_user_metrics(metric_spec)
     from worker.engine import HybridEngine
     from worker.models import load_model
 
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
+    data = load_data_file(args.data, model.decoder is not None, args.max_data_bytes)
     precision_map = resolve_or_raise(spec, model.catalog)
     engine = HybridEngine(model.module, model.layer_map, kernel=args.kernel)
     if model.decoder is not None:
         from worker.quality.language import METRICS, language_evaluator
 
-        evaluator = language_evaluator(engine, model, args.samples or DEFAULT_WINDOWS, args.prompts,
-                                       args.greedy_tokens, progress=True)
+        if data is None:
+            evaluator = language_evaluator(engine, model, args.samples or DEFAULT_WINDOWS, args.prompts,
+                                           args.greedy_tokens, progress=True, user_metrics=user_metrics)
+        else:
+            from worker.quality.evaluators import evaluator_for
+
+            evaluator = evaluator_for(engine, model, data.pairs, True, user_metrics, args.samples or DATA_WINDOWS,
+                                      args.prompts, args.greedy_tokens)
         unit = f"windows of {WINDOW_TOKENS} tokens"
-        metrics = METRICS if args.prompts else METRICS[:3]
+        metrics = (METRICS if args.prompts else METRICS[:3]) + evaluator.metrics[3:]
     else:
         from worker.quality.docstrings import load_pairs
-        from worker.quality.shadow import METRICS, ShadowEvaluator
+        from worker.quality.shadow import ShadowEvaluator
 
-        evaluator = ShadowEvaluator(engine, model, load_pairs(args.samples or None), progress=True)
-        unit, metrics = "docstring pairs", METRICS
+        pairs = load_pairs(args.samples or None) if data is None else data.pairs[:args.samples or None]
+        evaluator = ShadowEvaluator(engine, model, pairs, progress=True, user_metrics=user_metrics)
+        unit, metrics = "docstring pairs" if data is None else "pairs", evaluator.metrics
     print(f"evaluating on {evaluator.samples} {unit} on {engine.device} with kernel {engine.kernel} ...", file=sys.stderr)
     result = evaluator.evaluate(precision_map)
+    from worker.quality.bound import result_bound
+
+    bounds = {m: result_bound(m, result, confidence) for m in metrics}
     fp8_layers = sum(p != "bf16" for p in precision_map.values())
     base_dtype = str(engine.base_dtype).removeprefix("torch.")
     if args.output == "json":
         output.as_json({"metrics": result.metrics, "deltas": result.deltas, "reference": result.reference,
                         "samples": result.samples, "kernel": engine.kernel, "base_dtype": base_dtype,
+                        "bounds": bounds, "confidence": confidence,
+                        "data": {"builtin": "docstrings"} if data is None else data.fingerprint,
                         "device": str(engine.device),
                         "layers": {"total": len(precision_map), "off_base": fp8_layers}})
         return 0
     print(f"{fp8_layers} of {len(precision_map)} layers off base (base weights: {base_dtype} on {engine.device}); "
           f"kernel {engine.kernel}; {result.samples} {unit}")
     output.table([{"metric": m, "base": f"{result.reference[m]:.5f}", "policy": f"{result.metrics[m]:.5f}",
-                   "delta": f"{result.deltas[m]:+.5f}", "worse by": f"{worsening(m, result.deltas[m]):+.5f}"}
+                   "delta": f"{result.deltas[m]:+.5f}", "worse by": f"{worsening(m, result.deltas[m]):+.5f}",
+                   **({f"{100 * confidence:g}% bound": "-" if bounds[m] is None else f"{bounds[m]:+.5f}"}
+                      if confidence else {})}
                   for m in metrics])
     return 0

@@ -31,6 +31,12 @@ def register(sub) -> None:
                    "and tokens; agent: worker streams only; client: nothing on the control plane, a caller of the "
                    "workers' InferenceService (list it in their --client-tokens file)")
     c.add_argument("--endpoint", default="", help="limit the token to this one endpoint")
+    bound = c.add_mutually_exclusive_group()
+    bound.add_argument("--worker-id", default="", metavar="ID",
+                       help="role agent with --endpoint: the token may connect as this one worker id only")
+    bound.add_argument("--bootstrap", action="store_true",
+                       help="role agent: issue each worker id its own token once, at its first hello (the worker "
+                       "keeps it in its --state-dir); what a fleet's shared Secret should hold")
     c.add_argument("--expires", default="", metavar="DURATION", help="e.g. 12h, 30d, 2w (default: never)")
     c.add_argument("--db", default=None, metavar="URL", help=db_help)
     add_request_id_option(c)
@@ -60,8 +66,9 @@ def _stub(args):
     return auth_pb2_grpc.TokenServiceStub(channel(args))
 
 
-def _info_row(name, role, endpoint, created_by, created, expires, revoked) -> dict:
-    return {"name": name, "role": role, "endpoint": endpoint or "*", "created_by": created_by or "-",
+def _info_row(name, role, endpoint, created_by, created, expires, revoked, worker_id="", bootstrap=False) -> dict:
+    worker = worker_id or ("(bootstrap)" if bootstrap else "*" if role == "agent" else "-")
+    return {"name": name, "role": role, "endpoint": endpoint or "*", "worker": worker, "created_by": created_by or "-",
             "created": created, "expires": expires or "never", "revoked": revoked or "-"}
 
 
@@ -70,7 +77,7 @@ def _domain_row(info) -> dict:
         return at.strftime("%Y-%m-%d %H:%M:%S") + "Z" if at else ""
 
     return _info_row(info.name, info.role, info.endpoint, info.created_by, text(info.created_at),
-                     text(info.expires_at), text(info.revoked_at))
+                     text(info.expires_at), text(info.revoked_at), info.worker_id or "", info.bootstrap)
 
 
 def _proto_row(t) -> dict:
@@ -78,7 +85,7 @@ def _proto_row(t) -> dict:
         return timestamp_text(getattr(t, field)) if t.HasField(field) else ""
 
     return _info_row(t.name, t.role, t.endpoint, t.created_by, text("create_time"), text("expire_time"),
-                     text("revoke_time"))
+                     text("revoke_time"), t.worker_id, t.bootstrap)
 
 
 def _direct_write(args) -> bool:
@@ -94,7 +101,8 @@ def _create(args) -> int:
 
     expires = parse_duration(args.expires) if args.expires else None
     if _direct_write(args):
-        secret, info = _direct(args.db).create(args.name, args.role, args.endpoint, expires, created_by="")
+        secret, info = _direct(args.db).create(args.name, args.role, args.endpoint, expires, created_by="",
+                                               worker_id=args.worker_id, bootstrap=args.bootstrap)
         row = _domain_row(info)
     else:
         from mixprec.v1 import auth_pb2
@@ -102,6 +110,7 @@ def _create(args) -> int:
         response = _stub(args).CreateToken(
             auth_pb2.CreateTokenRequest(name=args.name, role=args.role, endpoint=args.endpoint,
                                         expires_seconds=int(expires.total_seconds()) if expires else 0,
+                                        worker_id=args.worker_id, bootstrap=args.bootstrap,
                                         request_id=request_id(args)),
             timeout=RPC_TIMEOUT_S,
         )
@@ -115,6 +124,10 @@ def _create(args) -> int:
         output.as_json(row | {"token": secret})
         return 0
     scope = f"endpoint {args.endpoint}" if args.endpoint else "every endpoint"
+    if args.worker_id:
+        scope += f", worker id {args.worker_id}"
+    elif args.bootstrap:
+        scope += ", bootstrap: issues each worker id its own token once"
     print(f"created token {row['name']} (role {row['role']}, {scope}, expires {row['expires']})", file=sys.stderr)
     print("it is shown only this once; store it now (e.g. export MIXPREC_TOKEN=...):", file=sys.stderr)
     print(secret)

@@ -14,6 +14,7 @@ from mixprec.cli.common import (
     command,
     given_limits,
 )
+from mixprec.cli.quality_options import add_data_options, user_metric_spec
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.logs import configure_logging
 from mixprec.policy import PRECISIONS
@@ -43,6 +44,10 @@ def register(sub) -> None:
     p.add_argument("--eval-samples", type=int, default=None,
                    help="shadow evaluation set: docstring pairs for embedders (default 64), token windows for "
                    "decoders (default 8); 0: off")
+    add_data_options(p, "--eval-data")
+    p.add_argument("--metric", default=None, metavar="package.module:function",
+                   help="your own metric, measured in every shadow evaluation beside the built-in ones and reported "
+                   "by name (a rollout guards it with --max-drop NAME=X or --max-rise NAME=X)")
     p.add_argument("--report-interval", type=float, default=5.0, help="seconds between serving reports")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="precisions this worker accepts; assignments using others are refused (NACK)")
@@ -102,6 +107,13 @@ def _worker(args) -> int:
         raise InvalidArgument(FieldError("--precisions", f"{args.precisions!r}: choose from {', '.join(PRECISIONS)}"))
     limits = given_limits(args, "max_embed_chars", "max_generate_tokens")
     capacity = _capacity(args)
+    metric_spec = user_metric_spec(args.metric)
+    if args.metric and metric_spec is None:
+        raise InvalidArgument(FieldError("--metric", f"{args.metric!r} is built in (every built-in metric is "
+                                         "reported); give package.module:function"))
+    if args.eval_samples == 0 and (args.eval_data or metric_spec):
+        raise InvalidArgument(FieldError("--eval-samples", "0 turns shadow evaluation off; --eval-data and "
+                                         "--metric need it on"))
     client_tokens = _client_tokens(args)
     configure_logging(args.log_level)
     if client_tokens is None and not is_loopback(args.inference_listen):
@@ -115,7 +127,8 @@ def _worker(args) -> int:
     logging.getLogger(__name__).info("loading %s", args.model)
     runtime = build_runtime(args.model, kernel=args.kernel, residency=args.residency,
                             eval_samples=args.eval_samples, precisions=precisions, device=args.device,
-                            dtype=args.dtype)
+                            dtype=args.dtype, eval_data=args.eval_data, metric=metric_spec,
+                            max_data_bytes=args.max_data_bytes)
     config = AgentConfig(
         endpoint=args.endpoint, model=args.model, server=args.server, worker_id=args.worker_id,
         state_dir=args.state_dir, inference_listen=args.inference_listen, report_interval=args.report_interval,

@@ -276,3 +276,27 @@ class ListAuditResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class TakeOverWorkerRequest(_message.Message):
+    __slots__ = ("endpoint", "worker_id", "reason", "request_id")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    worker_id: str
+    reason: str
+    request_id: str
+    def __init__(self, endpoint: _Optional[str] = ..., worker_id: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class TakeOverWorkerResponse(_message.Message):
+    __slots__ = ("endpoint", "worker_id", "ended_stream", "revoked_tokens")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDED_STREAM_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    worker_id: str
+    ended_stream: bool
+    revoked_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, endpoint: _Optional[str] = ..., worker_id: _Optional[str] = ..., ended_stream: _Optional[bool] = ..., revoked_tokens: _Optional[_Iterable[str]] = ...) -> None: ...

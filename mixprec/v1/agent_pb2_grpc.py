@@ -133,6 +133,11 @@ class FleetServiceStub:
                 request_serializer=mixprec_dot_v1_dot_agent__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=mixprec_dot_v1_dot_agent__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.TakeOverWorker = channel.unary_unary(
+                '/mixprec.v1.FleetService/TakeOverWorker',
+                request_serializer=mixprec_dot_v1_dot_agent__pb2.TakeOverWorkerRequest.SerializeToString,
+                response_deserializer=mixprec_dot_v1_dot_agent__pb2.TakeOverWorkerResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -163,6 +168,13 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TakeOverWorker(self, request, context):
+        """admin only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +197,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=mixprec_dot_v1_dot_agent__pb2.ListAuditRequest.FromString,
                     response_serializer=mixprec_dot_v1_dot_agent__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'TakeOverWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeOverWorker,
+                    request_deserializer=mixprec_dot_v1_dot_agent__pb2.TakeOverWorkerRequest.FromString,
+                    response_serializer=mixprec_dot_v1_dot_agent__pb2.TakeOverWorkerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -296,6 +313,33 @@ class FleetService:
             '/mixprec.v1.FleetService/ListAudit',
             mixprec_dot_v1_dot_agent__pb2.ListAuditRequest.SerializeToString,
             mixprec_dot_v1_dot_agent__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeOverWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mixprec.v1.FleetService/TakeOverWorker',
+            mixprec_dot_v1_dot_agent__pb2.TakeOverWorkerRequest.SerializeToString,
+            mixprec_dot_v1_dot_agent__pb2.TakeOverWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mixprec/v1/auth.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x05Token\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x17\n\x0f\x65xpires_seconds\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"G\n\x13\x43reateTokenResponse\x12 \n\x05token\x18\x01 \x01(\x0b\x32\x11.mixprec.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"7\n\x12ListTokensResponse\x12!\n\x06tokens\x18\x01 \x03(\x0b\x32\x11.mixprec.v1.Token\"6\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t2\xed\x01\n\x0cTokenService\x12N\n\x0b\x43reateToken\x12\x1e.mixprec.v1.CreateTokenRequest\x1a\x1f.mixprec.v1.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.mixprec.v1.ListTokensRequest\x1a\x1e.mixprec.v1.ListTokensResponse\x12@\n\x0bRevokeToken\x12\x1e.mixprec.v1.RevokeTokenRequest\x1a\x11.mixprec.v1.Tokenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mixprec/v1/auth.proto\x12\nmixprec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x02\n\x05Token\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12\x11\n\tbootstrap\x18\t \x01(\x08\"\x95\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x17\n\x0f\x65xpires_seconds\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x11\n\tbootstrap\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"G\n\x13\x43reateTokenResponse\x12 \n\x05token\x18\x01 \x01(\x0b\x32\x11.mixprec.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\"7\n\x12ListTokensResponse\x12!\n\x06tokens\x18\x01 \x03(\x0b\x32\x11.mixprec.v1.Token\"6\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t2\xed\x01\n\x0cTokenService\x12N\n\x0b\x43reateToken\x12\x1e.mixprec.v1.CreateTokenRequest\x1a\x1f.mixprec.v1.CreateTokenResponse\x12K\n\nListTokens\x12\x1d.mixprec.v1.ListTokensRequest\x1a\x1e.mixprec.v1.ListTokensResponse\x12@\n\x0bRevokeToken\x12\x1e.mixprec.v1.RevokeTokenRequest\x1a\x11.mixprec.v1.Tokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mixprec.v1.auth_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKEN']._serialized_start=71
-  _globals['_TOKEN']._serialized_end=291
-  _globals['_CREATETOKENREQUEST']._serialized_start=293
-  _globals['_CREATETOKENREQUEST']._serialized_end=404
-  _globals['_CREATETOKENRESPONSE']._serialized_start=406
-  _globals['_CREATETOKENRESPONSE']._serialized_end=477
-  _globals['_LISTTOKENSREQUEST']._serialized_start=479
-  _globals['_LISTTOKENSREQUEST']._serialized_end=523
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=525
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=580
-  _globals['_REVOKETOKENREQUEST']._serialized_start=582
-  _globals['_REVOKETOKENREQUEST']._serialized_end=636
-  _globals['_TOKENSERVICE']._serialized_start=639
-  _globals['_TOKENSERVICE']._serialized_end=876
+  _globals['_TOKEN']._serialized_end=329
+  _globals['_CREATETOKENREQUEST']._serialized_start=332
+  _globals['_CREATETOKENREQUEST']._serialized_end=481
+  _globals['_CREATETOKENRESPONSE']._serialized_start=483
+  _globals['_CREATETOKENRESPONSE']._serialized_end=554
+  _globals['_LISTTOKENSREQUEST']._serialized_start=556
+  _globals['_LISTTOKENSREQUEST']._serialized_end=600
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=602
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=657
+  _globals['_REVOKETOKENREQUEST']._serialized_start=659
+  _globals['_REVOKETOKENREQUEST']._serialized_end=713
+  _globals['_TOKENSERVICE']._serialized_start=716
+  _globals['_TOKENSERVICE']._serialized_end=953
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,12 @@ def test_the_gpu_benchmark_runs_its_tiny_size_on_cpu():
     assert "8 activation quantizes for 14 FP8 linears" in out
     difference = float(re.search(r"emulated product of the same FP8 operands: rel. diff ([0-9.]+)", out).group(1))
     assert difference < 0.01
+    for name in ("base", "attention+MLP fp8", "+ KV cache fp8", "fp8-weight-only"):  # decode, batch 1
+        assert re.search(rf"^{re.escape(name)}\s+[0-9.]+\s+[0-9.]+x\s+[0-9.]+\s+[0-9.]+  peak unknown$", out, re.M), name
+    assert "one decode step at 64 tokens of context" in out
+    rows = dict(re.findall(r"^(bf16|fp8)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)x$", out, re.M))
+    # the tiny model's head_dim 16: an FP8 token-head takes 16 code bytes + a 4-byte scale against 32
+    assert rows == {"bf16": "1.000", "fp8": "0.625"}
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"gpu: prefill attention\+MLP fp8 \d+\.\d\dx bf16, fp8 linear \d+\.\d\dx raw scaled_mm "
                         r"at 256 tokens \(CPU\)", last), last

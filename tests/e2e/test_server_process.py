@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mixprec.localhost import free_port
+from mixprec.localhost import free_port, wait_until
 from mixprec.v1 import agent_pb2 as apb
 from mixprec.v1 import agent_pb2_grpc, policy_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
@@ -57,8 +57,11 @@ def test_server_logs_each_request_exports_metrics_and_stops_on_sigterm(tmp_path)
             stub.CreateEndpoint(pb.CreateEndpointRequest(name="e", layers=["a.b"]))
             with pytest.raises(grpc.RpcError):
                 stub.GetEndpoint(pb.GetEndpointRequest(name="missing"))
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        assert 'mixprec_rpc_requests_total{code="NOT_FOUND",method="/mixprec.v1.PolicyService/GetEndpoint"} 1.0' in metrics
+        # grpc.aio sends an aborted call's status before the handler's last line runs, so the sample may
+        # land a moment after the client has its answer.
+        sample = 'mixprec_rpc_requests_total{code="NOT_FOUND",method="/mixprec.v1.PolicyService/GetEndpoint"} 1.0'
+        wait_until(lambda: sample in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+                   .read().decode(), timeout=10, what="the NOT_FOUND sample", poll=0.05)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:

@@ -207,29 +207,40 @@ def test_first_admin_token_is_made_on_the_database_directly(tmp_path, capsys):
 
 
 def test_a_worker_id_belongs_to_the_stream_that_holds_it(secured):
-    running, made, _ = secured
+    running, made, url = secured
+    engine, tokens, _ = _tokens(url)
+    bound = tokens.create("held-worker", "agent", "emb", worker_id="held")[0]
+    engine.dispose()
 
-    def hello_stream(token, release: threading.Event):
+    def hello_stream(token, release: threading.Event, worker_id="held"):
         def outgoing():
-            yield apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id="held", layers=LAYERS))
+            yield apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id=worker_id, layers=LAYERS))
             release.wait(20)
 
         channel = transport.channel(running.address, token)
         return agent_pb2_grpc.AgentServiceStub(channel).Connect(outgoing())
 
+    def refusal(call) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as err:
+            next(iter(call))
+        return err.value
+
     async def scenario():
-        holder = LightAgent(running.address, "emb", "held", token=made["agents-emb"]).start()
+        holder = LightAgent(running.address, "emb", "held", token=bound).start()
         await asyncio.wait_for(holder.loop.connected.wait(), 10)
         release = threading.Event()
         try:
-            # Another token cannot claim it, so its reports can never land on this worker.
-            intruder = hello_stream(made["other-agents"], release)
-            with pytest.raises(grpc.RpcError) as err:
-                await asyncio.to_thread(lambda: next(iter(intruder)))
-            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-            assert "held by a live stream of another token" in err.value.details()
-            # The same token takes it over (a restarted worker): the old stream is ended.
-            successor = hello_stream(made["agents-emb"], release)
+            # No other token can claim it, not even the endpoint's shared agent token, so its reports can
+            # never land on this worker.
+            for other in ("other-agents", "agents-emb"):
+                err = await asyncio.to_thread(refusal, hello_stream(made[other], release))
+                assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+                assert "held by a live stream of another token" in err.details()
+            # A worker's own token is for its own id only.
+            err = await asyncio.to_thread(refusal, hello_stream(bound, release, worker_id="someone-else"))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "'held'" in err.details()
+            # The worker's own token takes it over (the worker restarted): the old stream is ended.
+            successor = hello_stream(bound, release)
             await asyncio.to_thread(successor.initial_metadata)
             await eventually(lambda: "took this worker id over" in holder.loop.last_error, what="old stream ended")
         finally:

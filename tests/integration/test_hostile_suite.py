@@ -7,6 +7,7 @@ server (in this process, on Postgres, port 0) is reused by every case; its memor
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import os
@@ -22,7 +23,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import LAYERS, RunningControlPlane, rules, stubs
+from support import LAYERS, LightAgent, RunningControlPlane, rules, stubs
 
 from controlplane.auth import TokenService
 from controlplane.storage.database import open_engine, upgrade
@@ -30,6 +31,7 @@ from controlplane.storage.unit_of_work import unit_of_work_factory
 from mixprec import transport
 from mixprec.cli.main import main
 from mixprec.v1 import agent_pb2 as apb
+from mixprec.v1 import agent_pb2_grpc
 from mixprec.v1 import policy_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -191,7 +193,8 @@ def test_every_unary_rpc_survives_generated_hostile_requests(target):
     running, channel, methods, engine, _, _ = target
     unary = [m for m in methods if not m.client_streaming and not m.server_streaming]
     assert {m.name for m in unary} >= {"CreateEndpoint", "DeleteEndpoint", "CreatePolicy", "ResolvePolicy",
-                                       "Activate", "Rollback", "StartRollout", "GetRollout", "CreateToken"}
+                                       "Activate", "Rollback", "StartRollout", "GetRollout", "CreateToken",
+                                       "TakeOverWorker"}
     counted = {"cases": 0}
     outcomes: dict[str, int] = {}
     rss_before = _rss_mib()
@@ -257,10 +260,62 @@ def test_agent_streams_survive_generated_hostile_messages(target):
     assert stubs(running.address, admin)[0].ListEndpoints(pb.ListEndpointsRequest(), timeout=10) is not None
 
 
+def test_generated_hellos_never_take_a_live_worker_id(target):
+    """Hellos for a held worker id (and others) with every kind of agent token: the shared token, another
+    worker's own token, a bootstrap token, garbage. The holder's stream is never ended and its lease
+    never moves."""
+    running, _, _, engine, _, url = target
+    engine_tokens = open_engine(url)
+    tokens = TokenService(unit_of_work_factory(engine_tokens))
+    made = {name: tokens.create(name, "agent", "emb", worker_id=worker, bootstrap=boot)[0]
+            for name, worker, boot in [("held-own", "held", False), ("fleet-shared", "", False),
+                                       ("w7-own", "w7", False), ("fleet-boot", "", True)]}
+    engine_tokens.dispose()
+    pool = [made["fleet-shared"], made["w7-own"], made["fleet-boot"], "mxp_" + "A" * 43, "garbage"]
+    worker_ids = st.one_of(st.just("held"), st.just("held"), st.sampled_from(["w7", "held ", "HELD", "héld"]),
+                           st.text(min_size=1, max_size=20))
+
+    def lease_of_held() -> tuple:
+        with engine.connect() as conn:
+            return tuple(conn.execute(sa.text(
+                "SELECT token_name, stream FROM worker_leases WHERE endpoint = 'emb' AND worker_id = 'held'")))
+
+    async def scenario():
+        holder = LightAgent(running.address, "emb", "held", token=made["held-own"]).start()
+        await asyncio.wait_for(holder.loop.connected.wait(), 10)
+        before = lease_of_held()
+        stub = agent_pb2_grpc.AgentServiceStub
+
+        @settings(max_examples=max(CASES // 10, 30), deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow])
+        @given(st.sampled_from(pool), worker_ids)
+        def case(token, worker_id):
+            def outgoing():
+                yield apb.AgentMessage(hello=apb.Hello(endpoint="emb", worker_id=worker_id, layers=LAYERS))
+                time.sleep(0.1)
+
+            try:
+                for _ in stub(transport.channel(running.address, token)).Connect(outgoing(), timeout=5):
+                    pass
+            except grpc.RpcError as err:
+                _check(err, "Connect")
+                if worker_id == "held":
+                    assert err.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNAUTHENTICATED,
+                                          grpc.StatusCode.PERMISSION_DENIED), err.details()
+
+        await asyncio.to_thread(case)
+        assert holder.loop.connected.is_set() and not holder.loop.last_error
+        assert lease_of_held() == before and before[0][0] == "held-own"
+        await holder.stop()
+
+    asyncio.run(scenario())
+
+
 CLI_COMMANDS = [
     ["endpoint", "create"], ["endpoint", "show"], ["endpoint", "delete", "--reason", "fuzz"],
     ["policy", "show"], ["policy", "history"], ["policy", "diff"], ["activate"], ["rollback", "--reason", "fuzz"],
     ["fleet"], ["audit"], ["rollout", "status"], ["rollout", "start"], ["rollout", "abort"], ["token", "revoke"],
+    ["takeover", "emb", "--reason", "fuzz"], ["token", "create", "--role", "agent", "--endpoint", "emb", "--bootstrap"],
 ]
 CLI_TEXT = st.one_of(st.sampled_from(["emb", "-1", "4294967295", "99999999999", "1e14", "nan", "", "é", "a" * 300]),
                      st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
@@ -345,8 +400,13 @@ def test_the_workers_inference_service_survives_generated_hostile_requests(infer
         except grpc.RpcError as err:
             outcomes[err.code().name] = outcomes.get(err.code().name, 0) + 1
             _check(err, path)
-            if not authenticated:
+            # A message over gRPC's receive limit is refused by the transport before any handler
+            # (or token check) runs: RESOURCE_EXHAUSTED, nothing served.
+            too_large = not raw and request.ByteSize() > 4 * 1024 * 1024
+            if not authenticated and not too_large:
                 assert err.code() == grpc.StatusCode.UNAUTHENTICATED, f"{path}: {err.code().name} {err.details()}"
+            if too_large:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, f"{path}: {err.code().name}"
 
     case()
     print("outcomes:", sorted(outcomes.items()))

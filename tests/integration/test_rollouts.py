@@ -120,6 +120,20 @@ def test_a_metric_that_must_not_rise_rolls_back_when_it_rises(plane):
     asyncio.run(scenario())
 
 
+def test_a_user_metric_guarded_by_name_on_its_rise_rolls_back_when_it_rises(plane):
+    async def scenario():
+        agents = await fleet_up(plane)
+        # The control plane knows nothing of team_log_loss but its name: the guardrail's side says a rise is worse.
+        start(plane, steps=(1, 100.0), max_drop={"cosine_to_base": 0.01}, max_rise={"team_log_loss": 0.02})
+        await eventually(lambda: state_of(plane).state == rpb.ROLLED_BACK, timeout=20, what="automatic rollback")
+        rollout = state_of(plane)
+        assert "max_rise[team_log_loss] measured 0.03" in rollout.message
+        for agent in agents:
+            await agent.stop()
+
+    asyncio.run(scenario())
+
+
 def test_an_inconclusive_step_pauses_and_resumes(plane):
     async def scenario():
         agents = await fleet_up(plane, quiet=WORKERS)

@@ -32,7 +32,7 @@ def plane(tmp_path):
 
 def sweep_argv(plane, tmp_path):
     return ["--server", plane.address, "sweep", "--model", "minilm", "--samples", "2", "--granularity", "group",
-            "--max-drop", "inf", "-o", str(tmp_path / "map.yaml"), "--propose", "emb"]
+            "--max-drop", "inf", "--holdout", "2", "-o", str(tmp_path / "map.yaml"), "--propose", "emb"]
 
 
 def test_propose_creates_exactly_one_version_with_the_sweep_beside_it(plane, tmp_path, capsys):
@@ -44,14 +44,16 @@ def test_propose_creates_exactly_one_version_with_the_sweep_beside_it(plane, tmp
     assert main(["--server", plane.address, "--output", "json", "sweep", "show", "emb", "2"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["granularity"] == "group" and len(shown["units"]) == 6
+    assert shown["data"] == {"builtin": "docstrings"} and shown["confidence"] == 0.95  # the stored sweep says both
     assert main(["--server", plane.address, "sweep", "show", "emb", "2"]) == 0
     table = capsys.readouterr().out
     assert all(f"{u['name']} " in table for u in shown["units"])
     assert "combined check of 6 unit(s)" in table
     # Both drops of the chosen map: on the calibration pairs and on the held-out ones the sweep never saw.
     assert shown["holdout"]["pairs"] == 2 and shown["samples"] == 2 and shown["algorithm"] == "fast"
-    assert f"calibration drop (2 pairs): measured {shown['calibration_drop']:.6f}" in table
-    assert f"held-out drop (2 pairs the sweep never saw): measured {shown['holdout']['drop']:.6f}" in table
+    assert f"calibration drop (2 pairs or windows): measured {shown['calibration_drop']:.6f}" in table
+    assert f"held-out drop (2 texts the sweep never saw, 2 items): measured {shown['holdout']['drop']:.6f}" in table
+    assert "note: 2 held-out item(s): too few to say" in table  # 2 pairs cannot speak for other text
     assert main(["--server", plane.address, "sweep", "show", "emb", "1"]) == 3
 
 

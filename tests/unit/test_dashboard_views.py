@@ -130,6 +130,23 @@ def test_sweep_view_scales_bars_to_the_largest_drop_or_the_budget():
     assert views.sweep_view(3, {"max_drop": "inf", "units": []}).budget is None
 
 
+def test_sweep_view_shows_calibration_held_out_and_bound_side_by_side_and_warns_of_an_overfit_map():
+    data = {"metric": "log_loss", "direction": "lower", "samples": 48, "confidence": 0.95, "calibration_bound": 0.004,
+            "units": [], "combined": [{"units": ["a"], "predicted_drop": 0.002, "measured_drop": 0.003, "final": True}],
+            "holdout": {"pairs": 16, "items": 16, "drop": 0.006, "bound": 0.009, "overfit": True,
+                        "note": "the held-out 0.006 exceeds the calibration bound 0.004"},
+            "data": {"path": "q.jsonl", "format": "jsonl", "records": 64, "bytes": 900, "sha256": "ab" * 32}}
+    view = views.sweep_view(2, data)
+    assert view.quality == [
+        "calibration rise (48 pairs or windows): measured 0.003000 (predicted 0.002000), 95% bound 0.004000",
+        "held-out rise (16 texts the sweep never saw, 16 items): measured 0.006000, 95% bound 0.009000",
+        "warning: the held-out 0.006 exceeds the calibration bound 0.004",
+        "data: q.jsonl (jsonl, 64 records, 900 bytes, sha256 abababababababab...)"]
+    assert view.overfit
+    hostile = views.sweep_view(2, {"holdout": {"drop": "x"}, "combined": [{"final": True}], "calibration_bound": float("nan")})
+    assert hostile.quality == [] and not hostile.overfit
+
+
 def test_live_regions_send_only_what_changed_and_are_bounded_in_number():
     pages = [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}, NotFound("endpoint 'e' does not exist")]
 

@@ -202,6 +202,7 @@ def test_workers_keep_their_id_and_saved_policy_across_rescheduling(rendered):
     assert "--worker-id=<MIXPREC_WORKER_ID>" in cli_args(c)
     field = env["MIXPREC_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     state_dir = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--state-dir="))
+    # Writable and the worker's own: the token a bootstrap token issues this worker id is kept there.
     assert {"name": "state", "mountPath": state_dir} in c["volumeMounts"]
     assert env["MIXPREC_CACHE_DIR"]["value"].startswith(state_dir + "/")  # dequantized weights survive restarts
     if kind == "StatefulSet":

@@ -1,7 +1,9 @@
 """Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma 2/3): Gemma 3 270M, any local `hf:PATH`, a tiny one.
 
-Every decoder runs through `Decoder`: one KV cache per request, whose per-layer precision is fixed by
-the map the request started with (worker.engine.kv_cache), prefill and decode steps timed apart.
+Every decoder runs through `Decoder`: one KV cache slot per request, allocated once for its longest
+sequence, whose per-layer precision is fixed by the map the request started with (worker.engine.kv_cache),
+prefill and decode steps timed apart. Attention goes through worker.engine.kv_attention, which reads an
+FP8 cache's codes in a kernel on decode steps where Triton runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from torch import nn
 from mixprec.errors import FieldError, InvalidArgument
 from mixprec.families import KV_CACHE, LLAMA, LLAMA_ARCHITECTURES, LLAMA_GGUF_ARCHITECTURES, LLAMA_MODEL_TYPES
 from worker.device import placement
+from worker.engine import kv_attention
+from worker.engine.kernels import triton_runs
 from worker.engine.kv_cache import PrecisionCache
 from worker.engine.methods import BASE
 from worker.models.loaded import LoadedModel
@@ -42,8 +46,9 @@ class Generation:
     prompt_tokens: int
     prefill_seconds: float
     decode_seconds: float
-    kv_bytes: int = 0  # bytes the request's KV cache held at the end
+    kv_bytes: int = 0  # bytes of the tokens the request's KV cache held at the end
     precisions: dict[str, str] = field(default_factory=dict)  # the KV precision of each layer it ran
+    kv_allocated_bytes: int = 0  # bytes its buffers took (allocated once for prompt + max_tokens)
 
 
 class Decoder:
@@ -59,6 +64,7 @@ class Decoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.eos = set(_as_list(getattr(config, "eos_token_id", None)) + _as_list(tokenizer.eos_token_id))
+        self.codes_attention = kv_attention.install(module)  # False: FP8 caches are always dequantized
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -80,9 +86,16 @@ class Decoder:
         bindings = [getattr(layer.self_attn, "kv_cache_binding", None) for layer in self.layers]
         return [BASE if binding is None else binding.precision() for binding in bindings]
 
-    def new_cache(self) -> PrecisionCache:
-        """An empty KV cache at the KV precisions of the map this thread runs now."""
-        return PrecisionCache(self.config, self.kv_precisions())
+    def new_cache(self, capacity: int | None = None) -> PrecisionCache:
+        """An empty KV cache slot at the KV precisions of the map this thread runs now, for `capacity`
+        tokens (None: what its first forward brings, for a single pass)."""
+        reads_codes = self.codes_attention and triton_runs(self.device)
+        return PrecisionCache(self.config, self.kv_precisions(), capacity, reads_codes)
+
+    def capacity(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Tokens a request's cache must hold: its prompt and every token it may feed back."""
+        wanted = prompt_tokens + max_tokens
+        return min(wanted, self.max_positions) if self.max_positions else wanted
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits from final (normed) hidden states: lm_head, always at base, plus the model's softcap."""
@@ -125,7 +138,7 @@ class Decoder:
             return self._generate(prompt_ids, max_tokens, on_token, choose or _greedy)
 
     def _generate(self, prompt_ids: list[int], max_tokens: int, on_token, choose) -> Generation:
-        cache = self.new_cache()
+        cache = self.new_cache(self.capacity(len(prompt_ids), max_tokens))
         model = self.module.model
         started = time.perf_counter()
         ids = torch.tensor([prompt_ids], device=self.device)
@@ -143,8 +156,9 @@ class Decoder:
             hidden = model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state[:, -1]
             token = int(choose(self.head(hidden)))
         decode = time.perf_counter() - started
-        return Generation(tokens, len(prompt_ids), prefill, decode, cache.nbytes(), dict(zip(
-            (f"layers.{i}.{KV_CACHE}" for i in range(self.num_layers)), cache.precisions, strict=True)))
+        precisions = dict(zip((f"layers.{i}.{KV_CACHE}" for i in range(self.num_layers)), cache.precisions,
+                              strict=True))
+        return Generation(tokens, len(prompt_ids), prefill, decode, cache.nbytes(), precisions, cache.allocated_bytes())
 
     def kv_bytes_per_token(self, precision: str, dtype: torch.dtype = torch.bfloat16) -> int:
         """KV-cache bytes one token takes across all layers at `precision` (scales included)."""

@@ -36,9 +36,17 @@ MAX_DOC_CHARS = 700
 
 @dataclass(frozen=True)
 class Pair:
-    source: str  # e.g. "json.dumps"
+    """A query and its document (embedders), or one text in `query` with no document (a decoder's data file)."""
+
+    source: str  # e.g. "json.dumps", or "line 3" of a user's data file
     query: str
     document: str
+    label: float | None = None  # a user's label for the pair (ranking, log-loss); None: unlabelled
+
+    @property
+    def text(self) -> str:
+        """What a decoder reads of it."""
+        return f"{self.query}\n{self.document}" if self.document else self.query
 
 
 def _paragraphs(doc: str) -> list[str]:

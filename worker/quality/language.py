@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ def text_windows(tokenizer, samples: int, tokens: int = WINDOW_TOKENS, pairs=Non
     each opening with the model's BOS token where it has one, as every document the model saw did; no padding."""
     if samples < 1:
         raise InvalidArgument(FieldError("samples", f"must be >= 1, got {samples}"))
-    text = "\n\n".join(f"{p.query}\n{p.document}" for p in (build_pairs() if pairs is None else pairs))
+    text = "\n\n".join(p.text for p in (build_pairs() if pairs is None else pairs))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     body = tokens - len(bos)
@@ -68,11 +68,12 @@ class LanguageEvaluator:
     final hidden states of `texts` (here: the token windows), `compare(hidden)` scores them.
     """
 
-    metrics = TEACHER_FORCED  # what `compare` gives, so what a sweep can budget
     default_metric = "kl_divergence"  # the sharpest: it sees the whole distribution, not only the argmax
 
     def __init__(self, engine: HybridEngine, model, windows: torch.Tensor, prompts: list[list[int]] = (),
-                 greedy_tokens: int = GREEDY_TOKENS, progress: bool = False, reference: torch.Tensor | None = None):
+                 greedy_tokens: int = GREEDY_TOKENS, progress: bool = False, reference: torch.Tensor | None = None,
+                 user_metrics: Sequence = ()):
+        """`user_metrics` (worker.quality.user_metrics.UserMetric): called once per window."""
         if model.decoder is None:
             raise InvalidArgument(FieldError("model", f"{model.name!r} is not a causal language model"))
         if windows.dim() != 2 or windows.shape[1] < 2:
@@ -84,6 +85,10 @@ class LanguageEvaluator:
         self._reference_logp: list[torch.Tensor] | None = None
         self._base_greedy: list[list[int]] | None = None
         self._reference_metrics: dict[str, float] | None = None
+        self._reference_items: dict[str, list[float]] = {}
+        self.user_metrics = tuple(user_metrics)
+        # What `compare` gives, so what a sweep can budget.
+        self.metrics = TEACHER_FORCED + tuple(n for m in self.user_metrics for n in m.names)
 
     @property
     def samples(self) -> int:
@@ -116,9 +121,10 @@ class LanguageEvaluator:
 
     def compare(self, hidden: torch.Tensor) -> EvalResult:
         """Teacher-forced metrics of final hidden states of the windows, and their deltas against base."""
-        metrics = self._score(hidden)
+        metrics, items = self._score(hidden)
         reference = self._base_metrics()
-        return EvalResult(metrics, reference, {m: metrics[m] - reference[m] for m in metrics}, self.samples)
+        return EvalResult(metrics, reference, {m: metrics[m] - reference[m] for m in metrics}, self.samples,
+                          items, self._reference_items)
 
     def evaluate(self, precision_map: Mapping[str, str], cancelled=None) -> EvalResult:
         result = self.compare(self.embed(precision_map, cancelled=cancelled))
@@ -130,29 +136,37 @@ class LanguageEvaluator:
         with self.engine.using(precision_map, cancelled):
             match = self._greedy_match(self._greedy(f"greedy ({len(self.prompts)} prompts)"))
         metrics = {**result.metrics, "greedy_match": match}
-        return EvalResult(metrics, result.reference, {**result.deltas, "greedy_match": match - 1.0}, result.samples)
+        return EvalResult(metrics, result.reference, {**result.deltas, "greedy_match": match - 1.0}, result.samples,
+                          result.items, result.reference_items)
 
     # --- scoring ---------------------------------------------------------------------------------
 
     def _base_metrics(self) -> dict[str, float]:
         if self._reference_metrics is None:
-            self._reference_metrics = {**self._score(self.reference()), "kl_divergence": 0.0, "top1_agreement": 1.0}
+            metrics, items = self._score(self.reference())
+            self._reference_metrics = {**metrics, "kl_divergence": 0.0, "top1_agreement": 1.0}
+            self._reference_items = {**items, "kl_divergence": [0.0] * self.samples,
+                                     "top1_agreement": [1.0] * self.samples}
             if self.prompts:
                 self._reference_metrics["greedy_match"] = 1.0
         return self._reference_metrics
 
     @torch.inference_mode()
-    def _score(self, hidden: torch.Tensor) -> dict[str, float]:
+    def _score(self, hidden: torch.Tensor) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """(metrics, their values per window): KL, top-1 agreement and next-token NLL averaged per window
+        (perplexity is exp of the windows' mean NLL), and each user metric's values."""
         reference = self.reference()
         size = hidden.shape[-1]
         positions = hidden[:, :-1].reshape(-1, size)
         base_positions = reference[:, :-1].reshape(-1, size)
         targets = self.texts[:, 1:].reshape(-1)
+        per_window = self.texts.shape[1] - 1
         keep = self._reference_logp is None and positions.shape[0] * self.decoder.config.vocab_size <= \
             KEEP_REFERENCE_ELEMENTS
         kept = [] if keep else None
-        # Summed on the device in float64, read once at the end (a read per chunk would wait on the device).
-        kl, agree, nll = (torch.zeros((), dtype=torch.float64, device=positions.device) for _ in range(3))
+        # Summed per window on the device in float64, read once at the end (a read per chunk would wait on
+        # the device).
+        sums = torch.zeros(3, self.samples, dtype=torch.float64, device=positions.device)  # kl, agree, nll
         for chunk, start in enumerate(range(0, positions.shape[0], POSITIONS_PER_CHUNK)):
             rows = slice(start, start + POSITIONS_PER_CHUNK)
             logp = F.log_softmax(self.decoder.head(positions[rows]).float(), dim=-1)
@@ -162,14 +176,30 @@ class LanguageEvaluator:
                 base_logp = F.log_softmax(self.decoder.head(base_positions[rows]).float(), dim=-1)
                 if kept is not None:
                     kept.append(base_logp)
-            kl += (base_logp.exp() * (base_logp - logp)).sum(-1).double().sum()
-            agree += (logp.argmax(-1) == base_logp.argmax(-1)).double().sum()
-            nll -= logp.gather(-1, targets[rows].unsqueeze(-1)).double().sum()
+            window = torch.arange(start, start + logp.shape[0], device=positions.device) // per_window
+            values = torch.stack([(base_logp.exp() * (base_logp - logp)).sum(-1),
+                                  (logp.argmax(-1) == base_logp.argmax(-1)).float(),
+                                  -logp.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1)]).double()
+            sums.index_add_(1, window, values)
         if kept is not None:
             self._reference_logp = kept
-        count = positions.shape[0]
-        kl, agree, nll = torch.stack([kl, agree, nll]).tolist()
-        return {"kl_divergence": kl / count, "top1_agreement": agree / count, "perplexity": math.exp(nll / count)}
+        kl, agree, nll = (sums / per_window).tolist()
+        items = {"kl_divergence": kl, "top1_agreement": agree, "perplexity": nll}
+        items.update(self._user_items(hidden, reference))
+        metrics = {name: sum(values) / len(values) for name, values in items.items()}
+        metrics["perplexity"] = math.exp(metrics["perplexity"])
+        return metrics, items
+
+    def _user_items(self, hidden: torch.Tensor, reference: torch.Tensor) -> dict[str, list[float]]:
+        """Each user metric once per window, on its full-vocabulary logits at base and with the map."""
+        items: dict[str, list[float]] = {n: [] for m in self.user_metrics for n in m.names}
+        for w in range(self.samples if self.user_metrics else 0):
+            base = self.decoder.head(reference[w, :-1]).float()
+            ours = self.decoder.head(hidden[w, :-1]).float()
+            for metric in self.user_metrics:
+                for name, value in metric(base, ours, self.texts[w, 1:]).items():
+                    items[name].append(value)
+        return items
 
     def _greedy(self, label: str) -> list[list[int]]:
         if self.progress:
@@ -185,8 +215,9 @@ class LanguageEvaluator:
 
 
 def language_evaluator(engine: HybridEngine, model, samples: int, prompts: int = 4,
-                       greedy_tokens: int = GREEDY_TOKENS, progress: bool = False) -> LanguageEvaluator:
+                       greedy_tokens: int = GREEDY_TOKENS, progress: bool = False,
+                       user_metrics: Sequence = ()) -> LanguageEvaluator:
     """The evaluator on `samples` docstring windows and `prompts` greedy prompts."""
     tokenizer = model.decoder.tokenizer
     return LanguageEvaluator(engine, model, text_windows(tokenizer, samples, device=model.device),
-                             greedy_prompts(tokenizer, prompts), greedy_tokens, progress)
+                             greedy_prompts(tokenizer, prompts), greedy_tokens, progress, user_metrics=user_metrics)

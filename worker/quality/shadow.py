@@ -6,8 +6,8 @@ Both sides run on one copy of the model: the base reference once (cached), the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import torch
 
@@ -15,7 +15,8 @@ from mixprec.errors import FieldError, InvalidArgument
 from worker.engine import HybridEngine
 from worker.models import LoadedModel
 from worker.quality.docstrings import Pair
-from worker.quality.metrics import agreement_metrics, retrieval_metrics
+from worker.quality.metrics import agreement_items, retrieval_items
+from worker.quality.user_data import query_groups
 
 METRICS = ("mrr", "recall_at_1", "top10_agreement", "cosine_to_base")
 
@@ -26,12 +27,16 @@ class EvalResult:
     reference: dict[str, float]
     deltas: dict[str, float]
     samples: int
+    # Per item (window, pair or query group), for the bound (worker.quality.bound); never sent anywhere.
+    items: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    reference_items: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
 
 class ShadowEvaluator:
     def __init__(self, engine: HybridEngine, model: LoadedModel, pairs: tuple[Pair, ...], progress: bool = False,
-                 reference: torch.Tensor | None = None):
-        """`reference`: base embeddings of `texts` the caller already computed (else one pass computes them)."""
+                 reference: torch.Tensor | None = None, user_metrics: Sequence = ()):
+        """`reference`: base embeddings of `texts` the caller already computed (else one pass computes them).
+        `user_metrics` (worker.quality.user_metrics.UserMetric): called once per query group."""
         if model.embed is None:
             raise InvalidArgument(FieldError("model", f"{model.name!r} is not an embedder; the retrieval set "
                                                       "cannot measure its quality"))
@@ -40,9 +45,13 @@ class ShadowEvaluator:
         self.engine, self.model, self.pairs, self.progress = engine, model, pairs, progress
         self.texts = [p.query for p in pairs] + [p.document for p in pairs]  # queries, then documents
         self._reference = None if reference is None else self._split(reference)
-        self._reference_metrics: dict[str, float] | None = None
+        self._reference_items: dict[str, list[float]] | None = None
+        self.user_metrics = tuple(user_metrics)
+        self.metrics = METRICS + tuple(n for m in self.user_metrics for n in m.names)
+        self._groups = [torch.tensor(g, device=model.device) for g in query_groups(pairs)] if self.user_metrics else []
+        labels = [float("nan") if p.label is None else p.label for p in pairs]
+        self._labels = torch.tensor(labels, dtype=torch.float64, device=model.device)
 
-    metrics = METRICS
     default_metric = "cosine_to_base"  # agreement with base separates layers far better than label metrics
 
     @property
@@ -67,15 +76,33 @@ class ShadowEvaluator:
     def compare(self, vectors: torch.Tensor) -> EvalResult:
         """Metrics of embeddings of `texts` however they were computed, and their deltas against base."""
         ref_q, ref_d = self.reference()
-        if self._reference_metrics is None:
-            self._reference_metrics = {**retrieval_metrics(ref_q, ref_d), **agreement_metrics(ref_q, ref_d, ref_q, ref_d)}
-        q, d = self._split(vectors)
-        metrics = {**retrieval_metrics(q, d), **agreement_metrics(q, d, ref_q, ref_d)}
-        deltas = {name: metrics[name] - self._reference_metrics[name] for name in METRICS}
-        return EvalResult(metrics, self._reference_metrics, deltas, len(self.pairs))
+        if self._reference_items is None:
+            self._reference_items = self._items((ref_q, ref_d), (ref_q, ref_d))
+        items = self._items((ref_q, ref_d), self._split(vectors))
+        metrics, reference = _means(items), _means(self._reference_items)
+        deltas = {name: metrics[name] - reference[name] for name in metrics}
+        return EvalResult(metrics, reference, deltas, len(self.pairs), items, self._reference_items)
+
+    def _items(self, base: tuple[torch.Tensor, torch.Tensor], ours: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """Each metric's value per item: per pair for the built-in ones, per query group for a user's."""
+        built_in = {**retrieval_items(*ours), **agreement_items(*ours, *base)}
+        names = list(built_in)  # one read from the device for all of them
+        items = dict(zip(names, torch.stack([built_in[n].double() for n in names]).tolist(), strict=True))
+        labels = self._labels
+        for metric in self.user_metrics:
+            per_group = [metric((base[0][g], base[1][g]), (ours[0][g], ours[1][g]), labels[g])
+                         for g in self._groups]
+            for name in metric.names:
+                items[name] = [values[name] for values in per_group]
+        return items
 
     def evaluate(self, precision_map: Mapping[str, str], cancelled=None) -> EvalResult:
         return self.compare(self.embed(precision_map, cancelled=cancelled))
 
     def _split(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return vectors[: len(self.pairs)], vectors[len(self.pairs):]
+
+
+def _means(items: dict[str, list[float]]) -> dict[str, float]:
+    return {name: sum(values) / len(values) for name, values in items.items()}
+

@@ -4,6 +4,9 @@
 * The activation quantize: the fused Triton kernel where Triton runs, else the eager reference.
 * fp8-weight-only: up to WEIGHT_ONLY_KERNEL_MAX_TOKENS tokens the Triton kernel that reads FP8 weights;
   above, and where Triton does not run, the weight dequantized for a matmul (amortised over many rows).
+* Decode attention over an FP8 KV cache: the Triton kernel that reads codes and scales; where Triton
+  does not run, the cache dequantizes its filled part and the model's own attention reads that
+  (worker.engine.kv_cache), so this entry point serves the kernel's callers and tests alike.
 
 Triton runs on CUDA. On CPU it runs only when asked for (MIXPREC_TRITON_ON_CPU=1, with Triton's
 interpreter chosen by TRITON_INTERPRET=1 before start): slow, and how CI tests the kernels without a
@@ -107,3 +110,14 @@ def weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
 
 def weight_only_kernel_name(device: torch.device) -> str:
     return "w8-triton" if triton_runs(device) else "dequantize"
+
+
+def fp8_decode_attention(query: torch.Tensor, key_codes: torch.Tensor, key_scales: torch.Tensor,
+                         value_codes: torch.Tensor, value_scales: torch.Tensor, lengths: torch.Tensor,
+                         scaling: float, softcap: float | None = None, window: int | None = None) -> torch.Tensor:
+    """(B, Hq, D) attention of one query token per sequence over FP8 K/V codes (B, Hkv, S, D) and
+    scales (B, Hkv, S, 1), keys [lengths - window, lengths) of each sequence."""
+    args = (query, key_codes, key_scales, value_codes, value_scales, lengths, scaling, softcap, window)
+    if triton_runs(query.device):
+        return _triton("triton_decode_attention").decode_attention(*args)
+    return reference.decode_attention(*args)

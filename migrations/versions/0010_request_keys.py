@@ -3,16 +3,16 @@
 Ids kept before this revision belong to no caller: they answer no retry any more (they would
 otherwise answer any caller), and they are forgotten within a day as before.
 
-Revision ID: 0009b
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009b"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
