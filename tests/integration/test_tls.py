@@ -82,11 +82,14 @@ def test_mutual_tls_refuses_clients_without_a_certificate(pki, tmp_path):
 
 
 def test_worker_inference_server_over_tls(pki):
-    config = AgentConfig(endpoint="emb", model="none", server="127.0.0.1:1", inference_listen="127.0.0.1:0",
+    from worker.runtime import build_runtime
+
+    config = AgentConfig(endpoint="llm", model="tiny-llama", server="127.0.0.1:1", inference_listen="127.0.0.1:0",
                          tls_cert=pki["cert"], tls_key=pki["key"])
+    runtime = build_runtime("tiny-llama", eval_samples=0)  # the serving path needs a model behind it
 
     async def scenario():
-        agent = WorkerAgent(config, runtime=None)
+        agent = WorkerAgent(config, runtime=runtime)
         port = await agent.start_inference()
         try:
             async with transport.aio_channel(f"127.0.0.1:{port}", pki["ca"]) as channel:
