@@ -25,7 +25,7 @@ def register(sub) -> None:
                    help="minilm, gemma3-270m, tiny-llama, hf:PATH (a local causal LM), or package.module:factory")
     add_placement_options(c)
 
-    e = command(sub, "eval", "measure a policy's quality against BF16 on built-in standard-library text", _eval,
+    e = command(sub, "eval", "measure a policy's quality against BF16 on your --data or the built-in standard-library text", _eval,
                 description="Evaluate a policy file (default: every layer FP8) against the base precision on the "
                 "same resident model. Embedders: MRR and recall@1 against the labels, top-10 agreement and "
                 "embedding cosine against BF16. Decoders: KL(base || policy) over the full vocabulary, top-1 "
