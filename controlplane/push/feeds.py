@@ -48,19 +48,19 @@ class RedisFeed:
         self._replica = replica
 
     async def publish(self, endpoint: str) -> None:
-        try:
-            await asyncio.wait_for(self._redis.publish(CHANNEL, f"{self._replica} {endpoint}"), PUBLISH_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning("Redis did not take the change of %s within %g s; other replicas will poll", endpoint,
-                        PUBLISH_TIMEOUT_S)
-        except Exception as err:  # noqa: BLE001 - Redis is an accelerator; the poll still delivers
-            log.warning("could not publish change of %s to Redis (%s); other replicas will poll", endpoint, err)
+        await self._publish(CHANNEL, f"{self._replica} {endpoint}", f"the change of {endpoint}")
 
     async def publish_ended(self) -> None:
+        await self._publish(ENDED_CHANNEL, self._replica, "ended sessions")
+
+    async def _publish(self, channel: str, data: str, what: str) -> None:
+        """Redis is an accelerator: when it fails or stalls, other replicas' own polls still find `what`."""
         try:
-            await self._redis.publish(ENDED_CHANNEL, self._replica)
-        except Exception as err:  # noqa: BLE001 - the session watch's own pass still finds it
-            log.warning("could not announce ended sessions on Redis (%s); other replicas look within a second", err)
+            await asyncio.wait_for(self._redis.publish(channel, data), PUBLISH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("Redis did not take %s within %g s; other replicas will poll", what, PUBLISH_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            log.warning("could not publish %s to Redis (%s); other replicas will poll", what, err)
 
     async def run(self, on_change: OnChange, on_ended: OnEnded | None = None) -> None:
         while True:

@@ -51,25 +51,22 @@ class WebhookTargets:
     def check_url(self, url: str) -> None:
         """At set time: refused when the host is, or resolves to, an address webhooks may not reach.
         A name that does not resolve here is accepted (each delivery checks again)."""
-        for address in self._addresses(urlsplit(url).hostname or "", resolve=True):
-            why = self.refusal(address)
-            if why is not None:
-                raise InvalidArgument(FieldError("url", why))
+        why = self.delivery_refusal(url)
+        if why is not None:
+            raise InvalidArgument(FieldError("url", why))
 
     def delivery_refusal(self, url: str) -> str | None:
         """Before a delivery: why it may not be sent now (the name may resolve elsewhere than it did).
         A name that does not resolve is left to the delivery to fail (and retry)."""
-        addresses = self._addresses(urlsplit(url).hostname or "", resolve=True)
+        addresses = self._addresses(urlsplit(url).hostname or "")
         return next((why for why in map(self.refusal, addresses) if why is not None), None)
 
     @staticmethod
-    def _addresses(host: str, resolve: bool) -> list[Address]:
+    def _addresses(host: str) -> list[Address]:
         try:
             return [ipaddress.ip_address(host.split("%", 1)[0])]
         except ValueError:
             pass
-        if not resolve:
-            return []
         try:
             infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
         except OSError:
