@@ -111,6 +111,8 @@ def test_a_token_holds_a_bounded_number_of_distinct_worker_ids(db_url):
             await asyncio.wait_for(again.loop.connected.wait(), 20)
             for agent in (again, *agents[1:]):
                 await agent.stop()
+            # Worker rows are written behind the streams: wait for them, then check that w-new has none.
+            await eventually(lambda: len(snapshot(db_url)["workers"]) >= 3, 20, "the three workers' rows")
 
         asyncio.run(scenario())
         assert sorted(row[2] for row in snapshot(db_url)["workers"]) == ["w0", "w1", "w2"]
