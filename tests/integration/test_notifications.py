@@ -102,9 +102,10 @@ def test_failing_rollout_rollback_and_nack_are_delivered_with_retries_and_audite
             await eventually(lambda: receiver.events()["rollback"] == 1, 20, "the manual rollback webhook")
             fleet.Activate(apb.ActivateRequest(endpoint="emb", version=3))
             await eventually(lambda: receiver.events()["worker.nack"] == 1, 20, "the NACK webhook")
-            # The delivery is audited once its receiver has answered: a moment after it got the event.
-            await eventually(lambda: any(d["event"] == "worker.nack" and d["webhook"] == "team"
-                                         for d in audit(fleet, "notify.delivered")), 20, "the NACK delivery audited")
+            # A delivery is audited once its receiver has answered: a moment after it got the event.
+            await eventually(lambda: {d["event"] for d in audit(fleet, "notify.delivered") if d["webhook"] == "team"}
+                             >= {"rollout.start", "rollout.rolled_back", "rollback", "worker.nack"}, 20,
+                             "every delivery to 'team' audited")
             await eventually(lambda: audit(fleet, "notify.failed"), 20, "the dead webhook to give up")
             for agent in agents:
                 await agent.stop()
