@@ -129,3 +129,16 @@ def rules(*pairs):
     return [pb.Rule(match=m, precision=p) for m, p in pairs]
 
 
+
+
+def require_triton():
+    """The Triton kernels' tests: Triton comes with the dev extra, so in CI its absence fails the run;
+    elsewhere the tests skip and say why."""
+    import pytest
+
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        if IN_CI:
+            pytest.fail(f"Triton is not installed ({err}); the dev extra brings it (make setup)", pytrace=False)
+        pytest.skip("Triton comes with the dev extra (make setup installs it)", allow_module_level=True)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from support import require_triton
 from torch import nn
 
 from mixprec.errors import FailedPrecondition
@@ -17,7 +18,7 @@ from worker.engine.kernels import reference
 from worker.engine.methods import METHODS
 from worker.models.tiny import load_tiny_decoder
 
-pytest.importorskip("triton", reason="Triton comes with the dev extra (make setup installs it)")
+require_triton()
 
 
 @pytest.fixture

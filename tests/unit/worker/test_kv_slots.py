@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from support import require_triton
 from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig
 
 from worker.engine import HybridEngine, kernels
@@ -135,7 +136,7 @@ def test_a_generation_reports_allocated_and_used_bytes():
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    pytest.importorskip("triton", reason="Triton comes with the dev extra (make setup installs it)")
+    require_triton()
     assert os.environ.get("TRITON_INTERPRET") == "1", "set before Triton is first imported (tests/conftest.py)"
     monkeypatch.setenv(kernels.TRITON_ON_CPU_ENV, "1")
     assert kernels.triton_runs(torch.device("cpu"))
