@@ -157,7 +157,9 @@ def test_an_admin_takes_a_worker_id_over_audited_wherever_its_stream_is(replicas
             code, fresh, _ = await asyncio.to_thread(cli, "token", "create", "w1-new", "--role", "agent",
                                                      "--endpoint", "emb", "--worker-id", "w1")
             fresh = fresh.strip()
+            assert code == 0 and fresh, fresh
             code, listed, _ = await asyncio.to_thread(cli, "--output", "json", "token", "list")
+            assert code == 0
             assert {"w1-new": "w1", "boot": "(bootstrap)", "agents": "*"}.items() <= \
                 {t["name"]: t["worker"] for t in json.loads(listed)}.items()
             successor = LightAgent(two.address, "emb", "w1", token=fresh).start()
