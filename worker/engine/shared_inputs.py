@@ -21,10 +21,7 @@ Quantized = tuple[torch.Tensor, torch.Tensor]
 
 
 def _version(x: torch.Tensor) -> int | None:
-    try:
-        return x._version
-    except RuntimeError:  # inference tensors keep no version counter
-        return None
+    return None if x.is_inference() else x._version  # inference tensors keep no version counter
 
 
 class SharedInputs:
