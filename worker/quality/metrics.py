@@ -24,10 +24,6 @@ def retrieval_items(queries: torch.Tensor, documents: torch.Tensor) -> dict[str,
     return {"mrr": 1.0 / r, "recall_at_1": (r == 1).double()}
 
 
-def retrieval_metrics(queries: torch.Tensor, documents: torch.Tensor) -> dict[str, float]:
-    return means(retrieval_items(queries, documents))
-
-
 def means(items: dict[str, torch.Tensor]) -> dict[str, float]:
     """Each metric's mean over its items, read from the device once."""
     names = list(items)
@@ -44,8 +40,3 @@ def agreement_items(queries: torch.Tensor, documents: torch.Tensor, ref_queries:
     cosine = ((queries * ref_queries).sum(-1).double() + (documents * ref_documents).sum(-1).double()) / 2
     return {"top10_agreement": overlap, "cosine_to_base": cosine}
 
-
-def agreement_metrics(queries: torch.Tensor, documents: torch.Tensor, ref_queries: torch.Tensor,
-                      ref_documents: torch.Tensor) -> dict[str, float]:
-    """The means of agreement_items."""
-    return means(agreement_items(queries, documents, ref_queries, ref_documents))

@@ -63,10 +63,6 @@ class UserMetric:
         return out
 
 
-def is_user_metric(spec: str | None) -> bool:
-    return bool(spec) and ":" in spec
-
-
 def load_metric(spec: str) -> UserMetric:
     """The function `spec` names, with its declared directions (made known to mixprec.metrics)."""
     if not SPEC.match(spec):
